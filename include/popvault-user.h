@@ -1,0 +1,27 @@
+#ifndef POPVAULT_USER_H
+#define POPVAULT_USER_H
+
+#include "module-context.h"
+#include "mail-user.h"
+#include "popvault-settings.h"
+
+struct popvault_user {
+	union mail_user_module_context module_ctx;
+	/* parent of every popvault event of this user; log prefix
+	   "popvault: " */
+	struct event *event;
+	struct popvault_settings set;
+};
+
+#define POPVAULT_USER_CONTEXT(obj) \
+	MODULE_CONTEXT(obj, popvault_user_module)
+extern MODULE_CONTEXT_DEFINE(popvault_user_module, &mail_user_module_register);
+
+extern struct event_category event_category_popvault;
+
+/* NULL when popvault is inactive for the user (no popvault_* setting). */
+struct popvault_user *popvault_user_get(struct mail_user *user);
+
+void popvault_mail_user_created(struct mail_user *user);
+
+#endif

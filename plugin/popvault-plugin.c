@@ -1,0 +1,25 @@
+/* Copyright (c) 2026 popvault authors, see the included COPYING file */
+
+#include "lib.h"
+#include "mail-storage-hooks.h"
+#include "popvault-user.h"
+#include "popvault-pop3.h"
+#include "popvault-plugin.h"
+
+const char *popvault_plugin_version = DOVECOT_ABI_VERSION;
+
+static struct mail_storage_hooks popvault_mail_storage_hooks = {
+	.mail_user_created = popvault_mail_user_created,
+};
+
+void popvault_plugin_init(struct module *module)
+{
+	mail_storage_hooks_add(module, &popvault_mail_storage_hooks);
+	popvault_pop3_init();
+}
+
+void popvault_plugin_deinit(void)
+{
+	popvault_pop3_deinit();
+	mail_storage_hooks_remove(&popvault_mail_storage_hooks);
+}

@@ -1,0 +1,106 @@
+/* Copyright (c) 2026 popvault authors, see the included COPYING file */
+
+#include "lib.h"
+#include "array.h"
+#include "mail-user.h"
+#include "mail-storage-settings.h"
+#include "popvault-user.h"
+
+struct popvault_user_module popvault_user_module =
+	MODULE_CONTEXT_INIT(&mail_user_module_register);
+
+struct event_category event_category_popvault = {
+	.name = "popvault",
+};
+
+static const char *user_setting_lookup(const char *name, void *context)
+{
+	struct mail_user *user = context;
+	const char *value = mail_user_plugin_getenv(user, name);
+
+	/* Dovecot treats an empty plugin setting as unset */
+	return value == NULL || value[0] == '\0' ? NULL : value;
+}
+
+static void
+user_setting_iter(void *context,
+		  void (*cb)(const char *name, void *cb_context),
+		  void *cb_context)
+{
+	struct mail_user *user = context;
+	const char *const *envs;
+	unsigned int i, count;
+
+	if (!array_is_created(&user->set->plugin_envs))
+		return;
+	/* plugin_envs is a flat key, value, key, value ... array */
+	envs = array_get(&user->set->plugin_envs, &count);
+	for (i = 0; i + 1 < count; i += 2) {
+		if (str_begins(envs[i], POPVAULT_SETTING_PREFIX))
+			cb(envs[i], cb_context);
+	}
+}
+
+static void popvault_mail_user_deinit(struct mail_user *user)
+{
+	struct popvault_user *puser = POPVAULT_USER_CONTEXT(user);
+
+	puser->module_ctx.super.deinit(user);
+	event_unref(&puser->event);
+}
+
+static void popvault_log_settings(struct popvault_user *puser)
+{
+	const struct popvault_settings *set = &puser->set;
+
+	e_debug(puser->event, "active: after_retr=%s on_dele=%s "
+		"retain_downloaded=%s retain_unread=%s login_delay=%s "
+		"encrypt=%s",
+		popvault_action_to_str(&set->after_retr),
+		popvault_action_to_str(&set->on_dele),
+		popvault_duration_to_str(set->retain_downloaded),
+		popvault_duration_to_str(set->retain_unread),
+		popvault_duration_to_str(set->login_delay),
+		set->encrypt ? "yes" : "no");
+}
+
+void popvault_mail_user_created(struct mail_user *user)
+{
+	struct mail_user_vfuncs *v = user->vlast;
+	struct popvault_user *puser;
+	struct popvault_settings set;
+	const char *error;
+
+	if (popvault_settings_parse(user->pool, user_setting_lookup,
+				    user_setting_iter, user, &set,
+				    &error) < 0) {
+		/* Failing the user makes pop3 answer -ERR [SYS/TEMP] and
+		   lmtp 4xx: a wrong policy must never run as a guessed one. */
+		user->error = p_strdup_printf(user->pool,
+			"popvault: %s (user %s)", error, user->username);
+		return;
+	}
+	if (!set.any_set) {
+		e_debug(user->event, "popvault: no popvault_* settings for "
+			"this user: inactive");
+		return;
+	}
+
+	puser = p_new(user->pool, struct popvault_user, 1);
+	puser->set = set;
+	puser->event = event_create(user->event);
+	event_add_category(puser->event, &event_category_popvault);
+	event_set_append_log_prefix(puser->event, "popvault: ");
+
+	puser->module_ctx.super = *v;
+	user->vlast = &puser->module_ctx.super;
+	v->deinit = popvault_mail_user_deinit;
+	MODULE_CONTEXT_SET(user, popvault_user_module, puser);
+
+	popvault_log_settings(puser);
+}
+
+struct popvault_user *popvault_user_get(struct mail_user *user)
+{
+	return POPVAULT_USER_CONTEXT(user);
+}
