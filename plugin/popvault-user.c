@@ -77,7 +77,7 @@ void popvault_mail_user_created(struct mail_user *user)
 		/* Failing the user makes pop3 answer -ERR [SYS/TEMP] and
 		   lmtp 4xx: a wrong policy must never run as a guessed one. */
 		user->error = p_strdup_printf(user->pool,
-			"popvault: %s (user %s)", error, user->username);
+			"popvault: user %s: %s", user->username, error);
 		return;
 	}
 	if (!set.any_set) {

@@ -4,12 +4,17 @@
 #include "doveadm-print.h"
 #include "doveadm-mail.h"
 #include "popvault-user.h"
-#include "doveadm-popvault.h"
 
-/* doveadm loads this module after mail_plugins; its references to the
-   popvault mail plugin resolve only then, which is why "popvault" must be
-   in mail_plugins for these commands to exist. */
-const char *doveadm_popvault_plugin_version = DOVECOT_ABI_VERSION;
+/* The doveadm commands live in the mail plugin itself: doveadm loads
+   mail_plugins before it looks the command up, and Dovecot has no setting
+   for the doveadm module directory, so a separate doveadm module could not
+   be tested from a build tree. Only the doveadm binary defines these
+   symbols; weak references keep the module loadable everywhere else. */
+#pragma weak doveadm_cmd_register_ver2
+#pragma weak doveadm_mail_cmd_alloc_size
+#pragma weak doveadm_print
+#pragma weak doveadm_print_header_simple
+#pragma weak doveadm_print_init
 
 static int
 cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
@@ -79,14 +84,15 @@ DOVEADM_CMD_PARAMS_END
 	},
 };
 
-void doveadm_popvault_plugin_init(struct module *module ATTR_UNUSED)
+/* doveadm dlopen()s mail_plugins before it looks the command up, but calls
+   their init functions only when a mail command starts running. Commands
+   must therefore be registered when the module is loaded. */
+static void __attribute__((constructor)) popvault_doveadm_register(void)
 {
 	unsigned int i;
 
+	if (doveadm_cmd_register_ver2 == NULL)
+		return;
 	for (i = 0; i < N_ELEMENTS(popvault_commands); i++)
 		doveadm_cmd_register_ver2(&popvault_commands[i]);
-}
-
-void doveadm_popvault_plugin_deinit(void)
-{
 }

@@ -1,0 +1,614 @@
+"""A real Dovecot for popvault's integration tests.
+
+Every server gets a fresh temporary directory with its own base_dir,
+state_dir, log file and ports on 127.0.0.1, loads popvault from the build
+tree, and is stopped by the PID this harness started. Nothing here talks to
+anything but 127.0.0.1.
+"""
+
+import contextlib
+import email.utils
+import os
+import pwd
+import grp
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+import uuid
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
+SYSTEM_MODULEDIR = "/usr/lib/dovecot/modules"
+DOVECOT_LDA = "/usr/lib/dovecot/dovecot-lda"
+PLUGIN_SO = "lib20_popvault_plugin.so"
+
+BUILD_DIR = os.environ.get("POPVAULT_BUILD_DIR", "")
+
+
+class HarnessError(Exception):
+    """The test environment itself is broken (binary or port missing)."""
+
+
+def require_binaries():
+    missing = [b for b in (DOVECOT, DOVEADM) if not os.access(b, os.X_OK)]
+    for proto in ("pop3", "imap", "lmtp"):
+        path = "/usr/lib/dovecot/" + proto
+        if not os.access(path, os.X_OK):
+            missing.append(path + " (install dovecot-%sd)" % proto)
+    if missing:
+        raise HarnessError("missing Dovecot binaries: " + ", ".join(missing))
+    plugin = os.path.join(BUILD_DIR, ".libs", PLUGIN_SO)
+    if not os.path.exists(plugin):
+        raise HarnessError("built plugin not found at %s (run make first)"
+                           % plugin)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", 0))
+        except OSError as e:
+            raise HarnessError("cannot bind a port on 127.0.0.1: %s" % e)
+        return s.getsockname()[1]
+
+
+def make_message(subject="test", body="Hello.\r\n", sender="sender@example.com",
+                 to="user@example.com", msgid=None, extra_headers=(),
+                 date=None):
+    """An RFC 5322 message as bytes with CRLF line ends."""
+    msgid = msgid or "<%s@popvault.test>" % uuid.uuid4().hex
+    headers = [
+        "From: %s" % sender,
+        "To: %s" % to,
+        "Subject: %s" % subject,
+        "Date: %s" % (date or email.utils.formatdate()),
+        "Message-ID: %s" % msgid,
+    ]
+    headers.extend(extra_headers)
+    if isinstance(body, str):
+        body = body.encode()
+    body = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return ("\r\n".join(headers) + "\r\n\r\n").encode() + body
+
+
+class User:
+    def __init__(self, name, password=None, fields=None):
+        self.name = name
+        self.password = password or "pw-" + name
+        self.fields = dict(fields or {})
+
+
+class LineClient:
+    """A plain line-oriented TCP client for exact protocol checks."""
+
+    def __init__(self, port, timeout=20):
+        self.sock = socket.create_connection(("127.0.0.1", port),
+                                             timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def cmd(self, line):
+        self.send(line + "\r\n")
+
+    def readline(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                if self.buf:
+                    line, self.buf = self.buf, b""
+                    return line.decode("latin-1")
+                raise EOFError("connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode("latin-1")
+
+    def read_multiline(self):
+        """Lines of a POP3 multi-line reply up to the dot, un-stuffed."""
+        lines = []
+        while True:
+            line = self.readline()
+            if line == ".":
+                return lines
+            if line.startswith(".."):
+                line = line[1:]
+            lines.append(line)
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Pop3(LineClient):
+    def __init__(self, port):
+        super().__init__(port)
+        self.greeting = self.readline()
+
+    def command(self, line):
+        self.cmd(line)
+        return self.readline()
+
+    def login(self, user, password):
+        r = self.command("USER " + user)
+        if not r.startswith("+OK"):
+            return r
+        return self.command("PASS " + password)
+
+    def multi(self, line):
+        r = self.command(line)
+        if not r.startswith("+OK"):
+            return r, None
+        return r, self.read_multiline()
+
+    def stat(self):
+        r = self.command("STAT")
+        assert r.startswith("+OK"), r
+        _, count, size = r.split()[:3]
+        return int(count), int(size)
+
+    def uidl(self):
+        r, lines = self.multi("UIDL")
+        assert r.startswith("+OK"), r
+        return [tuple(l.split(" ", 1)) for l in lines]
+
+    def list(self):
+        r, lines = self.multi("LIST")
+        assert r.startswith("+OK"), r
+        return [(int(a), int(b)) for a, b in (l.split() for l in lines)]
+
+    def retr(self, n):
+        r, lines = self.multi("RETR %d" % n)
+        assert r.startswith("+OK"), r
+        return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+    def quit(self):
+        r = self.command("QUIT")
+        self.close()
+        return r
+
+
+class Lmtp(LineClient):
+    def __init__(self, port):
+        super().__init__(port)
+        self.greeting = self.readline()
+        self.command("LHLO popvault.test", multi=True)
+
+    def command(self, line, multi=False):
+        self.cmd(line)
+        return self.reply()
+
+    def reply(self):
+        lines = []
+        while True:
+            line = self.readline()
+            lines.append(line)
+            if len(line) < 4 or line[3] != "-":
+                return "\n".join(lines)
+
+    def deliver(self, rcpts, message, sender="sender@example.com"):
+        """Returns one reply line per recipient (LMTP gives one each)."""
+        if isinstance(rcpts, str):
+            rcpts = [rcpts]
+        r = self.command("MAIL FROM:<%s>" % sender)
+        assert r.startswith("250"), r
+        accepted = []
+        replies = {}
+        for rcpt in rcpts:
+            r = self.command("RCPT TO:<%s>" % rcpt)
+            if r.startswith("250"):
+                accepted.append(rcpt)
+            else:
+                replies[rcpt] = r
+        if not accepted:
+            self.command("RSET")
+            return replies
+        r = self.command("DATA")
+        assert r.startswith("354"), r
+        data = message.replace(b"\r\n.", b"\r\n..")
+        if data.startswith(b"."):
+            data = b"." + data
+        if not data.endswith(b"\r\n"):
+            data += b"\r\n"
+        self.send(data + b".\r\n")
+        for rcpt in accepted:
+            replies[rcpt] = self.reply()
+        return replies
+
+    def quit(self):
+        with contextlib.suppress(Exception):
+            self.command("QUIT")
+        self.close()
+
+
+class Imap(LineClient):
+    def __init__(self, port):
+        super().__init__(port)
+        self.greeting = self.readline()
+        self.tagn = 0
+
+    def command(self, line):
+        """Returns (tagged status line, untagged/literal text as bytes)."""
+        self.tagn += 1
+        tag = "a%d" % self.tagn
+        self.cmd("%s %s" % (tag, line))
+        out = b""
+        while True:
+            l = self.readline()
+            m = re.search(r"\{(\d+)\}$", l)
+            out += l.encode("latin-1") + b"\r\n"
+            if m:
+                n = int(m.group(1))
+                while len(self.buf) < n:
+                    chunk = self.sock.recv(65536)
+                    if not chunk:
+                        raise EOFError("connection closed in literal")
+                    self.buf += chunk
+                out += self.buf[:n]
+                self.buf = self.buf[n:]
+                continue
+            if l.startswith(tag + " "):
+                return l, out
+
+    def login(self, user, password):
+        return self.command('LOGIN "%s" "%s"' % (user, password))[0]
+
+    def logout(self):
+        with contextlib.suppress(Exception):
+            self.command("LOGOUT")
+        self.close()
+
+
+class Dovecot:
+    """One private Dovecot master with its own config, dirs and ports."""
+
+    def __init__(self, users, plugin=None, mail_format="maildir",
+                 extra_conf="", userdb="passwd-file", mail_plugins=None,
+                 with_popvault=True, debug=True, name="dc"):
+        self.users = {u.name: u for u in users}
+        self.plugin = dict(plugin or {})
+        self.mail_format = mail_format
+        self.extra_conf = extra_conf
+        self.userdb = userdb
+        self.with_popvault = with_popvault
+        self.mail_plugins = mail_plugins
+        self.debug = debug
+        self.name = name
+        self.proc = None
+        self.tmp = None
+        self.ports = {}
+
+    # --- lifecycle -------------------------------------------------------
+
+    def start(self):
+        require_binaries()
+        self.tmp = tempfile.mkdtemp(prefix="popvault-%s-" % self.name)
+        os.chmod(self.tmp, 0o755)
+        for d in ("run", "state", "home", "modules"):
+            os.mkdir(os.path.join(self.tmp, d))
+        os.chmod(os.path.join(self.tmp, "run"), 0o755)
+        self._identities()
+        self._modules()
+        for name in ("pop3", "imap", "lmtp"):
+            self.ports[name] = free_port()
+        self._write_userdb()
+        self.config_path = os.path.join(self.tmp, "dovecot.conf")
+        with open(self.config_path, "w") as f:
+            f.write(self.config())
+        self.log_path = os.path.join(self.tmp, "dovecot.log")
+        open(self.log_path, "a").close()
+        self.proc = subprocess.Popen(
+            [DOVECOT, "-F", "-c", self.config_path],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._wait_ready()
+        return self
+
+    def _identities(self):
+        if os.getuid() == 0:
+            # mail processes must not run as root; nobody owns the homes
+            self.mail_uid = pwd.getpwnam("nobody").pw_uid
+            self.mail_gid = grp.getgrnam("nogroup").gr_gid
+            self.internal_user = "dovecot"
+            self.login_user = "dovenull"
+        else:
+            self.mail_uid = os.getuid()
+            self.mail_gid = os.getgid()
+            me = pwd.getpwuid(os.getuid()).pw_name
+            self.internal_user = me
+            self.login_user = me
+        os.chown(os.path.join(self.tmp, "home"), self.mail_uid, self.mail_gid)
+
+    def _modules(self):
+        # Dovecot reads mail plugins from one directory: the system's
+        # modules plus popvault from the build tree.
+        moddir = os.path.join(self.tmp, "modules")
+        for entry in os.listdir(SYSTEM_MODULEDIR):
+            if entry.endswith(".so") and entry != PLUGIN_SO:
+                os.symlink(os.path.join(SYSTEM_MODULEDIR, entry),
+                           os.path.join(moddir, entry))
+        os.symlink(os.path.abspath(os.path.join(BUILD_DIR, ".libs", PLUGIN_SO)),
+                   os.path.join(moddir, PLUGIN_SO))
+
+    def home(self, user):
+        return os.path.join(self.tmp, "home", user)
+
+    def _write_userdb(self):
+        with open(os.path.join(self.tmp, "passwd"), "w") as f:
+            for u in self.users.values():
+                f.write("%s:{PLAIN}%s::::::\n" % (u.name, u.password))
+        if self.userdb == "sqlite":
+            self._write_sqlite()
+            return
+        with open(os.path.join(self.tmp, "userdb"), "w") as f:
+            for u in self.users.values():
+                # passwd-file passes only userdb_-prefixed extra fields
+                extra = " ".join("userdb_%s=%s" % kv
+                                 for kv in u.fields.items()
+                                 if kv[1] is not None)
+                f.write("%s::%d:%d::%s::%s\n" % (
+                    u.name, self.mail_uid, self.mail_gid,
+                    self.home(u.name), extra))
+
+    def _write_sqlite(self):
+        cols = sorted({k for u in self.users.values() for k in u.fields})
+        db = os.path.join(self.tmp, "users.sqlite")
+        con = sqlite3.connect(db)
+        con.execute("CREATE TABLE users (username TEXT PRIMARY KEY, "
+                    "home TEXT, uid INTEGER, gid INTEGER%s)" %
+                    "".join(", %s TEXT" % c for c in cols))
+        for u in self.users.values():
+            con.execute("INSERT INTO users VALUES (?, ?, ?, ?%s)" %
+                        (", ?" * len(cols)),
+                        [u.name, self.home(u.name), self.mail_uid,
+                         self.mail_gid] + [u.fields.get(c) for c in cols])
+        con.commit()
+        con.close()
+        os.chmod(db, 0o644)
+        with open(os.path.join(self.tmp, "sql.conf.ext"), "w") as f:
+            f.write("driver = sqlite\nconnect = %s\n" % db)
+            # NULL columns are skipped by Dovecot: a user without a value
+            # falls back to plugin {}
+            f.write("user_query = SELECT home, uid, gid%s FROM users "
+                    "WHERE username = '%%u'\n" %
+                    "".join(", %s" % c for c in cols))
+            f.write("iterate_query = SELECT username AS user FROM users\n")
+
+    def config(self):
+        t = self.tmp
+        if self.mail_plugins is not None:
+            plugins = self.mail_plugins
+        else:
+            plugins = "popvault" if self.with_popvault else ""
+        location = {
+            "maildir": "maildir:~/Maildir",
+            "sdbox": "sdbox:~/sdbox",
+            "mdbox": "mdbox:~/mdbox",
+        }[self.mail_format]
+        if self.userdb == "sqlite":
+            userdb = ("userdb {\n  driver = sql\n  args = %s/sql.conf.ext\n}\n"
+                      % t)
+        else:
+            userdb = ("userdb {\n  driver = passwd-file\n"
+                      "  args = username_format=%%u %s/userdb\n}\n" % t)
+        plugin = "".join("  %s = %s\n" % kv for kv in self.plugin.items())
+        return f"""# generated by popvault's test harness
+protocols = pop3 imap lmtp
+listen = 127.0.0.1
+base_dir = {t}/run
+state_dir = {t}/state
+instance_name = popvault-{os.path.basename(t)}
+log_path = {t}/dovecot.log
+mail_debug = {"yes" if self.debug else "no"}
+auth_verbose = yes
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+default_internal_user = {self.internal_user}
+default_internal_group = {grp.getgrgid(pwd.getpwnam(self.internal_user).pw_gid).gr_name}
+default_login_user = {self.login_user}
+first_valid_uid = 1
+mail_location = {location}
+mail_plugin_dir = {t}/modules
+mail_plugins = $mail_plugins {plugins}
+postmaster_address = postmaster@popvault.test
+lmtp_save_to_detail_mailbox = no
+namespace inbox {{
+  inbox = yes
+  separator = /
+  mailbox Trash {{
+    special_use = \\Trash
+  }}
+}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {t}/passwd
+}}
+{userdb}
+service pop3-login {{
+  chroot =
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {self.ports["pop3"]}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.ports["imap"]}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.ports["lmtp"]}
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service stats {{
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+plugin {{
+{plugin}}}
+{self.extra_conf}
+"""
+
+    def _wait_ready(self, timeout=15):
+        deadline = time.time() + timeout
+        pending = set(self.ports.values())
+        while pending and time.time() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode(errors="replace")
+                raise HarnessError("dovecot exited with %s at start-up:\n%s\n%s"
+                                   % (self.proc.returncode, out,
+                                      self.log_tail()))
+            for port in list(pending):
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", port),
+                                             timeout=0.2).close()
+                    pending.discard(port)
+            if pending:
+                time.sleep(0.05)
+        if pending:
+            self.stop()
+            raise HarnessError("dovecot did not listen on ports %s in %ds:\n%s"
+                               % (sorted(pending), timeout, self.log_tail()))
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.proc = None
+
+    def cleanup(self):
+        if self.tmp and not os.environ.get("POPVAULT_KEEP_TMP"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        if exc[0] is not None:
+            print("---- dovecot log tail (%s) ----\n%s" % (self.tmp,
+                                                          self.log_tail()))
+        self.cleanup()
+        return False
+
+    # --- log -------------------------------------------------------------
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def log_tail(self, n=40):
+        try:
+            return "\n".join(self.log().splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def wait_log(self, pattern, timeout=10, since=0):
+        """Waits until the log (from byte offset since) matches."""
+        deadline = time.time() + timeout
+        rx = re.compile(pattern)
+        while True:
+            text = self.log()[since:]
+            m = rx.search(text)
+            if m:
+                return m
+            if time.time() > deadline:
+                raise AssertionError("log never matched %r; tail:\n%s"
+                                     % (pattern, self.log_tail()))
+            time.sleep(0.05)
+
+    def log_size(self):
+        return os.path.getsize(self.log_path)
+
+    def log_errors(self):
+        return [l for l in self.log().splitlines()
+                if re.search(r"\b(Error|Fatal|Panic)\b:", l)]
+
+    # --- clients ---------------------------------------------------------
+
+    def pop3(self, user=None):
+        """A POP3 connection, logged in when user is given."""
+        c = Pop3(self.ports["pop3"])
+        if user is not None:
+            r = c.login(user, self.users[user].password)
+            assert r.startswith("+OK"), "POP3 login %s: %s" % (user, r)
+        return c
+
+    def imap(self, user=None):
+        c = Imap(self.ports["imap"])
+        if user is not None:
+            r = c.login(user, self.users[user].password)
+            assert " OK" in r, "IMAP login %s: %s" % (user, r)
+        return c
+
+    def lmtp(self):
+        return Lmtp(self.ports["lmtp"])
+
+    def deliver(self, user, message):
+        """Delivers over LMTP and asserts success."""
+        c = self.lmtp()
+        try:
+            r = c.deliver(user, message)[user]
+        finally:
+            c.quit()
+        assert r.startswith("250"), "LMTP delivery to %s: %s" % (user, r)
+        return r
+
+    def deliver_many(self, user, messages):
+        c = self.lmtp()
+        try:
+            for m in messages:
+                r = c.deliver(user, m)[user]
+                assert r.startswith("250"), "LMTP to %s: %s" % (user, r)
+        finally:
+            c.quit()
+
+    def doveadm(self, *args, check=True, input=None):
+        p = subprocess.run([DOVEADM, "-c", self.config_path] + list(args),
+                           input=input, capture_output=True, timeout=120)
+        out = p.stdout.decode(errors="replace")
+        err = p.stderr.decode(errors="replace")
+        if check and p.returncode != 0:
+            raise AssertionError("doveadm %s failed (%d): %s%s"
+                                 % (" ".join(args), p.returncode, out, err))
+        return p.returncode, out, err
+
+    def lda(self, user, message):
+        p = subprocess.run([DOVECOT_LDA, "-c", self.config_path, "-d", user,
+                            "-f", "sender@example.com"],
+                           input=message, capture_output=True, timeout=60)
+        return p.returncode, p.stderr.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def dovecot(users, **kwargs):
+    with Dovecot(users, **kwargs) as dc:
+        yield dc

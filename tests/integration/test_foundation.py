@@ -1,0 +1,164 @@
+"""The module loads everywhere, stays out of the way when unconfigured, and
+refuses users whose popvault_* settings are wrong."""
+
+import re
+
+from harness import Dovecot, User, dovecot, make_message
+
+
+def _process_lines(log, proc, user):
+    return [l for l in log.splitlines()
+            if re.search(r"\b%s\(%s\)" % (proc, user), l)]
+
+
+def test_module_loads_in_every_mail_process():
+    users = [User("alice", fields={"popvault_after_retr": "keep"})]
+    with dovecot(users) as dc:
+        dc.deliver("alice", make_message("over lmtp"))
+        rc, err = dc.lda("alice", make_message("over dovecot-lda"))
+        assert rc == 0, err
+        p = dc.pop3("alice")
+        assert p.stat()[0] == 2
+        assert p.quit().startswith("+OK")
+        i = dc.imap("alice")
+        status, _ = i.command("SELECT INBOX")
+        assert " OK" in status, status
+        i.logout()
+        _, out, _ = dc.doveadm("popvault", "status", "-u", "alice")
+        assert re.search(r"^active\s+keep\s+expunge", out.splitlines()[1]), out
+
+        log = dc.wait_log(r"imap\(alice\).*popvault: active") and dc.log()
+        for proc in ("lmtp", "lda", "pop3", "imap"):
+            lines = _process_lines(log, proc, "alice")
+            assert any("popvault: active: after_retr=keep" in l
+                       for l in lines), "no popvault debug line from %s" % proc
+        # the pop3-only hook ran in pop3 and nowhere else
+        assert any("popvault: pop3 session started" in l
+                   for l in _process_lines(log, "pop3", "alice"))
+        assert "pop3 session started" not in "\n".join(
+            _process_lines(log, "imap", "alice"))
+        assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_unconfigured_user_sees_plain_dovecot_pop3():
+    """The same POP3 script against Dovecot with and without popvault
+    loaded gives the same transcript, and later sessions see the same."""
+
+    def run(with_popvault):
+        with dovecot([User("bob")], with_popvault=with_popvault,
+                     extra_conf="pop3_uidl_format = %u\n") as dc:
+            for n in range(4):
+                dc.deliver("bob", make_message("msg %d" % n,
+                                               body="body %d\r\n" % n,
+                                               msgid="<m%d@test>" % n,
+                                               date="Sat, 21 Nov 2026 10:00:00 +0000"))
+            p = dc.pop3("bob")
+            t = [p.stat(), p.list(), p.uidl(), p.retr(2),
+                 p.command("TOP 3 0"), p.read_multiline(),
+                 p.command("DELE 1"), p.command("DELE 4"),
+                 p.command("RETR 1"), p.stat(), p.quit()]
+            p = dc.pop3("bob")
+            t += [p.stat(), p.uidl(), p.retr(1)]
+            p.command("QUIT")
+            i = dc.imap("bob")
+            st, out = i.command("SELECT INBOX")
+            t.append(re.search(rb"\* (\d+) EXISTS", out).group(1))
+            st, out = i.command("FETCH 1:* (FLAGS)")
+            t.append(sorted(re.findall(rb"FLAGS \(([^)]*)\)", out)))
+            i.logout()
+            log = dc.log()
+            if with_popvault:
+                assert "popvault: no popvault_* settings for this user" in log
+                assert "popvault: active" not in log
+            assert dc.log_errors() == [], dc.log_errors()
+            return t
+
+    def normalized(transcript):
+        # LMTP's Received: header carries a session id and a time
+        text = repr(transcript)
+        text = re.sub(r"\\tid [A-Za-z0-9+/]+", "", text)
+        return re.sub(r"for <bob>; [^\\']+", "", text)
+
+    plain = run(False)
+    ours = run(True)
+    assert normalized(plain) == normalized(ours), "\n%r\n!=\n%r" % (plain, ours)
+    # the script really did something: 4 messages, 2 deleted at QUIT
+    assert plain[0][0] == 4 and plain[11][0] == 2
+
+
+def test_invalid_setting_refuses_only_that_user():
+    users = [User("good", fields={"popvault_after_retr": "delete"}),
+             User("bad", fields={"popvault_after_retr": "bogus"}),
+             User("typo", fields={"popvault_afer_retr": "delete"}),
+             User("badmove", fields={"popvault_on_dele": "move:../etc"})]
+    with dovecot(users) as dc:
+        for user, setting, value in (
+                ("bad", "popvault_after_retr", "bogus"),
+                ("typo", "popvault_afer_retr", None),
+                ("badmove", "popvault_on_dele", "move:../etc")):
+            p = dc.pop3()
+            assert p.command("USER " + user).startswith("+OK")
+            r = p.command("PASS " + dc.users[user].password)
+            assert r.startswith("-ERR [SYS/TEMP]"), r
+            p.close()
+            # logged before the user's log prefix exists: the line
+            # itself names the user, the setting and the value
+            line = dc.wait_log(r"pop3\(\w+\): Error: popvault: user %s: .*%s.*"
+                               % (user, re.escape(setting))).group(0)
+            if value is not None:
+                assert "%s=%s" % (setting, value) in line, line
+            # delivery fails temporarily rather than storing with a guess
+            c = dc.lmtp()
+            r = c.deliver(user, make_message("held"))[user]
+            c.quit()
+            assert r.startswith("4"), r
+
+        # the other user is unaffected
+        dc.deliver("good", make_message("fine"))
+        p = dc.pop3("good")
+        assert p.stat()[0] == 1
+        p.quit()
+        # nothing was stored for the refused users
+        for user in ("bad", "typo", "badmove"):
+            rc, out, err = dc.doveadm("mailbox", "status", "-u", user,
+                                      "messages", "INBOX", check=False)
+            assert rc != 0 or "messages=0" in out, out + err
+
+
+def test_sql_userdb_settings_per_user():
+    """popvault_* columns from a real SQLite userdb override plugin {},
+    NULL falls back to it, and a bad value refuses only that user."""
+    users = [User("s1", fields={"popvault_after_retr": "move:Archive",
+                                "popvault_retain_unread": None}),
+             User("s2", fields={"popvault_after_retr": None,
+                                "popvault_retain_unread": "30d"}),
+             User("s3", fields={"popvault_after_retr": "sideways",
+                                "popvault_retain_unread": None})]
+    with dovecot(users, userdb="sqlite",
+                 plugin={"popvault_after_retr": "hide"}) as dc:
+        _, out, _ = dc.doveadm("-f", "flow", "popvault", "status", "-u", "s1")
+        assert "after_retr=move:Archive" in out and \
+            "retain_unread=never" in out, out
+        _, out, _ = dc.doveadm("-f", "flow", "popvault", "status", "-u", "s2")
+        assert "after_retr=hide" in out and "retain_unread=30d" in out, out
+        rc, out, err = dc.doveadm("popvault", "status", "-u", "s3",
+                                  check=False)
+        assert rc != 0
+        assert "popvault_after_retr=sideways" in out + err, out + err
+        p = dc.pop3()
+        p.command("USER s3")
+        assert p.command("PASS pw-s3").startswith("-ERR [SYS/TEMP]")
+        p.close()
+        p = dc.pop3("s1")
+        p.quit()
+
+
+def test_plugin_settings_apply_to_all_users():
+    with dovecot([User("u1"), User("u2", fields={"popvault_on_dele": "keep"})],
+                 plugin={"popvault_on_dele": "hide",
+                         "popvault_retain_downloaded": "14d"}) as dc:
+        _, out, _ = dc.doveadm("-f", "flow", "popvault", "status", "-A")
+        lines = sorted(out.strip().splitlines())
+        assert len(lines) == 2, out
+        assert "on_dele=hide" in lines[0] and "retain_downloaded=14d" in lines[0]
+        assert "on_dele=keep" in lines[1] and "retain_downloaded=14d" in lines[1]
