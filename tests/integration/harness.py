@@ -271,7 +271,7 @@ class Dovecot:
 
     def __init__(self, users, plugin=None, mail_format="maildir",
                  extra_conf="", userdb="passwd-file", mail_plugins=None,
-                 with_popvault=True, debug=True, name="dc"):
+                 with_popvault=True, debug=True, name="dc", ports=None):
         self.users = {u.name: u for u in users}
         self.plugin = dict(plugin or {})
         self.mail_format = mail_format
@@ -283,7 +283,7 @@ class Dovecot:
         self.name = name
         self.proc = None
         self.tmp = None
-        self.ports = {}
+        self.ports = dict(ports or {})
 
     # --- lifecycle -------------------------------------------------------
 
@@ -297,7 +297,7 @@ class Dovecot:
         self._identities()
         self._modules()
         for name in ("pop3", "imap", "lmtp"):
-            self.ports[name] = free_port()
+            self.ports.setdefault(name, free_port())
         self._write_userdb()
         self.config_path = os.path.join(self.tmp, "dovecot.conf")
         with open(self.config_path, "w") as f:

@@ -162,3 +162,36 @@ def test_plugin_settings_apply_to_all_users():
         assert len(lines) == 2, out
         assert "on_dele=hide" in lines[0] and "retain_downloaded=14d" in lines[0]
         assert "on_dele=keep" in lines[1] and "retain_downloaded=14d" in lines[1]
+
+
+def test_demo_serves_curl():
+    """README's demo command starts, and a real POP3 client can use it."""
+    import os
+    import subprocess
+    import sys
+    import harness
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.Popen([sys.executable, os.path.join(here, "demo.py"),
+                          "--build-dir", harness.BUILD_DIR, "--seconds", "20"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        port = None
+        for line in p.stdout:
+            m = re.search(rb"POP3  127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+            if b"Ctrl-C" in line:
+                break
+        assert port, "demo printed no POP3 port"
+        out = subprocess.run(["curl", "-s", "--max-time", "10",
+                              "pop3://keep:demo@127.0.0.1:%d/" % port],
+                             capture_output=True, timeout=20).stdout
+        assert out.decode().split() [0:1] == ["1"], out
+        assert len(out.decode().strip().splitlines()) == 3, out
+        msg = subprocess.run(["curl", "-s", "--max-time", "10",
+                              "pop3://keep:demo@127.0.0.1:%d/2" % port],
+                             capture_output=True, timeout=20).stdout
+        assert b"sample message 2 for keep" in msg, msg
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
