@@ -10,6 +10,8 @@ const char *popvault_plugin_version = DOVECOT_ABI_VERSION;
 
 static struct mail_storage_hooks popvault_mail_storage_hooks = {
 	.mail_user_created = popvault_mail_user_created,
+	.mailbox_allocated = popvault_pop3_mailbox_allocated,
+	.mail_allocated = popvault_pop3_mail_allocated,
 };
 
 void popvault_plugin_init(struct module *module)

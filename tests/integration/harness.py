@@ -304,6 +304,10 @@ class Dovecot:
             f.write(self.config())
         self.log_path = os.path.join(self.tmp, "dovecot.log")
         open(self.log_path, "a").close()
+        return self.start_again()
+
+    def start_again(self):
+        """(Re)starts the master on the existing directory and config."""
         self.proc = subprocess.Popen(
             [DOVECOT, "-F", "-c", self.config_path],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

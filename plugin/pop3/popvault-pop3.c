@@ -9,10 +9,10 @@
 /* One module serves every mail process ("mail_plugins = $mail_plugins
    popvault"), but only the pop3 binary defines these symbols. Weak
    references resolve to NULL elsewhere instead of failing dlopen() in
-   lmtp, imap, doveadm and dovecot-lda. Nothing below may touch a pop3
-   symbol unless pop3_client_created_hook_set is non-NULL. */
+   lmtp, imap, doveadm and dovecot-lda. Nothing may touch a pop3 symbol
+   unless popvault_pop3_hooked is TRUE. */
 #pragma weak pop3_client_created_hook_set
-#pragma weak pop3_module_register
+#pragma weak pop3_clients
 
 static pop3_client_created_func_t *next_hook_client_created;
 static bool popvault_pop3_hooked;
@@ -27,6 +27,19 @@ static void popvault_pop3_client_created(struct client **clientp)
 
 	if (next_hook_client_created != NULL)
 		next_hook_client_created(clientp);
+}
+
+struct client *popvault_pop3_client_for_box(struct mailbox *box)
+{
+	struct client *client;
+
+	if (!popvault_pop3_hooked)
+		return NULL;
+	for (client = pop3_clients; client != NULL; client = client->next) {
+		if (client->mailbox == box)
+			return client;
+	}
+	return NULL;
 }
 
 void popvault_pop3_init(void)

@@ -1,0 +1,27 @@
+#ifndef POPVAULT_ACTION_H
+#define POPVAULT_ACTION_H
+
+#include "seq-range-array.h"
+#include "popvault-settings.h"
+
+struct mailbox_transaction_context;
+struct popvault_user;
+
+/* The keyword that hides a message from POP3 but keeps it for IMAP. An
+   admin clears it with IMAP STORE -FLAGS or "doveadm flags remove". */
+#define POPVAULT_HIDDEN_KEYWORD "$POP3Hidden"
+
+/* Applies action to the messages with these UIDs in t's mailbox, emitting
+   one "popvault_policy_action" event per message with the given reason.
+   Flag and expunge changes go into t; the caller commits it. A move copies
+   into the target (created when missing) and commits that copy before it
+   expunges the source in t, so a failure never loses a message: on -1
+   nothing was expunged and error_r says why (client-safe text; the detail
+   is logged). */
+int popvault_action_apply(struct popvault_user *puser,
+			  struct mailbox_transaction_context *t,
+			  const ARRAY_TYPE(seq_range) *uids,
+			  const struct popvault_action *action,
+			  const char *reason, const char **error_r);
+
+#endif

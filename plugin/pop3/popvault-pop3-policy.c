@@ -1,0 +1,281 @@
+/* Copyright (c) 2026 popvault authors, see the included COPYING file */
+
+#include "lib.h"
+#include "array.h"
+#include "ioloop.h"
+#include "mail-storage-private.h"
+#include "mail-search-build.h"
+#include "pop3-common.h"
+#include "popvault-user.h"
+#include "popvault-action.h"
+#include "popvault-pop3.h"
+
+/* The POP3 session's INBOX. pop3 has no command hooks, so the policies
+   work through the storage calls pop3 makes:
+   - the listing is pop3's first search: popvault narrows it (hidden,
+     out of window) before anything is numbered;
+   - RETR opens a mail stream with reason "RETR": popvault records the UID;
+   - at QUIT pop3 expunges (or flags) the DELEd mails and commits: popvault
+     turns those calls into the on_dele action and adds after_retr, all in
+     pop3's own transaction, so a session without QUIT changes nothing. */
+
+#define POPVAULT_POP3_BOX_CONTEXT(obj) \
+	MODULE_CONTEXT(obj, popvault_pop3_box_module)
+#define POPVAULT_POP3_MAIL_CONTEXT(obj) \
+	MODULE_CONTEXT(obj, popvault_pop3_mail_module)
+
+struct popvault_pop3_box {
+	union mailbox_module_context module_ctx;
+	struct popvault_user *puser;
+
+	/* UIDs fetched with RETR in this session */
+	ARRAY_TYPE(seq_range) retr_uids;
+	/* UIDs the client DELEd, as pop3 reports them at QUIT */
+	ARRAY_TYPE(seq_range) dele_uids;
+	/* popvault itself is changing mails: the mail hooks pass through */
+	bool applying;
+};
+
+static MODULE_CONTEXT_DEFINE_INIT(popvault_pop3_box_module,
+				  &mail_storage_module_register);
+static MODULE_CONTEXT_DEFINE_INIT(popvault_pop3_mail_module,
+				  &mail_module_register);
+
+static bool pop3_quitting(struct popvault_pop3_box *pbox, struct mail *mail,
+			  struct client **client_r)
+{
+	struct client *client;
+
+	if (pbox->applying)
+		return FALSE;
+	client = popvault_pop3_client_for_box(mail->box);
+	if (client == NULL || !client->quit_seen ||
+	    mail->transaction != client->trans)
+		return FALSE;
+	*client_r = client;
+	return TRUE;
+}
+
+static void popvault_pop3_mail_expunge(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	union mail_module_context *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(_mail->box);
+	struct client *client;
+
+	if (pop3_quitting(pbox, _mail, &client)) {
+		seq_range_array_add(&pbox->dele_uids, _mail->uid);
+		if (pbox->puser->set.on_dele.kind != POPVAULT_ACTION_EXPUNGE)
+			return;
+	}
+	pmail->super.expunge(_mail);
+}
+
+static void
+popvault_pop3_mail_update_keywords(struct mail *_mail,
+				   enum modify_type modify_type,
+				   struct mail_keywords *keywords)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	union mail_module_context *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(_mail->box);
+	struct client *client;
+
+	/* with pop3_deleted_flag, pop3's DELE at QUIT is this keyword */
+	if (modify_type == MODIFY_ADD &&
+	    pop3_quitting(pbox, _mail, &client) &&
+	    client->deleted_kw != NULL && keywords == client->deleted_kw) {
+		seq_range_array_add(&pbox->dele_uids, _mail->uid);
+		if (pbox->puser->set.on_dele.kind != POPVAULT_ACTION_EXPUNGE)
+			return;
+	}
+	pmail->super.update_keywords(_mail, modify_type, keywords);
+}
+
+static int
+popvault_pop3_mail_get_stream(struct mail *_mail, bool get_body,
+			      struct message_size *hdr_size,
+			      struct message_size *body_size,
+			      struct istream **stream_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	union mail_module_context *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(_mail->box);
+
+	if (pmail->super.get_stream(_mail, get_body, hdr_size, body_size,
+				    stream_r) < 0)
+		return -1;
+	if (mail->get_stream_reason != NULL &&
+	    strcmp(mail->get_stream_reason, "RETR") == 0)
+		seq_range_array_add(&pbox->retr_uids, _mail->uid);
+	return 0;
+}
+
+void popvault_pop3_mail_allocated(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct mail_vfuncs *v = mail->vlast;
+	union mail_module_context *pmail;
+
+	if (POPVAULT_POP3_BOX_CONTEXT(_mail->box) == NULL)
+		return;
+	pmail = p_new(mail->pool, union mail_module_context, 1);
+	pmail->super = *v;
+	mail->vlast = &pmail->super;
+	v->expunge = popvault_pop3_mail_expunge;
+	v->update_keywords = popvault_pop3_mail_update_keywords;
+	v->get_stream = popvault_pop3_mail_get_stream;
+	MODULE_CONTEXT_SET_SELF(mail, popvault_pop3_mail_module, pmail);
+}
+
+/* The listing search, rebuilt with popvault's conditions added. */
+static struct mail_search_args *
+listing_search_args(struct popvault_pop3_box *pbox, struct client *client)
+{
+	const struct popvault_settings *set = &pbox->puser->set;
+	struct mail_search_args *args = mail_search_build_init();
+	struct mail_search_arg *arg;
+	time_t since = 0;
+
+	mail_search_build_add_all(args);
+	if (client->deleted_kw != NULL) {
+		arg = mail_search_build_add(args, SEARCH_KEYWORDS);
+		arg->match_not = TRUE;
+		arg->value.str = p_strdup(args->pool,
+					  client->set->pop3_deleted_flag);
+	}
+	arg = mail_search_build_add(args, SEARCH_KEYWORDS);
+	arg->match_not = TRUE;
+	arg->value.str = POPVAULT_HIDDEN_KEYWORD;
+
+	if (set->list_since != 0)
+		since = set->list_since;
+	if (set->list_window != 0 && ioloop_time - set->list_window > since)
+		since = ioloop_time - set->list_window;
+	if (since != 0) {
+		arg = mail_search_build_add(args, SEARCH_SINCE);
+		arg->value.date_type = MAIL_SEARCH_DATE_TYPE_RECEIVED;
+		arg->value.search_flags = MAIL_SEARCH_ARG_FLAG_UTC_TIMES;
+		arg->value.time = since;
+	}
+	return args;
+}
+
+static struct mail_search_context *
+popvault_pop3_search_init(struct mailbox_transaction_context *t,
+			  struct mail_search_args *args,
+			  const enum mail_sort_type *sort_program,
+			  enum mail_fetch_field wanted_fields,
+			  struct mailbox_header_lookup_ctx *wanted_headers)
+{
+	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(t->box);
+	struct client *client = popvault_pop3_client_for_box(t->box);
+	struct mail_search_args *new_args;
+	struct mail_search_context *ctx;
+
+	/* pop3's first search numbers the messages: that is the listing */
+	if (client == NULL || client->message_sizes != NULL)
+		return pbox->module_ctx.super.search_init(t, args,
+			sort_program, wanted_fields, wanted_headers);
+
+	/* pop3 assumes sequences 1..N unless all_seqs already exists; with
+	   messages left out it must record the real ones. */
+	if (!array_is_created(&client->all_seqs))
+		i_array_init(&client->all_seqs, 32);
+
+	new_args = listing_search_args(pbox, client);
+	mail_search_args_init(new_args, t->box, TRUE, NULL);
+	mail_search_args_simplify(new_args);
+	ctx = pbox->module_ctx.super.search_init(t, new_args, sort_program,
+						 wanted_fields, wanted_headers);
+	/* the search owns new_args now and unrefs it at deinit; drop the
+	   reference mailbox_search_init() took on the replaced args */
+	mail_search_args_unref(&args);
+	return ctx;
+}
+
+static int quit_actions(struct popvault_pop3_box *pbox,
+			struct mailbox_transaction_context *t,
+			const char **error_r)
+{
+	const struct popvault_settings *set = &pbox->puser->set;
+	ARRAY_TYPE(seq_range) after_retr;
+	int ret = 0;
+
+	/* DELE wins over after_retr */
+	t_array_init(&after_retr, 32);
+	seq_range_array_merge(&after_retr, &pbox->retr_uids);
+	seq_range_array_remove_seq_range(&after_retr, &pbox->dele_uids);
+
+	pbox->applying = TRUE;
+	if (set->on_dele.kind != POPVAULT_ACTION_EXPUNGE) {
+		ret = popvault_action_apply(pbox->puser, t, &pbox->dele_uids,
+					    &set->on_dele, "on_dele", error_r);
+	}
+	if (ret == 0 && set->after_retr.kind != POPVAULT_ACTION_KEEP) {
+		ret = popvault_action_apply(pbox->puser, t, &after_retr,
+					    &set->after_retr, "after_retr",
+					    error_r);
+	}
+	pbox->applying = FALSE;
+	return ret;
+}
+
+static int
+popvault_pop3_transaction_commit(struct mailbox_transaction_context *t,
+				 struct mail_transaction_commit_changes *changes_r)
+{
+	struct mailbox *box = t->box;
+	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(box);
+	struct client *client = popvault_pop3_client_for_box(box);
+	const char *error;
+	int ret;
+
+	/* mailbox_transaction_commit() has already cleared client->trans
+	   when pop3 commits its session transaction at QUIT */
+	if (client == NULL || !client->quit_seen || client->trans != NULL ||
+	    pbox->applying)
+		return pbox->module_ctx.super.transaction_commit(t, changes_r);
+
+	T_BEGIN {
+		ret = quit_actions(pbox, t, &error);
+		if (ret < 0)
+			error = t_strdup(error);
+	} T_END_PASS_STR_IF(ret < 0, &error);
+	if (ret < 0) {
+		/* Keep every message where it was: roll back pop3's own
+		   expunges too, and let QUIT answer -ERR [SYS/TEMP]. */
+		e_error(pbox->puser->event, "QUIT: policy not applied, "
+			"nothing removed: %s", error);
+		pbox->module_ctx.super.transaction_rollback(t);
+		mail_storage_set_error(box->storage, MAIL_ERROR_TEMP,
+			"Couldn't apply the mailbox policy, nothing was "
+			"removed; try again later");
+		return -1;
+	}
+	return pbox->module_ctx.super.transaction_commit(t, changes_r);
+}
+
+void popvault_pop3_mailbox_allocated(struct mailbox *box)
+{
+	struct mailbox_vfuncs *v = box->vlast;
+	struct popvault_pop3_box *pbox;
+	struct popvault_user *puser;
+
+	if ((box->flags & MAILBOX_FLAG_POP3_SESSION) == 0)
+		return;
+	puser = popvault_user_get(box->storage->user);
+	if (puser == NULL)
+		return;
+
+	pbox = p_new(box->pool, struct popvault_pop3_box, 1);
+	pbox->puser = puser;
+	p_array_init(&pbox->retr_uids, box->pool, 32);
+	p_array_init(&pbox->dele_uids, box->pool, 32);
+	pbox->module_ctx.super = *v;
+	box->vlast = &pbox->module_ctx.super;
+	v->search_init = popvault_pop3_search_init;
+	v->transaction_commit = popvault_pop3_transaction_commit;
+	MODULE_CONTEXT_SET(box, popvault_pop3_box_module, pbox);
+	e_debug(puser->event, "pop3 INBOX hooked");
+}

@@ -1,0 +1,172 @@
+/* Copyright (c) 2026 popvault authors, see the included COPYING file */
+
+#include "lib.h"
+#include "array.h"
+#include "mail-storage.h"
+#include "mail-namespace.h"
+#include "popvault-user.h"
+#include "popvault-action.h"
+
+static void
+emit_action(struct popvault_user *puser, struct mail *mail,
+	    const struct popvault_action *action, const char *reason)
+{
+	const char *guid;
+
+	if (mail_get_special(mail, MAIL_FETCH_GUID, &guid) < 0)
+		guid = "";
+	struct event_passthrough *e =
+		event_create_passthrough(puser->event)->
+		set_name("popvault_policy_action")->
+		add_str("user", mail_storage_get_user(
+			mailbox_get_storage(mail->box))->username)->
+		add_str("mailbox", mailbox_get_vname(mail->box))->
+		add_int("uid", mail->uid)->
+		add_str("guid", guid)->
+		add_str("action", popvault_action_to_str(action))->
+		add_str("reason", reason);
+	e_info(e->event(), "policy: mailbox=%s uid=%u guid=%s action=%s "
+	       "reason=%s", mailbox_get_vname(mail->box), mail->uid, guid,
+	       popvault_action_to_str(action), reason);
+}
+
+static int
+open_move_target(struct mail_user *user, const char *name,
+		 struct mailbox **box_r, const char **error_r)
+{
+	struct mail_namespace *ns;
+	struct mailbox *box;
+	enum mail_error error;
+
+	ns = mail_namespace_find(user->namespaces, name);
+	box = mailbox_alloc(ns->list, name, MAILBOX_FLAG_SAVEONLY);
+	if (mailbox_open(box) < 0) {
+		(void)mailbox_get_last_error(box, &error);
+		if (error == MAIL_ERROR_NOTFOUND) {
+			/* created on first use, as the setting promises */
+			if (mailbox_create(box, NULL, FALSE) < 0) {
+				(void)mailbox_get_last_error(box, &error);
+				if (error != MAIL_ERROR_EXISTS)
+					goto fail;
+			}
+			if (mailbox_open(box) == 0)
+				goto opened;
+		}
+		goto fail;
+	}
+opened:
+	*box_r = box;
+	return 0;
+fail:
+	*error_r = t_strdup_printf("Can't open move target %s: %s", name,
+				   mailbox_get_last_internal_error(box, NULL));
+	mailbox_free(&box);
+	return -1;
+}
+
+static int
+copy_to_target(struct popvault_user *puser,
+	       struct mailbox_transaction_context *t,
+	       const ARRAY_TYPE(seq_range) *uids, const char *target,
+	       ARRAY_TYPE(seq_range) *copied_uids, const char **error_r)
+{
+	struct mail_user *user = mail_storage_get_user(
+		mailbox_get_storage(mailbox_transaction_get_mailbox(t)));
+	struct mailbox *dest;
+	struct mailbox_transaction_context *dest_t;
+	struct mail_save_context *save;
+	struct mail *mail;
+	struct seq_range_iter iter;
+	unsigned int n = 0;
+	uint32_t uid;
+	int ret = 0;
+
+	if (open_move_target(user, target, &dest, error_r) < 0)
+		return -1;
+	dest_t = mailbox_transaction_begin(dest,
+		MAILBOX_TRANSACTION_FLAG_EXTERNAL, "popvault move");
+	mail = mail_alloc(t, 0, NULL);
+	seq_range_array_iter_init(&iter, uids);
+	while (seq_range_array_iter_nth(&iter, n++, &uid)) {
+		if (!mail_set_uid(mail, uid)) {
+			/* expunged meanwhile by someone else: nothing to move */
+			continue;
+		}
+		save = mailbox_save_alloc(dest_t);
+		mailbox_save_copy_flags(save, mail);
+		if (mailbox_copy(&save, mail) < 0) {
+			*error_r = t_strdup_printf(
+				"Can't move uid %u to %s: %s", uid, target,
+				mailbox_get_last_internal_error(dest, NULL));
+			ret = -1;
+			break;
+		}
+		seq_range_array_add(copied_uids, uid);
+	}
+	mail_free(&mail);
+	if (ret < 0)
+		mailbox_transaction_rollback(&dest_t);
+	else if (mailbox_transaction_commit(&dest_t) < 0) {
+		*error_r = t_strdup_printf("Can't move to %s: %s", target,
+			mailbox_get_last_internal_error(dest, NULL));
+		ret = -1;
+	}
+	mailbox_free(&dest);
+	if (ret < 0)
+		e_error(puser->event, "%s", *error_r);
+	return ret;
+}
+
+int popvault_action_apply(struct popvault_user *puser,
+			  struct mailbox_transaction_context *t,
+			  const ARRAY_TYPE(seq_range) *uids,
+			  const struct popvault_action *action,
+			  const char *reason, const char **error_r)
+{
+	ARRAY_TYPE(seq_range) moved;
+	const ARRAY_TYPE(seq_range) *targets = uids;
+	struct mail_keywords *kw = NULL;
+	struct mail *mail;
+	struct seq_range_iter iter;
+	unsigned int n = 0;
+	uint32_t uid;
+
+	if (array_count(uids) == 0)
+		return 0;
+	if (action->kind == POPVAULT_ACTION_MOVE) {
+		t_array_init(&moved, 32);
+		if (copy_to_target(puser, t, uids, action->mailbox, &moved,
+				   error_r) < 0)
+			return -1;
+		targets = &moved;
+	} else if (action->kind == POPVAULT_ACTION_HIDE) {
+		const char *const names[] = { POPVAULT_HIDDEN_KEYWORD, NULL };
+
+		kw = mailbox_keywords_create_valid(
+			mailbox_transaction_get_mailbox(t), names);
+	}
+
+	mail = mail_alloc(t, MAIL_FETCH_GUID, NULL);
+	seq_range_array_iter_init(&iter, targets);
+	while (seq_range_array_iter_nth(&iter, n++, &uid)) T_BEGIN {
+		if (mail_set_uid(mail, uid)) {
+			switch (action->kind) {
+			case POPVAULT_ACTION_KEEP:
+				break;
+			case POPVAULT_ACTION_HIDE:
+				mail_update_keywords(mail, MODIFY_ADD, kw);
+				break;
+			case POPVAULT_ACTION_DELETE:
+			case POPVAULT_ACTION_EXPUNGE:
+			case POPVAULT_ACTION_MOVE:
+				mail_expunge(mail);
+				break;
+			}
+			emit_action(puser, mail, action, reason);
+		}
+	} T_END;
+	mail_free(&mail);
+	if (kw != NULL)
+		mailbox_keywords_unref(&kw);
+	return 0;
+}

@@ -1,0 +1,326 @@
+"""Per-user download-and-delete policies (popvault_after_retr,
+popvault_on_dele, popvault_list_since, popvault_list_window)."""
+
+import re
+import subprocess
+import time
+
+from harness import User, dovecot, make_message
+from policy_util import (deliver_numbered, imap_inventory, pop3_listing,
+                         pop3_session, subjects)
+
+HIDDEN = "$POP3Hidden"
+
+# One session for every user: m1 RETR only, m2 RETR+DELE, m3 DELE only,
+# m4 untouched. Expected outcome per policy:
+#   (INBOX subjects, hidden subjects, {other mailbox: subjects}, POP3 list)
+MATRIX = {
+    "default": ({}, (["m1", "m4"], [], {}, ["m1", "m4"])),
+    "retrkeep": ({"popvault_after_retr": "keep"},
+                 (["m1", "m4"], [], {}, ["m1", "m4"])),
+    "retrdelete": ({"popvault_after_retr": "delete"},
+                   (["m4"], [], {}, ["m4"])),
+    "retrhide": ({"popvault_after_retr": "hide"},
+                 (["m1", "m4"], ["m1"], {}, ["m4"])),
+    "retrmove": ({"popvault_after_retr": "move:Archive"},
+                 (["m4"], [], {"Archive": ["m1"]}, ["m4"])),
+    "deleexpunge": ({"popvault_on_dele": "expunge"},
+                    (["m1", "m4"], [], {}, ["m1", "m4"])),
+    "delehide": ({"popvault_on_dele": "hide"},
+                 (["m1", "m2", "m3", "m4"], ["m2", "m3"], {}, ["m1", "m4"])),
+    "delekeep": ({"popvault_on_dele": "keep"},
+                 (["m1", "m2", "m3", "m4"], [], {},
+                  ["m1", "m2", "m3", "m4"])),
+    "delemove": ({"popvault_on_dele": "move:Trash"},
+                 (["m1", "m4"], [], {"Trash": ["m2", "m3"]}, ["m1", "m4"])),
+    # DELE wins over after_retr for m2
+    "both": ({"popvault_after_retr": "move:Archive",
+              "popvault_on_dele": "hide"},
+             (["m2", "m3", "m4"], ["m2", "m3"], {"Archive": ["m1"]}, ["m4"])),
+    "bothdelete": ({"popvault_after_retr": "delete",
+                    "popvault_on_dele": "keep"},
+                   (["m2", "m3", "m4"], [], {}, ["m2", "m3", "m4"])),
+}
+
+
+def _check_outcome(dc, user, expected, deleted_flag=None):
+    inbox, hidden, others, listed = expected
+    inv = imap_inventory(dc, user)
+    got_inbox = subjects(inv, "INBOX")
+    if deleted_flag:
+        # pop3_deleted_flag: Dovecot flags instead of expunging on DELE
+        flagged = sorted(s for s, f in inv["INBOX"].items()
+                         if deleted_flag in f)
+        got_inbox = sorted(set(got_inbox) - set(flagged))
+    assert got_inbox == inbox, (user, inv)
+    got_hidden = sorted(s for s, f in inv["INBOX"].items() if HIDDEN in f)
+    assert got_hidden == hidden, (user, inv)
+    for box in set(inv) - {"INBOX"}:
+        assert subjects(inv, box) == others.get(box, []), (user, box, inv)
+    for box, subs in others.items():
+        assert subjects(inv, box) == subs, (user, box, inv)
+    assert pop3_listing(dc, user) == listed, user
+
+
+def _run_matrix(deleted_flag=None, mail_format="maildir", names=None):
+    names = names or list(MATRIX)
+    users = [User(n, fields=MATRIX[n][0]) for n in names]
+    extra = ("pop3_deleted_flag = %s\n" % deleted_flag.replace("$", "$$")
+             if deleted_flag else "")
+    with dovecot(users, mail_format=mail_format, extra_conf=extra) as dc:
+        for n in names:
+            deliver_numbered(dc, n, 4)
+            r = pop3_session(dc, n, retr=[1, 2], dele=[2, 3])
+            assert r.startswith("+OK"), (n, r)
+        for n in names:
+            expected = MATRIX[n][1]
+            if deleted_flag and n in ("default", "retrkeep", "deleexpunge"):
+                # DELEd mail stays, flagged, when Dovecot's flag is set
+                pass
+            _check_outcome(dc, n, expected, deleted_flag)
+        # restarts do not bring hidden mail back: state is on disk
+        assert dc.log_errors() == [], dc.log_errors()
+        return dc.log()
+
+
+def test_policy_matrix_maildir():
+    log = _run_matrix()
+    # each action is logged with user, uid, action and reason
+    for user, action, reason in (("retrdelete", "delete", "after_retr"),
+                                 ("retrhide", "hide", "after_retr"),
+                                 ("retrmove", "move:Archive", "after_retr"),
+                                 ("delehide", "hide", "on_dele"),
+                                 ("delekeep", "keep", "on_dele"),
+                                 ("delemove", "move:Trash", "on_dele")):
+        assert re.search(r"pop3\(%s\).*popvault: policy: mailbox=INBOX "
+                         r"uid=\d+ guid=\S+ action=%s reason=%s"
+                         % (user, re.escape(action), reason), log), user
+    # no action logged for users whose policy is Dovecot's own
+    assert not re.search(r"pop3\((default|retrkeep|deleexpunge)\).*policy:",
+                         log)
+
+
+def test_policy_matrix_with_pop3_deleted_flag():
+    _run_matrix(deleted_flag="POP3Deleted")
+
+
+def test_policy_matrix_sdbox():
+    _run_matrix(mail_format="sdbox",
+                names=["retrdelete", "retrhide", "retrmove", "delehide",
+                       "delekeep", "delemove", "both"])
+
+
+def test_policy_matrix_mdbox():
+    _run_matrix(mail_format="mdbox",
+                names=["retrdelete", "retrhide", "retrmove", "delehide",
+                       "delekeep", "delemove", "both"])
+
+
+def test_no_quit_changes_nothing():
+    names = [n for n in MATRIX if n != "default"]
+    users = [User(n, fields=MATRIX[n][0]) for n in names]
+    with dovecot(users) as dc:
+        for n in names:
+            deliver_numbered(dc, n, 4)
+            assert pop3_session(dc, n, retr=[1, 2], dele=[2, 3],
+                                quit=False) is None
+        time.sleep(0.5)
+        for n in names:
+            inv = imap_inventory(dc, n)
+            assert subjects(inv, "INBOX") == ["m1", "m2", "m3", "m4"], (n, inv)
+            assert all(HIDDEN not in f for f in inv["INBOX"].values()), inv
+            assert all(not subjects(inv, b) for b in inv if b != "INBOX"), inv
+            # Dovecot's own behaviour remains: RETRed mail is \Seen
+            assert "\\Seen" in inv["INBOX"]["m1"], inv
+            assert pop3_listing(dc, n) == ["m1", "m2", "m3", "m4"], n
+        assert "policy:" not in dc.log()
+
+
+def test_hidden_state_survives_restart_and_can_be_cleared():
+    users = [User("h", fields={"popvault_after_retr": "hide"})]
+    with dovecot(users) as dc:
+        deliver_numbered(dc, "h", 3)
+        pop3_session(dc, "h", retr=[2])
+        assert pop3_listing(dc, "h") == ["m1", "m3"]
+        dc.stop()
+        dc.start_again()
+        assert pop3_listing(dc, "h") == ["m1", "m3"]
+        # the admin clears the keyword: the message is listed again
+        dc.doveadm("flags", "remove", "-u", "h", HIDDEN, "mailbox", "INBOX",
+                   "ALL")
+        assert pop3_listing(dc, "h") == ["m1", "m2", "m3"]
+
+
+def test_move_failure_keeps_mail_and_fails_quit():
+    # quota full on the target: the copy cannot be made
+    users = [User("q", fields={"popvault_after_retr": "move:Archive"})]
+    with dovecot(users, mail_plugins="quota popvault",
+                 plugin={"quota": "count:User quota",
+                         "quota_rule": "*:messages=3",
+                         "quota_vsizes": "yes"}) as dc:
+        deliver_numbered(dc, "q", 3)
+        p = dc.pop3("q")
+        p.retr(1)
+        p.command("DELE 3")
+        r = p.quit()
+        assert r.startswith("-ERR [SYS/TEMP]"), r
+        inv = imap_inventory(dc, "q")
+        assert subjects(inv, "INBOX") == ["m1", "m2", "m3"], inv
+        assert subjects(inv, "Archive") == [], inv
+        line = dc.wait_log(r"pop3\(q\).*Error: popvault: .*Archive.*").group(0)
+        assert "nothing removed" in line or "Can't move" in line, line
+        # the next session still sees everything
+        assert pop3_listing(dc, "q") == ["m1", "m2", "m3"]
+
+
+def test_two_users_different_policies_same_server():
+    users = [User("a", fields={"popvault_after_retr": "delete"}),
+             User("b", fields={"popvault_after_retr": "hide"})]
+    with dovecot(users, userdb="sqlite") as dc:
+        for u in ("a", "b"):
+            deliver_numbered(dc, u, 2)
+            pop3_session(dc, u, retr=[1])
+        assert subjects(imap_inventory(dc, "a"), "INBOX") == ["m2"]
+        assert subjects(imap_inventory(dc, "b"), "INBOX") == ["m1", "m2"]
+        assert pop3_listing(dc, "a") == ["m2"]
+        assert pop3_listing(dc, "b") == ["m2"]
+
+
+def _append_dated(dc, user, subject, internaldate):
+    c = dc.imap(user)
+    try:
+        msg = make_message(subject)
+        c.cmd('a1 APPEND INBOX "%s" {%d}' % (internaldate, len(msg)))
+        assert c.readline().startswith("+")
+        c.send(msg + b"\r\n")
+        r = c.readline()
+        assert r.startswith("a1 OK"), r
+    finally:
+        c.logout()
+
+
+def test_list_window_and_since():
+    users = [User("win", fields={"popvault_list_window": "7d"}),
+             User("since", fields={"popvault_list_since": "2025-06-01"}),
+             User("sinceunix", fields={"popvault_list_since": "1748736000"}),
+             User("all", fields={"popvault_list_window": "0"})]
+    with dovecot(users) as dc:
+        for u in ("win", "since", "sinceunix", "all"):
+            _append_dated(dc, u, "old2024", "01-Jan-2024 00:00:00 +0000")
+            _append_dated(dc, u, "mid2025", "01-Jul-2025 12:00:00 +0000")
+            dc.deliver(u, make_message("fresh"))
+        assert pop3_listing(dc, "win") == ["fresh"]
+        assert pop3_listing(dc, "since") == ["mid2025", "fresh"]
+        assert pop3_listing(dc, "sinceunix") == ["mid2025", "fresh"]
+        assert pop3_listing(dc, "all") == ["old2024", "mid2025", "fresh"]
+        # out-of-window mail is not numbered and not reachable
+        p = dc.pop3("win")
+        assert p.stat()[0] == 1
+        assert p.command("RETR 2").startswith("-ERR")
+        p.quit()
+        # and it is untouched for IMAP
+        assert subjects(imap_inventory(dc, "win"), "INBOX") == \
+            ["fresh", "mid2025", "old2024"]
+
+
+def test_window_with_policy_and_deleted_flag_numbering():
+    """Out-of-window and hidden mail never gets numbers, also with
+    pop3_deleted_flag, and DELE/RETR by number hit the right message."""
+    users = [User("w", fields={"popvault_list_window": "7d",
+                               "popvault_after_retr": "hide"})]
+    with dovecot(users, extra_conf="pop3_deleted_flag = POP3Deleted\n") as dc:
+        dc.deliver(dc and "w", make_message("new1"))
+        _append_dated(dc, "w", "old1", "01-Jan-2024 00:00:00 +0000")
+        dc.deliver("w", make_message("new2"))
+        _append_dated(dc, "w", "old2", "02-Jan-2024 00:00:00 +0000")
+        dc.deliver("w", make_message("new3"))
+        assert pop3_listing(dc, "w") == ["new1", "new2", "new3"]
+        p = dc.pop3("w")
+        assert b"Subject: new2" in p.retr(2)
+        assert p.command("DELE 3").startswith("+OK")
+        p.quit()
+        inv = imap_inventory(dc, "w")
+        assert HIDDEN in inv["INBOX"]["new2"], inv
+        assert "POP3Deleted" in inv["INBOX"]["new3"], inv
+        assert pop3_listing(dc, "w") == ["new1"]
+
+
+def _fetchmail(dc, user, keep, tmpdir):
+    rc = "%s/fetchmailrc-%s" % (tmpdir, user)
+    out = "%s/fetched-%s" % (tmpdir, user)
+    with open(rc, "w") as f:
+        f.write('set no syslog\npoll 127.0.0.1 protocol pop3 port %d '
+                'auth password\n  user "%s" password "%s" %s fetchall '
+                'sslproto "" mda "/bin/sh -c \'cat >> %s\'"\n'
+                % (dc.ports["pop3"], user, dc.users[user].password,
+                   "keep" if keep else "nokeep", out))
+    import os
+    os.chmod(rc, 0o600)
+    env = dict(os.environ, FETCHMAILHOME=tmpdir, HOME=tmpdir)
+    p = subprocess.run(["fetchmail", "-f", rc, "--nosyslog", "-v"],
+                       capture_output=True, timeout=60, env=env)
+    assert p.returncode in (0, 1), p.stdout + p.stderr  # 1 = no new mail
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def test_real_clients():
+    import os
+    import poplib
+    import tempfile
+    policies = {"delete": "delete", "hide": "hide", "move": "move:Archive"}
+    users = []
+    for client in ("curl", "fmkeep", "fmnokeep", "poplib"):
+        for short, value in policies.items():
+            users.append(User("%s-%s" % (client, short),
+                              fields={"popvault_after_retr": value}))
+    with dovecot(users) as dc:
+        tmpdir = tempfile.mkdtemp(prefix="popvault-clients-")
+        for u in users:
+            deliver_numbered(dc, u.name, 2)
+        for short, value in policies.items():
+            # curl: one RETR per connection, each ending with QUIT
+            u = "curl-%s" % short
+            out = subprocess.run(
+                ["curl", "-s", "--max-time", "10",
+                 "pop3://%s:%s@127.0.0.1:%d/1" % (u, dc.users[u].password,
+                                                  dc.ports["pop3"])],
+                capture_output=True, timeout=20).stdout
+            assert b"Subject: m1" in out, out
+            # fetchmail keep: RETR all, no DELE; nokeep: RETR + DELE
+            for fm, keep in (("fmkeep", True), ("fmnokeep", False)):
+                u = "%s-%s" % (fm, short)
+                got = _fetchmail(dc, u, keep, tmpdir)
+                assert b"Subject: m1" in got and b"Subject: m2" in got, got
+            # poplib: RETR 2, QUIT
+            u = "poplib-%s" % short
+            c = poplib.POP3("127.0.0.1", dc.ports["pop3"], timeout=10)
+            c.user(u)
+            c.pass_(dc.users[u].password)
+            assert b"Subject: m2" in b"\n".join(c.retr(2)[1])
+            c.quit()
+
+        for u in users:
+            client, short = u.name.split("-")
+            inv = imap_inventory(dc, u.name)
+            fetched = {"curl": ["m1"], "poplib": ["m2"]}.get(
+                client, ["m1", "m2"])
+            rest = sorted({"m1", "m2"} - set(fetched))
+            if client == "fmnokeep":
+                # the client's own DELE (expunge) wins over after_retr
+                assert subjects(inv, "INBOX") == [], (u.name, inv)
+                assert subjects(inv, "Archive") == [], (u.name, inv)
+                assert pop3_listing(dc, u.name) == []
+                continue
+            if short == "delete":
+                assert subjects(inv, "INBOX") == rest, (u.name, inv)
+            elif short == "hide":
+                assert subjects(inv, "INBOX") == ["m1", "m2"], (u.name, inv)
+                assert sorted(s for s, f in inv["INBOX"].items()
+                              if HIDDEN in f) == fetched, (u.name, inv)
+            else:
+                assert subjects(inv, "INBOX") == rest, (u.name, inv)
+                assert subjects(inv, "Archive") == fetched, (u.name, inv)
+            assert pop3_listing(dc, u.name) == rest, u.name
+        import shutil
+        shutil.rmtree(tmpdir, ignore_errors=True)
