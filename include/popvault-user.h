@@ -7,10 +7,14 @@
 
 struct popvault_user {
 	union mail_user_module_context module_ctx;
+	struct mail_user *user;
 	/* parent of every popvault event of this user; log prefix
 	   "popvault: " */
 	struct event *event;
 	struct popvault_settings set;
+
+	/* a POP3 session ran: sweep retention once the client is gone */
+	bool sweep_after_session;
 };
 
 #define POPVAULT_USER_CONTEXT(obj) \

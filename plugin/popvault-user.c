@@ -5,6 +5,7 @@
 #include "mail-user.h"
 #include "mail-storage-settings.h"
 #include "popvault-user.h"
+#include "popvault-retention.h"
 
 struct popvault_user_module popvault_user_module =
 	MODULE_CONTEXT_INIT(&mail_user_module_register);
@@ -45,6 +46,10 @@ static void popvault_mail_user_deinit(struct mail_user *user)
 {
 	struct popvault_user *puser = POPVAULT_USER_CONTEXT(user);
 
+	/* like autoexpunge: after the POP3 client has been disconnected, so
+	   it never waits for this */
+	if (puser->sweep_after_session)
+		popvault_retention_after_session(puser);
 	puser->module_ctx.super.deinit(user);
 	event_unref(&puser->event);
 }
@@ -87,6 +92,7 @@ void popvault_mail_user_created(struct mail_user *user)
 	}
 
 	puser = p_new(user->pool, struct popvault_user, 1);
+	puser->user = user;
 	puser->set = set;
 	puser->event = event_create(user->event);
 	event_add_category(puser->event, &event_category_popvault);

@@ -8,6 +8,7 @@
 #include "pop3-common.h"
 #include "popvault-user.h"
 #include "popvault-action.h"
+#include "popvault-retention.h"
 #include "popvault-pop3.h"
 
 /* The POP3 session's INBOX. pop3 has no command hooks, so the policies
@@ -28,8 +29,8 @@ struct popvault_pop3_box {
 	union mailbox_module_context module_ctx;
 	struct popvault_user *puser;
 
-	/* UIDs fetched with RETR in this session */
-	ARRAY_TYPE(seq_range) retr_uids;
+	/* UIDs fetched with RETR / TOP in this session */
+	ARRAY_TYPE(seq_range) retr_uids, top_uids;
 	/* UIDs the client DELEd, as pop3 reports them at QUIT */
 	ARRAY_TYPE(seq_range) dele_uids;
 	/* popvault itself is changing mails: the mail hooks pass through */
@@ -105,9 +106,12 @@ popvault_pop3_mail_get_stream(struct mail *_mail, bool get_body,
 	if (pmail->super.get_stream(_mail, get_body, hdr_size, body_size,
 				    stream_r) < 0)
 		return -1;
-	if (mail->get_stream_reason != NULL &&
-	    strcmp(mail->get_stream_reason, "RETR") == 0)
+	if (mail->get_stream_reason == NULL)
+		;
+	else if (strcmp(mail->get_stream_reason, "RETR") == 0)
 		seq_range_array_add(&pbox->retr_uids, _mail->uid);
+	else if (strcmp(mail->get_stream_reason, "TOP") == 0)
+		seq_range_array_add(&pbox->top_uids, _mail->uid);
 	return 0;
 }
 
@@ -199,8 +203,13 @@ static int quit_actions(struct popvault_pop3_box *pbox,
 			const char **error_r)
 {
 	const struct popvault_settings *set = &pbox->puser->set;
-	ARRAY_TYPE(seq_range) after_retr;
+	ARRAY_TYPE(seq_range) after_retr, downloads;
 	int ret = 0;
+
+	t_array_init(&downloads, 32);
+	seq_range_array_merge(&downloads, &pbox->retr_uids);
+	if (set->retain_count_top)
+		seq_range_array_merge(&downloads, &pbox->top_uids);
 
 	/* DELE wins over after_retr */
 	t_array_init(&after_retr, 32);
@@ -208,6 +217,7 @@ static int quit_actions(struct popvault_pop3_box *pbox,
 	seq_range_array_remove_seq_range(&after_retr, &pbox->dele_uids);
 
 	pbox->applying = TRUE;
+	popvault_retention_record_downloads(pbox->puser, t, &downloads);
 	if (set->on_dele.kind != POPVAULT_ACTION_EXPUNGE) {
 		ret = popvault_action_apply(pbox->puser, t, &pbox->dele_uids,
 					    &set->on_dele, "on_dele", error_r);
@@ -271,6 +281,7 @@ void popvault_pop3_mailbox_allocated(struct mailbox *box)
 	pbox = p_new(box->pool, struct popvault_pop3_box, 1);
 	pbox->puser = puser;
 	p_array_init(&pbox->retr_uids, box->pool, 32);
+	p_array_init(&pbox->top_uids, box->pool, 32);
 	p_array_init(&pbox->dele_uids, box->pool, 32);
 	pbox->module_ctx.super = *v;
 	box->vlast = &pbox->module_ctx.super;

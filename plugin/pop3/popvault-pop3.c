@@ -22,8 +22,10 @@ static void popvault_pop3_client_created(struct client **clientp)
 	struct client *client = *clientp;
 	struct popvault_user *puser = popvault_user_get(client->user);
 
-	if (puser != NULL)
+	if (puser != NULL) {
 		e_debug(puser->event, "pop3 session started");
+		puser->sweep_after_session = TRUE;
+	}
 
 	if (next_hook_client_created != NULL)
 		next_hook_client_created(clientp);

@@ -25,7 +25,8 @@ def test_module_loads_in_every_mail_process():
         assert " OK" in status, status
         i.logout()
         _, out, _ = dc.doveadm("popvault", "status", "-u", "alice")
-        assert re.search(r"^active\s+keep\s+expunge", out.splitlines()[1]), out
+        assert re.search(r"^alice\s+active\s+keep\s+expunge",
+                         out.splitlines()[1]), out
 
         log = dc.wait_log(r"imap\(alice\).*popvault: active") and dc.log()
         for proc in ("lmtp", "lda", "pop3", "imap"):

@@ -1,0 +1,47 @@
+#ifndef POPVAULT_RETENTION_H
+#define POPVAULT_RETENTION_H
+
+#include "seq-range-array.h"
+
+struct mail;
+struct mailbox;
+struct mailbox_transaction_context;
+struct popvault_user;
+
+/* Marks a message downloaded for the retention windows. Kept with the
+   message, so a lost index record (rebuild) is still known as
+   "downloaded" and counted from the time it was found lost. */
+#define POPVAULT_DOWNLOADED_KEYWORD "$POP3Downloaded"
+
+struct popvault_sweep_stats {
+	unsigned int messages;
+	unsigned int downloaded, never_downloaded;
+	unsigned int expired_downloaded, expired_unread;
+	/* earliest time a remaining message expires; 0 = none */
+	time_t next_expiry;
+};
+
+/* TRUE when a retention window applies to the user. */
+bool popvault_retention_enabled(const struct popvault_user *puser);
+
+/* Records the first download of these UIDs (those without a record) in
+   t, which the caller commits. */
+void popvault_retention_record_downloads(struct popvault_user *puser,
+					 struct mailbox_transaction_context *t,
+					 const ARRAY_TYPE(seq_range) *uids);
+
+/* Applies the retention windows to the user's INBOX. With dry_run nothing
+   changes and each message that would go is reported through report (may
+   be NULL). Returns 0 on success, -1 with error_r. */
+typedef void popvault_sweep_report_t(const char *reason, struct mail *mail,
+				     time_t expired_at, void *context);
+int popvault_retention_sweep(struct popvault_user *puser, bool dry_run,
+			     popvault_sweep_report_t *report, void *context,
+			     struct popvault_sweep_stats *stats_r,
+			     const char **error_r);
+
+/* The sweep Dovecot's autoexpunge would do: after a POP3 session, once the
+   client is disconnected. Errors are logged, never fatal. */
+void popvault_retention_after_session(struct popvault_user *puser);
+
+#endif
