@@ -12,9 +12,13 @@ struct popvault_user {
 	   "popvault: " */
 	struct event *event;
 	struct popvault_settings set;
+	/* opened on first use by popvault-dict.c */
+	struct dict *dict;
 
 	/* a POP3 session ran: sweep retention once the client is gone */
 	bool sweep_after_session;
+	/* LOGIN-DELAY refused this POP3 login: INBOX must not be opened */
+	bool pop3_login_refused;
 };
 
 #define POPVAULT_USER_CONTEXT(obj) \

@@ -6,6 +6,7 @@
 #include "mail-storage-settings.h"
 #include "popvault-user.h"
 #include "popvault-retention.h"
+#include "popvault-dict.h"
 
 struct popvault_user_module popvault_user_module =
 	MODULE_CONTEXT_INIT(&mail_user_module_register);
@@ -50,6 +51,7 @@ static void popvault_mail_user_deinit(struct mail_user *user)
 	   it never waits for this */
 	if (puser->sweep_after_session)
 		popvault_retention_after_session(puser);
+	popvault_dict_deinit(puser);
 	puser->module_ctx.super.deinit(user);
 	event_unref(&puser->event);
 }

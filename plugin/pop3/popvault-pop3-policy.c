@@ -266,6 +266,19 @@ popvault_pop3_transaction_commit(struct mailbox_transaction_context *t,
 	return pbox->module_ctx.super.transaction_commit(t, changes_r);
 }
 
+static int popvault_pop3_open(struct mailbox *box)
+{
+	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(box);
+
+	if (pbox->puser->pop3_login_refused) {
+		mail_storage_set_error(box->storage, MAIL_ERROR_PERM,
+			"popvault: LOGIN-DELAY refused this login, "
+			"INBOX not opened");
+		return -1;
+	}
+	return pbox->module_ctx.super.open(box);
+}
+
 void popvault_pop3_mailbox_allocated(struct mailbox *box)
 {
 	struct mailbox_vfuncs *v = box->vlast;
@@ -285,6 +298,7 @@ void popvault_pop3_mailbox_allocated(struct mailbox *box)
 	p_array_init(&pbox->dele_uids, box->pool, 32);
 	pbox->module_ctx.super = *v;
 	box->vlast = &pbox->module_ctx.super;
+	v->open = popvault_pop3_open;
 	v->search_init = popvault_pop3_search_init;
 	v->transaction_commit = popvault_pop3_transaction_commit;
 	MODULE_CONTEXT_SET(box, popvault_pop3_box_module, pbox);

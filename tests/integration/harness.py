@@ -628,3 +628,37 @@ plugin {{
 def dovecot(users, **kwargs):
     with Dovecot(users, **kwargs) as dc:
         yield dc
+
+
+@contextlib.contextmanager
+def redis_server():
+    """A private redis-server on 127.0.0.1, stopped by PID afterwards."""
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.access(exe, os.X_OK):
+        raise HarnessError("redis-server missing (apt-get install redis-server)")
+    port = free_port()
+    tmp = tempfile.mkdtemp(prefix="popvault-redis-")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no",
+                             "--dir", tmp, "--daemonize", "no"],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise HarnessError("redis-server did not start")
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,103 @@
+/* Copyright (c) 2026 popvault authors, see the included COPYING file */
+
+#include "lib.h"
+#include "mkdir-parents.h"
+#include "dict.h"
+#include "mail-user.h"
+#include "popvault-user.h"
+#include "popvault-dict.h"
+
+#define POPVAULT_DICT_PREFIX DICT_PATH_PRIVATE"popvault/"
+#define POPVAULT_DEFAULT_DICT_FILE "popvault.dict"
+
+static int popvault_dict_open(struct popvault_user *puser,
+			      const char **error_r)
+{
+	struct mail_user *user = puser->user;
+	struct dict_settings set;
+	const char *uri = puser->set.dict_uri, *home, *error;
+
+	if (puser->dict != NULL)
+		return 0;
+	if (uri == NULL) {
+		if (mail_user_get_home(user, &home) <= 0) {
+			*error_r = "popvault_dict is not set and the user has "
+				"no home directory for the default file dict";
+			return -1;
+		}
+		/* namespaces may not exist yet (pop3 login), so not
+		   mail_user_home_mkdir() */
+		if (mkdir_parents(home, 0700) < 0 && errno != EEXIST) {
+			*error_r = t_strdup_printf("mkdir(%s) failed: %m", home);
+			return -1;
+		}
+		uri = t_strdup_printf("file:%s/"POPVAULT_DEFAULT_DICT_FILE, home);
+	}
+	i_zero(&set);
+	set.base_dir = user->set->base_dir;
+	set.event_parent = puser->event;
+	if (dict_init(uri, &set, &puser->dict, &error) < 0) {
+		*error_r = t_strdup_printf("dict_init(%s) failed: %s",
+					   uri, error);
+		return -1;
+	}
+	return 0;
+}
+
+int popvault_dict_get(struct popvault_user *puser, const char *key,
+		      const char **value_r, const char **error_r)
+{
+	const char *error;
+	int ret;
+
+	if (popvault_dict_open(puser, error_r) < 0)
+		return -1;
+	ret = dict_lookup(puser->dict,
+			  mail_user_get_dict_op_settings(puser->user),
+			  pool_datastack_create(),
+			  t_strconcat(POPVAULT_DICT_PREFIX, key, NULL),
+			  value_r, &error);
+	if (ret < 0) {
+		*error_r = t_strdup_printf("dict lookup %s: %s", key, error);
+		return -1;
+	}
+	if (ret == 0)
+		*value_r = NULL;
+	return 0;
+}
+
+static void
+popvault_dict_commit_callback(const struct dict_commit_result *result,
+			      struct popvault_user *puser)
+{
+	if (result->ret < 0) {
+		e_error(puser->event, "dict update failed: %s",
+			result->error);
+	}
+}
+
+int popvault_dict_set(struct popvault_user *puser, const char *key,
+		      const char *value, const char **error_r)
+{
+	struct dict_transaction_context *trans;
+
+	if (popvault_dict_open(puser, error_r) < 0)
+		return -1;
+	trans = dict_transaction_begin(puser->dict,
+		mail_user_get_dict_op_settings(puser->user));
+	dict_set(trans, t_strconcat(POPVAULT_DICT_PREFIX, key, NULL), value);
+	/* Asynchronous, finished by dict_wait() at the latest when the user
+	   is deinitialized: the synchronous commit of 2.3's redis driver
+	   uses freed memory when called from the pop3 login path. */
+	dict_transaction_commit_async(&trans, popvault_dict_commit_callback,
+				      puser);
+	return 0;
+}
+
+void popvault_dict_deinit(struct popvault_user *puser)
+{
+	if (puser->dict == NULL)
+		return;
+	dict_wait(puser->dict);
+	dict_deinit(&puser->dict);
+}

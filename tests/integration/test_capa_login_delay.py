@@ -1,0 +1,109 @@
+"""RFC 2449 CAPA values after login, LOGIN-DELAY enforcement (also across
+two Dovecot instances sharing a redis dict)."""
+
+import re
+import time
+
+from harness import User, dovecot, make_message, redis_server
+
+DOVECOT_CAPA = ["CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING",
+                "AUTH-RESP-CODE"]
+
+
+def _capa(dc, user):
+    p = dc.pop3(user)
+    r, lines = p.multi("CAPA")
+    assert r == "+OK", r
+    p.quit()
+    return lines
+
+
+def test_capa_after_login_per_user():
+    users = [User("plain"),
+             User("del", fields={"popvault_after_retr": "delete"}),
+             User("hide", fields={"popvault_after_retr": "hide"}),
+             User("ret", fields={"popvault_retain_downloaded": "14d",
+                                 "popvault_retain_unread": "30d"}),
+             User("short", fields={"popvault_retain_downloaded": "36h"}),
+             User("keep", fields={"popvault_on_dele": "keep"}),
+             User("delay", fields={"popvault_login_delay": "15m",
+                                   "popvault_retain_unread": "7d"})]
+    with dovecot(users) as dc:
+        assert _capa(dc, "plain") == DOVECOT_CAPA
+        assert _capa(dc, "del") == DOVECOT_CAPA + ["EXPIRE 0"]
+        assert _capa(dc, "hide") == DOVECOT_CAPA + ["EXPIRE 0"]
+        assert _capa(dc, "ret") == DOVECOT_CAPA + ["EXPIRE 14"]
+        assert _capa(dc, "short") == DOVECOT_CAPA + ["EXPIRE 1"]
+        assert _capa(dc, "keep") == DOVECOT_CAPA + ["EXPIRE NEVER"]
+        assert _capa(dc, "delay") == DOVECOT_CAPA + ["EXPIRE 7",
+                                                      "LOGIN-DELAY 900"]
+
+
+def test_capa_text_in_bodies_and_pipelining_untouched():
+    capa_body = ("+OK\r\n" + "\r\n".join(DOVECOT_CAPA) + "\r\n.\r\n").encode()
+    users = [User("p", fields={"popvault_after_retr": "keep",
+                               "popvault_retain_downloaded": "14d"})]
+    with dovecot(users) as dc:
+        msg = make_message("capa inside", body=capa_body)
+        dc.deliver("p", msg)
+        dc.deliver("p", make_message("second", body=capa_body * 3))
+        p = dc.pop3("p")
+        # everything pipelined in one write
+        p.send("CAPA\r\nRETR 1\r\nCAPA\r\nTOP 2 100\r\nRETR 2\r\nCAPA\r\n")
+        replies = []
+        for _ in range(6):
+            r = p.readline()
+            assert r.startswith("+OK"), r
+            replies.append(p.read_multiline())
+        for i in (0, 2, 5):
+            assert replies[i] == DOVECOT_CAPA + ["EXPIRE 14"], replies[i]
+        body1 = "\r\n".join(replies[1]).encode() + b"\r\n"
+        assert body1.endswith(capa_body), body1
+        body2 = "\r\n".join(replies[4]).encode() + b"\r\n"
+        assert body2.endswith(capa_body * 3), body2
+        assert "EXPIRE" not in "\n".join(replies[1] + replies[3] + replies[4])
+        p.quit()
+
+
+def test_login_delay_enforced():
+    users = [User("d", fields={"popvault_login_delay": "2s",
+                               "popvault_after_retr": "delete"}),
+             User("free")]
+    with dovecot(users) as dc:
+        dc.deliver("d", make_message("m1"))
+        p = dc.pop3("d")
+        assert p.stat()[0] == 1
+        p.quit()
+        # a second login within the delay is refused, the mailbox untouched
+        dc.deliver("d", make_message("m2"))
+        p = dc.pop3()
+        p.command("USER d")
+        r = p.command("PASS pw-d")
+        assert r.startswith("-ERR [LOGIN-DELAY]"), r
+        p.close()
+        dc.wait_log(r"pop3\(d\).*popvault: LOGIN-DELAY: login refused")
+        # other users are not delayed
+        for _ in range(2):
+            dc.pop3("free").quit()
+        time.sleep(2.2)
+        p = dc.pop3("d")
+        assert p.stat()[0] == 2, "refused login changed the mailbox"
+        p.quit()
+
+
+def test_login_delay_across_two_instances_with_redis():
+    with redis_server() as port:
+        fields = {"popvault_login_delay": "1h",
+                  "popvault_dict": "redis:host=127.0.0.1:port=%d" % port}
+        with dovecot([User("c", fields=fields)], name="a") as a, \
+                dovecot([User("c", fields=fields)], name="b") as b:
+            a.pop3("c").quit()
+            p = b.pop3()
+            p.command("USER c")
+            r = p.command("PASS pw-c")
+            assert r.startswith("-ERR [LOGIN-DELAY]"), r
+            p.close()
+            p = a.pop3()
+            p.command("USER c")
+            assert p.command("PASS pw-c").startswith("-ERR [LOGIN-DELAY]")
+            p.close()
