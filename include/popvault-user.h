@@ -14,6 +14,8 @@ struct popvault_user {
 	struct popvault_settings set;
 	/* opened on first use by popvault-dict.c */
 	struct dict *dict;
+	/* loaded on first use by popvault-ledger.c */
+	struct popvault_ledger *ledger;
 
 	/* a POP3 session ran: sweep retention once the client is gone */
 	bool sweep_after_session;

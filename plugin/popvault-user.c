@@ -7,6 +7,7 @@
 #include "popvault-user.h"
 #include "popvault-retention.h"
 #include "popvault-dict.h"
+#include "popvault-ledger.h"
 
 struct popvault_user_module popvault_user_module =
 	MODULE_CONTEXT_INIT(&mail_user_module_register);
@@ -51,6 +52,13 @@ static void popvault_mail_user_deinit(struct mail_user *user)
 	   it never waits for this */
 	if (puser->sweep_after_session)
 		popvault_retention_after_session(puser);
+	if (puser->ledger != NULL) {
+		const char *error;
+
+		if (popvault_ledger_flush(puser->ledger, &error) < 0)
+			e_error(puser->event, "UIDL ledger: %s", error);
+		popvault_ledger_free(&puser->ledger);
+	}
 	popvault_dict_deinit(puser);
 	puser->module_ctx.super.deinit(user);
 	event_unref(&puser->event);

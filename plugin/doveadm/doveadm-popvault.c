@@ -7,6 +7,16 @@
 #include "doveadm-mail.h"
 #include "popvault-user.h"
 #include "popvault-retention.h"
+#include "popvault-ledger.h"
+#include "array.h"
+#include "hash.h"
+#include "istream.h"
+#include "mail-namespace.h"
+#include "mail-search-build.h"
+#include "mail-storage-settings.h"
+
+#include <fcntl.h>
+#include <sysexits.h>
 
 /* The doveadm commands live in the mail plugin itself: Dovecot has no
    setting for the doveadm module directory, so a separate doveadm module
@@ -19,6 +29,8 @@
 #pragma weak doveadm_print
 #pragma weak doveadm_print_header_simple
 #pragma weak doveadm_print_init
+#pragma weak doveadm_print_header
+#pragma weak doveadm_mail_help_name
 
 struct popvault_cmd_context {
 	struct doveadm_mail_cmd_context ctx;
@@ -198,6 +210,274 @@ static struct doveadm_mail_cmd_context *cmd_popvault_sweep_alloc(void)
 	return &ctx->ctx;
 }
 
+/* ---- doveadm popvault uidl export|import ----
+   (the positional parameter must not be called "file": doveadm treats
+   that name as an input stream) */
+
+struct uidl_import_line {
+	unsigned int line;
+	const char *uidl, *ref;
+};
+
+struct popvault_uidl_cmd_context {
+	struct doveadm_mail_cmd_context ctx;
+	ARRAY(struct uidl_import_line) lines;
+};
+
+static int inbox_open(struct mail_user *user, struct mailbox **box_r)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct mailbox *box = mailbox_alloc(ns->list, "INBOX", 0);
+
+	if (mailbox_open(box) < 0 || mailbox_sync(box, 0) < 0) {
+		i_error("Can't open INBOX of %s: %s", user->username,
+			mailbox_get_last_internal_error(box, NULL));
+		mailbox_free(&box);
+		return -1;
+	}
+	*box_r = box;
+	return 0;
+}
+
+/* Calls cb for every INBOX mail in UID order; -1 on storage errors. */
+static int
+inbox_iter(struct mailbox *box, enum mail_fetch_field fields,
+	   int (*cb)(struct mail *mail, void *context), void *context)
+{
+	struct mailbox_transaction_context *t;
+	struct mail_search_args *args;
+	struct mail_search_context *ctx;
+	struct mail *mail;
+	int ret = 0;
+
+	t = mailbox_transaction_begin(box, 0, "popvault uidl");
+	args = mail_search_build_init();
+	mail_search_build_add_all(args);
+	ctx = mailbox_search_init(t, args, NULL, fields, NULL);
+	mail_search_args_unref(&args);
+	while (ret == 0 && mailbox_search_next(ctx, &mail)) T_BEGIN {
+		ret = cb(mail, context);
+	} T_END;
+	if (mailbox_search_deinit(&ctx) < 0)
+		ret = -1;
+	mailbox_transaction_rollback(&t);
+	return ret;
+}
+
+struct uidl_export_ctx {
+	struct popvault_ledger *ledger;
+	const char *format;
+	uint32_t uid_validity;
+};
+
+static int uidl_export_mail(struct mail *mail, void *context)
+{
+	struct uidl_export_ctx *ectx = context;
+	const char *guid, *uidl, *error;
+
+	if (mail_get_special(mail, MAIL_FETCH_GUID, &guid) < 0)
+		return -1;
+	uidl = ectx->ledger == NULL ? NULL :
+		popvault_ledger_lookup(ectx->ledger, guid);
+	if (uidl == NULL &&
+	    (mail_get_special(mail, MAIL_FETCH_UIDL_BACKEND, &uidl) < 0 ||
+	     uidl[0] == '\0') &&
+	    popvault_uidl_default(mail, ectx->format, ectx->uid_validity,
+				  &uidl, &error) < 0) {
+		i_error("UIDL of uid %u: %s", mail->uid, error);
+		return -1;
+	}
+	doveadm_print(uidl);
+	doveadm_print(guid);
+	return 0;
+}
+
+static int
+cmd_popvault_uidl_export_run(struct doveadm_mail_cmd_context *ctx,
+			     struct mail_user *user)
+{
+	struct popvault_user *puser = cmd_get_user(ctx, user);
+	struct uidl_export_ctx ectx;
+	struct mailbox_status status;
+	struct mailbox *box;
+	const char *error;
+	int ret;
+
+	i_zero(&ectx);
+	ectx.format = mail_user_set_get_storage_set(user)->pop3_uidl_format;
+	if (puser != NULL && puser->set.uidl_ledger &&
+	    popvault_ledger_get(puser, &ectx.ledger, &error) < 0) {
+		i_error("%s: %s", user->username, error);
+		doveadm_mail_failed_error(ctx, MAIL_ERROR_TEMP);
+		return -1;
+	}
+	if (inbox_open(user, &box) < 0) {
+		doveadm_mail_failed_error(ctx, MAIL_ERROR_TEMP);
+		return -1;
+	}
+	mailbox_get_open_status(box, STATUS_UIDVALIDITY, &status);
+	ectx.uid_validity = status.uidvalidity;
+	ret = inbox_iter(box, MAIL_FETCH_GUID, uidl_export_mail, &ectx);
+	mailbox_free(&box);
+	if (ret < 0)
+		doveadm_mail_failed_error(ctx, MAIL_ERROR_TEMP);
+	return ret;
+}
+
+static void
+cmd_popvault_uidl_export_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
+			      const char *const args[] ATTR_UNUSED)
+{
+	/* plain "<uidl> <guid>" lines, the format import reads back */
+	doveadm_print_header("uidl", "uidl", DOVEADM_PRINT_HEADER_FLAG_HIDE_TITLE);
+	doveadm_print_header("guid", "guid", DOVEADM_PRINT_HEADER_FLAG_HIDE_TITLE);
+}
+
+static struct doveadm_mail_cmd_context *cmd_popvault_uidl_export_alloc(void)
+{
+	struct doveadm_mail_cmd_context *ctx;
+
+	ctx = doveadm_mail_cmd_alloc(struct doveadm_mail_cmd_context);
+	ctx->v.init = cmd_popvault_uidl_export_init;
+	ctx->v.run = cmd_popvault_uidl_export_run;
+	doveadm_print_init(DOVEADM_PRINT_TYPE_FLOW);
+	return ctx;
+}
+
+struct uidl_refs_ctx {
+	pool_t pool;
+	HASH_TABLE(char *, char *) refs;
+};
+
+static int uidl_index_mail(struct mail *mail, void *context)
+{
+	struct uidl_refs_ctx *rctx = context;
+	const char *guid, *msgid;
+
+	if (mail_get_special(mail, MAIL_FETCH_GUID, &guid) < 0)
+		return -1;
+	guid = p_strdup(rctx->pool, guid);
+	hash_table_update(rctx->refs, (char *)guid, (char *)guid);
+	if (mail_get_first_header(mail, "Message-ID", &msgid) > 0) {
+		hash_table_update(rctx->refs, p_strdup(rctx->pool, msgid),
+				  (char *)guid);
+	}
+	return 0;
+}
+
+static int
+cmd_popvault_uidl_import_run(struct doveadm_mail_cmd_context *_ctx,
+			     struct mail_user *user)
+{
+	struct popvault_uidl_cmd_context *ctx =
+		container_of(_ctx, struct popvault_uidl_cmd_context, ctx);
+	struct popvault_user *puser = cmd_get_user(_ctx, user);
+	struct popvault_ledger *ledger;
+	struct uidl_refs_ctx rctx;
+	const struct uidl_import_line *line;
+	struct mailbox *box;
+	const char *error, *guid;
+	int ret;
+
+	if (puser == NULL || !puser->set.uidl_ledger) {
+		i_error("%s: popvault_uidl_ledger is not enabled", user->username);
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_NOTPOSSIBLE);
+		return -1;
+	}
+	if (popvault_ledger_get(puser, &ledger, &error) < 0) {
+		i_error("%s: %s", user->username, error);
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+		return -1;
+	}
+	if (inbox_open(user, &box) < 0) {
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+		return -1;
+	}
+	i_zero(&rctx);
+	rctx.pool = pool_alloconly_create("uidl import", 4096);
+	hash_table_create(&rctx.refs, rctx.pool, 0, str_hash, strcmp);
+	ret = inbox_iter(box, MAIL_FETCH_GUID, uidl_index_mail, &rctx);
+	mailbox_free(&box);
+	if (ret == 0) {
+		array_foreach(&ctx->lines, line) {
+			guid = hash_table_lookup(rctx.refs, line->ref);
+			doveadm_print(dec2str(line->line));
+			doveadm_print(line->ref);
+			if (guid == NULL) {
+				doveadm_print("not found");
+				continue;
+			}
+			popvault_ledger_set(ledger, guid, line->uidl);
+			doveadm_print("imported");
+		}
+		if (popvault_ledger_flush(ledger, &error) < 0) {
+			i_error("%s: %s", user->username, error);
+			ret = -1;
+		}
+	}
+	hash_table_destroy(&rctx.refs);
+	pool_unref(&rctx.pool);
+	if (ret < 0)
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+	return ret;
+}
+
+static void
+cmd_popvault_uidl_import_init(struct doveadm_mail_cmd_context *_ctx,
+			      const char *const args[])
+{
+	struct popvault_uidl_cmd_context *ctx =
+		container_of(_ctx, struct popvault_uidl_cmd_context, ctx);
+	struct uidl_import_line *line;
+	struct istream *input;
+	const char *text, *uidl, *ref, *error;
+	unsigned int n = 0;
+	int fd;
+
+	if (args[0] == NULL || args[1] != NULL)
+		doveadm_mail_help_name("popvault uidl import");
+	fd = open(args[0], O_RDONLY);
+	if (fd == -1)
+		i_fatal_status(EX_NOINPUT, "open(%s) failed: %m", args[0]);
+	/* the whole file is checked before any user is touched: a file with
+	   garbage imports nothing */
+	p_array_init(&ctx->lines, _ctx->pool, 64);
+	input = i_stream_create_fd_autoclose(&fd, 65536);
+	while ((text = i_stream_read_next_line(input)) != NULL) {
+		n++;
+		if (text[0] == '\0' || text[0] == '#')
+			continue;
+		if (popvault_ledger_parse_import_line(text, &uidl, &ref,
+						      &error) < 0) {
+			i_fatal_status(EX_DATAERR, "%s line %u: %s: "
+				       "nothing imported", args[0], n, error);
+		}
+		line = array_append_space(&ctx->lines);
+		line->line = n;
+		line->uidl = p_strdup(_ctx->pool, uidl);
+		line->ref = p_strdup(_ctx->pool, ref);
+	}
+	if (input->stream_errno != 0) {
+		i_fatal_status(EX_NOINPUT, "read(%s) failed: %s", args[0],
+			       i_stream_get_error(input));
+	}
+	i_stream_destroy(&input);
+	doveadm_print_header_simple("line");
+	doveadm_print_header_simple("ref");
+	doveadm_print_header_simple("result");
+}
+
+static struct doveadm_mail_cmd_context *cmd_popvault_uidl_import_alloc(void)
+{
+	struct popvault_uidl_cmd_context *ctx;
+
+	ctx = doveadm_mail_cmd_alloc(struct popvault_uidl_cmd_context);
+	ctx->ctx.v.init = cmd_popvault_uidl_import_init;
+	ctx->ctx.v.run = cmd_popvault_uidl_import_run;
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	return &ctx->ctx;
+}
+
 static struct doveadm_cmd_ver2 popvault_commands[] = {
 	{
 		.name = "popvault status",
@@ -214,6 +494,23 @@ DOVEADM_CMD_PARAMS_END
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAM('n', "dry-run", CMD_PARAM_BOOL, 0)
+DOVEADM_CMD_PARAMS_END
+	},
+	{
+		.name = "popvault uidl export",
+		.usage = "[-u <user>|-A] [-S <socket_path>]",
+		.mail_cmd = cmd_popvault_uidl_export_alloc,
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_MAIL_COMMON
+DOVEADM_CMD_PARAMS_END
+	},
+	{
+		.name = "popvault uidl import",
+		.usage = "[-u <user>] [-S <socket_path>] <file>",
+		.mail_cmd = cmd_popvault_uidl_import_alloc,
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_MAIL_COMMON
+DOVEADM_CMD_PARAM('\0', "import-file", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
 DOVEADM_CMD_PARAMS_END
 	},
 };

@@ -9,6 +9,7 @@
 #include "popvault-user.h"
 #include "popvault-action.h"
 #include "popvault-retention.h"
+#include "popvault-ledger.h"
 #include "popvault-pop3.h"
 
 /* The POP3 session's INBOX. pop3 has no command hooks, so the policies
@@ -115,6 +116,52 @@ popvault_pop3_mail_get_stream(struct mail *_mail, bool get_body,
 	return 0;
 }
 
+/* With the UIDL ledger on, the ledger's UIDL is the "backend" UIDL pop3
+   asks for first, so pop3 hands it out unchanged. A message seen for the
+   first time gets the UIDL pop3 would have given it, recorded. */
+static int
+popvault_pop3_mail_get_special(struct mail *_mail, enum mail_fetch_field field,
+			       const char **value_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	union mail_module_context *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(_mail->box);
+	struct popvault_ledger *ledger;
+	struct client *client;
+	const char *guid, *uidl, *error = NULL;
+
+	if (pmail->super.get_special(_mail, field, value_r) < 0)
+		return -1;
+	if (field != MAIL_FETCH_UIDL_BACKEND || !pbox->puser->set.uidl_ledger)
+		return 0;
+	client = popvault_pop3_client_for_box(_mail->box);
+	if (client == NULL)
+		return 0;
+	if (popvault_ledger_get(pbox->puser, &ledger, &error) < 0 ||
+	    mail_get_special(_mail, MAIL_FETCH_GUID, &guid) < 0) {
+		if (error == NULL)
+			error = mailbox_get_last_internal_error(_mail->box, NULL);
+		mail_storage_set_critical(_mail->box->storage,
+			"popvault: UIDL ledger: %s", error);
+		return -1;
+	}
+	uidl = popvault_ledger_lookup(ledger, guid);
+	if (uidl == NULL) {
+		uidl = *value_r;
+		if (uidl[0] == '\0' &&
+		    popvault_uidl_default(_mail, client->mail_set->pop3_uidl_format,
+					  client->uid_validity, &uidl,
+					  &error) < 0) {
+			mail_storage_set_critical(_mail->box->storage,
+				"popvault: UIDL: %s", error);
+			return -1;
+		}
+		popvault_ledger_add(ledger, guid, uidl);
+	}
+	*value_r = uidl;
+	return 0;
+}
+
 void popvault_pop3_mail_allocated(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
@@ -129,6 +176,7 @@ void popvault_pop3_mail_allocated(struct mail *_mail)
 	v->expunge = popvault_pop3_mail_expunge;
 	v->update_keywords = popvault_pop3_mail_update_keywords;
 	v->get_stream = popvault_pop3_mail_get_stream;
+	v->get_special = popvault_pop3_mail_get_special;
 	MODULE_CONTEXT_SET_SELF(mail, popvault_pop3_mail_module, pmail);
 }
 

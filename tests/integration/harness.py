@@ -361,6 +361,18 @@ class Dovecot:
                     u.name, self.mail_uid, self.mail_gid,
                     self.home(u.name), extra))
 
+    def update_user(self, name, **fields):
+        """Changes a user's userdb fields (restart the server to be sure
+        the auth process re-reads them)."""
+        self.users[name].fields.update(fields)
+        self._write_userdb()
+        # passwd-file is re-read when its mtime changes; within the same
+        # second it would not be
+        path = os.path.join(self.tmp, "userdb")
+        if os.path.exists(path):
+            later = time.time() + 2
+            os.utime(path, (later, later))
+
     def _write_sqlite(self):
         cols = sorted({k for u in self.users.values() for k in u.fields})
         db = os.path.join(self.tmp, "users.sqlite")
