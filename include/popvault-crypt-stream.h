@@ -23,4 +23,12 @@ struct istream *
 i_stream_create_popvault_decrypt(struct istream *input,
 				 struct popvault_receiver *receiver);
 
+/* Called (once) when the decrypt istream fails with a popvault error
+   (authentication, truncation, key), with the stream's error string. */
+typedef void popvault_decrypt_error_callback_t(const char *error,
+					       void *context);
+void i_stream_popvault_decrypt_set_error_callback(
+	struct istream *input, popvault_decrypt_error_callback_t *callback,
+	void *context);
+
 #endif

@@ -11,6 +11,8 @@ struct popvault_user {
 	   "popvault: " */
 	struct event *event;
 	struct popvault_settings set;
+	/* encryption state; NULL when encryption is off (popvault-crypt.h) */
+	struct popvault_crypt_user *crypt;
 };
 
 #define POPVAULT_USER_CONTEXT(obj) \

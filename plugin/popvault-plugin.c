@@ -4,6 +4,7 @@
 #include "mail-storage-hooks.h"
 #include "popvault-user.h"
 #include "popvault-pop3.h"
+#include "popvault-crypt.h"
 #include "popvault-plugin.h"
 
 const char *popvault_plugin_version = DOVECOT_ABI_VERSION;
@@ -17,11 +18,13 @@ static struct mail_storage_hooks popvault_mail_storage_hooks = {
 void popvault_plugin_init(struct module *module)
 {
 	mail_storage_hooks_add(module, &popvault_mail_storage_hooks);
+	popvault_crypt_init(module);
 	popvault_pop3_init();
 }
 
 void popvault_plugin_deinit(void)
 {
 	popvault_pop3_deinit();
+	popvault_crypt_deinit();
 	mail_storage_hooks_remove(&popvault_mail_storage_hooks);
 }

@@ -36,6 +36,9 @@ struct popvault_istream {
 	uint64_t seq_next_idx;
 	uoff_t final_end;
 
+	popvault_decrypt_error_callback_t *error_callback;
+	void *error_context;
+
 	bool header_done:1;
 	bool size_known:1;
 	bool collecting:1;
@@ -52,6 +55,14 @@ pv_error(struct popvault_istream *pstream, const char *fmt, ...)
 	io_stream_set_verror(&pstream->istream.iostream, fmt, args);
 	va_end(args);
 	pstream->istream.istream.stream_errno = EINVAL;
+	if (pstream->error_callback != NULL) {
+		popvault_decrypt_error_callback_t *cb = pstream->error_callback;
+
+		/* once: a reader retrying the same chunk reports nothing new */
+		pstream->error_callback = NULL;
+		cb(i_stream_get_error(&pstream->istream.istream),
+		   pstream->error_context);
+	}
 	return -1;
 }
 
@@ -449,4 +460,17 @@ i_stream_create_popvault_decrypt(struct istream *input,
 	pstream->istream.istream.seekable = input->seekable;
 
 	return i_stream_create(&pstream->istream, input, -1, 0);
+}
+
+void i_stream_popvault_decrypt_set_error_callback(
+	struct istream *input, popvault_decrypt_error_callback_t *callback,
+	void *context)
+{
+	struct popvault_istream *pstream =
+		container_of(input->real_stream, struct popvault_istream,
+			     istream);
+
+	i_assert(input->real_stream->read == i_stream_popvault_read);
+	pstream->error_callback = callback;
+	pstream->error_context = context;
 }
