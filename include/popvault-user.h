@@ -21,6 +21,8 @@ struct popvault_user {
 	bool sweep_after_session;
 	/* LOGIN-DELAY refused this POP3 login: INBOX must not be opened */
 	bool pop3_login_refused;
+	/* encryption state; NULL when encryption is off (popvault-crypt.h) */
+	struct popvault_crypt_user *crypt;
 };
 
 #define POPVAULT_USER_CONTEXT(obj) \

@@ -4,30 +4,27 @@
 #include "mail-storage-hooks.h"
 #include "popvault-user.h"
 #include "popvault-pop3.h"
-#include "popvault-retention.h"
+#include "popvault-crypt.h"
 #include "popvault-plugin.h"
 
 const char *popvault_plugin_version = DOVECOT_ABI_VERSION;
 
-static void popvault_mailbox_allocated(struct mailbox *box)
-{
-	popvault_pop3_mailbox_allocated(box);
-}
-
 static struct mail_storage_hooks popvault_mail_storage_hooks = {
 	.mail_user_created = popvault_mail_user_created,
-	.mailbox_allocated = popvault_mailbox_allocated,
+	.mailbox_allocated = popvault_pop3_mailbox_allocated,
 	.mail_allocated = popvault_pop3_mail_allocated,
 };
 
 void popvault_plugin_init(struct module *module)
 {
 	mail_storage_hooks_add(module, &popvault_mail_storage_hooks);
+	popvault_crypt_init(module);
 	popvault_pop3_init();
 }
 
 void popvault_plugin_deinit(void)
 {
 	popvault_pop3_deinit();
+	popvault_crypt_deinit();
 	mail_storage_hooks_remove(&popvault_mail_storage_hooks);
 }

@@ -8,6 +8,7 @@
 #include "popvault-retention.h"
 #include "popvault-dict.h"
 #include "popvault-ledger.h"
+#include "popvault-crypt.h"
 
 struct popvault_user_module popvault_user_module =
 	MODULE_CONTEXT_INIT(&mail_user_module_register);
@@ -61,6 +62,7 @@ static void popvault_mail_user_deinit(struct mail_user *user)
 	}
 	popvault_dict_deinit(puser);
 	puser->module_ctx.super.deinit(user);
+	popvault_crypt_user_deinit(puser);
 	event_unref(&puser->event);
 }
 
@@ -114,6 +116,11 @@ void popvault_mail_user_created(struct mail_user *user)
 	MODULE_CONTEXT_SET(user, popvault_user_module, puser);
 
 	popvault_log_settings(puser);
+	if (popvault_crypt_user_created(user, puser, &error) < 0) {
+		/* fail closed: never store plaintext for this user */
+		user->error = p_strdup_printf(user->pool,
+			"popvault: user %s: %s", user->username, error);
+	}
 }
 
 struct popvault_user *popvault_user_get(struct mail_user *user)

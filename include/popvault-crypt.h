@@ -1,0 +1,23 @@
+#ifndef POPVAULT_CRYPT_H
+#define POPVAULT_CRYPT_H
+
+/* Encryption at rest (docs/encryption.md): storage hooks that encrypt on
+   save and decrypt on read for users with popvault_encrypt,
+   popvault_require_encrypted or popvault_master_key set. */
+
+struct module;
+struct mail_user;
+struct popvault_user;
+
+/* Validates the user's encryption settings and attaches the crypt state
+   to puser (puser->crypt stays NULL when encryption is off for the user).
+   Returns -1 with error_r when the user must fail (fail closed). */
+int popvault_crypt_user_created(struct mail_user *user,
+				struct popvault_user *puser,
+				const char **error_r);
+void popvault_crypt_user_deinit(struct popvault_user *puser);
+
+void popvault_crypt_init(struct module *module);
+void popvault_crypt_deinit(void);
+
+#endif

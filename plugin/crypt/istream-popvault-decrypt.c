@@ -1,0 +1,476 @@
+/* popvault: decrypting istream (PVLT v1). */
+
+#include "lib.h"
+#include "istream-private.h"
+#include "popvault-crypt-stream.h"
+
+#include <sodium.h>
+
+struct popvault_istream {
+	struct istream_private istream;
+	struct popvault_receiver *receiver;
+	struct popvault_msg_cipher *mc;
+	struct popvault_header hdr;
+
+	unsigned char hdrbuf[POPVAULT_HEADER_SIZE];
+	size_t hdr_used;
+
+	size_t chunk_size;
+	/* Known when the parent is seekable and its size is known: chunk
+	   boundaries and the final chunk are then computed arithmetically. */
+	uoff_t plain_size;
+	uint64_t n_chunks;
+
+	/* ciphertext of the chunk being collected */
+	unsigned char *ct;
+	size_t ct_used;
+	uint64_t ct_idx;
+
+	/* authenticated plaintext of chunk plain_idx */
+	unsigned char *plain;
+	size_t plain_len;
+	uint64_t plain_idx;
+
+	/* sequential mode: next chunk index in the parent stream, and the
+	   end of plaintext once the final chunk is seen */
+	uint64_t seq_next_idx;
+	uoff_t final_end;
+
+	popvault_decrypt_error_callback_t *error_callback;
+	void *error_context;
+
+	bool header_done:1;
+	bool size_known:1;
+	bool collecting:1;
+	bool plain_valid:1;
+	bool final_seen:1;
+};
+
+static int ATTR_FORMAT(2, 3)
+pv_error(struct popvault_istream *pstream, const char *fmt, ...)
+{
+	va_list args;
+
+	va_start(args, fmt);
+	io_stream_set_verror(&pstream->istream.iostream, fmt, args);
+	va_end(args);
+	pstream->istream.istream.stream_errno = EINVAL;
+	if (pstream->error_callback != NULL) {
+		popvault_decrypt_error_callback_t *cb = pstream->error_callback;
+
+		/* once: a reader retrying the same chunk reports nothing new */
+		pstream->error_callback = NULL;
+		cb(i_stream_get_error(&pstream->istream.istream),
+		   pstream->error_context);
+	}
+	return -1;
+}
+
+static int pv_parent_error(struct popvault_istream *pstream)
+{
+	struct istream *parent = pstream->istream.parent;
+
+	pstream->istream.istream.stream_errno = parent->stream_errno;
+	io_stream_set_error(&pstream->istream.iostream, "%s",
+			    i_stream_get_error(parent));
+	return -1;
+}
+
+static void pv_reset_plain(struct popvault_istream *pstream)
+{
+	if (pstream->plain_valid) {
+		sodium_memzero(pstream->plain, pstream->plain_len);
+		pstream->plain_valid = FALSE;
+	}
+}
+
+/* Read and process the header. Returns 1 done, 0 need more, -1 error. */
+static int pv_read_header(struct popvault_istream *pstream)
+{
+	struct istream_private *stream = &pstream->istream;
+	struct istream *parent = stream->parent;
+	const unsigned char *data;
+	const char *error;
+	uoff_t parent_size, total;
+	size_t size, n;
+	int ret;
+
+	if (pstream->header_done)
+		return 1;
+
+	if (parent->seekable) {
+		i_stream_seek(parent, stream->parent_start_offset +
+			      pstream->hdr_used);
+	}
+	while (pstream->hdr_used < POPVAULT_HEADER_SIZE) {
+		ret = i_stream_read_more(parent, &data, &size);
+		if (ret == 0)
+			return 0;
+		if (ret < 0) {
+			if (parent->stream_errno != 0)
+				return pv_parent_error(pstream);
+			if (!popvault_container_is_encrypted(pstream->hdrbuf,
+							     pstream->hdr_used) &&
+			    pstream->hdr_used >= POPVAULT_MAGIC_SIZE)
+				return pv_error(pstream, "popvault: not an encrypted message (bad magic)");
+			return pv_error(pstream, "popvault: truncated header "
+					"(%zu bytes)", pstream->hdr_used);
+		}
+		n = I_MIN(size, POPVAULT_HEADER_SIZE - pstream->hdr_used);
+		memcpy(pstream->hdrbuf + pstream->hdr_used, data, n);
+		pstream->hdr_used += n;
+		i_stream_skip(parent, n);
+	}
+
+	T_BEGIN {
+		ret = popvault_receiver_open(pstream->receiver, pstream->hdrbuf,
+					     sizeof(pstream->hdrbuf),
+					     &pstream->hdr, &pstream->mc,
+					     &error);
+		if (ret < 0)
+			(void)pv_error(pstream, "%s", error);
+	} T_END;
+	if (ret < 0)
+		return -1;
+
+	pstream->chunk_size = (size_t)1 << pstream->hdr.chunk_log2;
+	pstream->ct = i_malloc(pstream->chunk_size + POPVAULT_TAG_SIZE);
+	pstream->plain = i_malloc(pstream->chunk_size);
+	pstream->header_done = TRUE;
+
+	if (parent->seekable &&
+	    i_stream_get_size(parent, TRUE, &parent_size) > 0 &&
+	    parent_size >= stream->parent_start_offset) {
+		total = parent_size - stream->parent_start_offset;
+		if (popvault_container_plain_size(total, pstream->hdr.chunk_log2,
+						  &pstream->plain_size) < 0) {
+			return pv_error(pstream, "popvault: invalid container "
+				"length %"PRIuUOFF_T" (truncated or trailing "
+				"data)", total);
+		}
+		pstream->n_chunks = pstream->plain_size == 0 ? 1 :
+			(pstream->plain_size + pstream->chunk_size - 1) /
+			pstream->chunk_size;
+		pstream->size_known = TRUE;
+		stream->cached_stream_size = pstream->plain_size;
+	} else {
+		/* work sequentially */
+		stream->istream.seekable = FALSE;
+	}
+	return 1;
+}
+
+static int
+pv_decrypt_collected(struct popvault_istream *pstream, uint64_t idx,
+		     bool final)
+{
+	size_t plain_len = pstream->ct_used - POPVAULT_TAG_SIZE;
+
+	pv_reset_plain(pstream);
+	if (popvault_chunk_decrypt(pstream->mc, idx, final, pstream->ct,
+				   pstream->ct_used, pstream->plain) < 0) {
+		/* Diagnose only: plaintext is never released. */
+		if (popvault_chunk_decrypt(pstream->mc, idx, !final,
+					   pstream->ct, pstream->ct_used,
+					   pstream->plain) == 0) {
+			sodium_memzero(pstream->plain, plain_len);
+			if (final) {
+				return pv_error(pstream, "popvault: truncated "
+					"(missing final chunk after chunk %"
+					PRIu64")", idx);
+			}
+			return pv_error(pstream, "popvault: data after final "
+					"chunk %"PRIu64, idx);
+		}
+		return pv_error(pstream, "popvault: chunk %"PRIu64
+				" failed authentication", idx);
+	}
+	pstream->plain_valid = TRUE;
+	pstream->plain_idx = idx;
+	pstream->plain_len = plain_len;
+	pstream->collecting = FALSE;
+	pstream->ct_used = 0;
+	pstream->seq_next_idx = idx + 1;
+	if (final) {
+		pstream->final_seen = TRUE;
+		pstream->final_end = idx * pstream->chunk_size + plain_len;
+	}
+	return 1;
+}
+
+/* Load and authenticate chunk idx. Returns 1 ok, 0 need more, -1 error. */
+static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
+{
+	struct istream_private *stream = &pstream->istream;
+	struct istream *parent = stream->parent;
+	const size_t full = pstream->chunk_size + POPVAULT_TAG_SIZE;
+	const unsigned char *data;
+	size_t size, need, n;
+	bool final;
+	int ret;
+
+	if (!pstream->collecting || pstream->ct_idx != idx) {
+		pstream->collecting = TRUE;
+		pstream->ct_idx = idx;
+		pstream->ct_used = 0;
+	}
+
+	if (pstream->size_known) {
+		if (idx >= pstream->n_chunks)
+			return pv_error(pstream, "popvault: chunk %"PRIu64
+					" beyond end", idx);
+		final = idx == pstream->n_chunks - 1;
+		need = !final ? full : (size_t)(pstream->plain_size -
+			idx * pstream->chunk_size) + POPVAULT_TAG_SIZE;
+		i_stream_seek(parent, stream->parent_start_offset +
+			      POPVAULT_HEADER_SIZE + idx * full +
+			      pstream->ct_used);
+		while (pstream->ct_used < need) {
+			ret = i_stream_read_more(parent, &data, &size);
+			if (ret == 0)
+				return 0;
+			if (ret < 0) {
+				if (parent->stream_errno != 0)
+					return pv_parent_error(pstream);
+				return pv_error(pstream, "popvault: truncated "
+						"(chunk %"PRIu64" incomplete)",
+						idx);
+			}
+			n = I_MIN(size, need - pstream->ct_used);
+			memcpy(pstream->ct + pstream->ct_used, data, n);
+			pstream->ct_used += n;
+			i_stream_skip(parent, n);
+		}
+		return pv_decrypt_collected(pstream, idx, final);
+	}
+
+	/* sequential: collect a full chunk or up to EOF, then peek one byte
+	   to learn whether this is the final chunk */
+	final = FALSE;
+	for (;;) {
+		ret = i_stream_read_more(parent, &data, &size);
+		if (ret == 0)
+			return 0;
+		if (ret < 0) {
+			if (parent->stream_errno != 0)
+				return pv_parent_error(pstream);
+			final = TRUE;
+			break;
+		}
+		if (pstream->ct_used == full)
+			break; /* more data follows: not final */
+		n = I_MIN(size, full - pstream->ct_used);
+		memcpy(pstream->ct + pstream->ct_used, data, n);
+		pstream->ct_used += n;
+		i_stream_skip(parent, n);
+	}
+	if (final) {
+		if (pstream->ct_used == 0) {
+			return pv_error(pstream, "popvault: truncated "
+					"(missing final chunk %"PRIu64")", idx);
+		}
+		if (pstream->ct_used < POPVAULT_TAG_SIZE) {
+			return pv_error(pstream, "popvault: truncated "
+					"(chunk %"PRIu64" incomplete)", idx);
+		}
+		if (pstream->ct_used == POPVAULT_TAG_SIZE && idx > 0) {
+			return pv_error(pstream, "popvault: empty final chunk "
+					"%"PRIu64, idx);
+		}
+	}
+	return pv_decrypt_collected(pstream, idx, final);
+}
+
+static ssize_t i_stream_popvault_read(struct istream_private *stream)
+{
+	struct popvault_istream *pstream =
+		container_of(stream, struct popvault_istream, istream);
+	uoff_t plain_next;
+	uint64_t idx;
+	size_t off, avail, n;
+	int ret;
+
+	if ((ret = pv_read_header(pstream)) <= 0)
+		return ret;
+
+	plain_next = stream->istream.v_offset + (stream->pos - stream->skip);
+	if (pstream->size_known && plain_next >= pstream->plain_size) {
+		/* EOF: make sure the final chunk authenticates (detects
+		   truncation even when seeking straight to the end) */
+		if (!pstream->final_seen) {
+			ret = pv_load_chunk(pstream, pstream->n_chunks - 1);
+			if (ret <= 0)
+				return ret;
+		}
+		stream->istream.eof = TRUE;
+		return -1;
+	}
+	if (!pstream->size_known && pstream->final_seen &&
+	    plain_next >= pstream->final_end) {
+		stream->istream.eof = TRUE;
+		return -1;
+	}
+
+	idx = plain_next >> pstream->hdr.chunk_log2;
+	off = (size_t)(plain_next & (pstream->chunk_size - 1));
+	if (pstream->plain_valid && pstream->plain_idx == idx) {
+		/* cached */
+	} else if (pstream->size_known) {
+		if ((ret = pv_load_chunk(pstream, idx)) <= 0)
+			return ret;
+	} else {
+		/* sequential: authenticate (and discard) chunks up to idx */
+		if (idx < pstream->seq_next_idx) {
+			return pv_error(pstream, "popvault: can't seek "
+					"backwards to chunk %"PRIu64, idx);
+		}
+		while (pstream->seq_next_idx <= idx) {
+			if (pstream->final_seen) {
+				stream->istream.eof = TRUE;
+				return -1;
+			}
+			ret = pv_load_chunk(pstream, pstream->seq_next_idx);
+			if (ret <= 0)
+				return ret;
+		}
+	}
+	if (off >= pstream->plain_len) {
+		/* only possible at the end of a final chunk */
+		if (!pstream->final_seen) {
+			return pv_error(pstream, "popvault: internal error "
+					"at chunk %"PRIu64, idx);
+		}
+		stream->istream.eof = TRUE;
+		return -1;
+	}
+
+	if (!i_stream_try_alloc(stream, 1, &avail))
+		return -2;
+	n = I_MIN(avail, pstream->plain_len - off);
+	memcpy(stream->w_buffer + stream->pos, pstream->plain + off, n);
+	stream->pos += n;
+	return n;
+}
+
+static void pv_reset(struct popvault_istream *pstream)
+{
+	pv_reset_plain(pstream);
+	popvault_msg_cipher_free(&pstream->mc);
+	if (pstream->ct != NULL) {
+		sodium_memzero(pstream->ct, pstream->chunk_size +
+			       POPVAULT_TAG_SIZE);
+		i_free(pstream->ct);
+	}
+	i_free(pstream->plain);
+	pstream->hdr_used = 0;
+	pstream->header_done = FALSE;
+	pstream->size_known = FALSE;
+	pstream->collecting = FALSE;
+	pstream->final_seen = FALSE;
+	pstream->ct_used = 0;
+	pstream->seq_next_idx = 0;
+}
+
+static void i_stream_popvault_seek(struct istream_private *stream,
+				   uoff_t v_offset, bool mark ATTR_UNUSED)
+{
+	struct popvault_istream *pstream =
+		container_of(stream, struct popvault_istream, istream);
+
+	if (pstream->size_known ||
+	    (!pstream->header_done && stream->parent->seekable)) {
+		/* random access; the next read() finds the chunk */
+		stream->istream.v_offset = v_offset;
+		stream->skip = stream->pos = 0;
+		stream->high_pos = 0;
+		pstream->collecting = FALSE;
+		pstream->ct_used = 0;
+		return;
+	}
+	if (!i_stream_nonseekable_try_seek(stream, v_offset)) {
+		/* restart from the beginning */
+		pv_reset(pstream);
+		pstream->plain_size = 0;
+		if (!i_stream_nonseekable_try_seek(stream, v_offset))
+			i_unreached();
+	}
+}
+
+static int i_stream_popvault_stat(struct istream_private *stream, bool exact)
+{
+	struct popvault_istream *pstream =
+		container_of(stream, struct popvault_istream, istream);
+	const struct stat *st;
+	int ret;
+
+	if (i_stream_stat(stream->parent, exact, &st) < 0)
+		return pv_parent_error(pstream);
+	stream->statbuf = *st;
+	stream->statbuf.st_size = -1;
+
+	if (!pstream->header_done && stream->parent->seekable) {
+		/* reads only the header, not the body */
+		ret = pv_read_header(pstream);
+		if (ret < 0)
+			return -1;
+	}
+	if (pstream->size_known)
+		stream->statbuf.st_size = pstream->plain_size;
+	return 0;
+}
+
+static void i_stream_popvault_close(struct iostream_private *stream,
+				    bool close_parent)
+{
+	struct popvault_istream *pstream =
+		container_of(stream, struct popvault_istream, istream.iostream);
+
+	if (close_parent)
+		i_stream_close(pstream->istream.parent);
+}
+
+static void i_stream_popvault_destroy(struct iostream_private *stream)
+{
+	struct popvault_istream *pstream =
+		container_of(stream, struct popvault_istream, istream.iostream);
+
+	pv_reset(pstream);
+	sodium_memzero(pstream->hdrbuf, sizeof(pstream->hdrbuf));
+	i_stream_free_buffer(&pstream->istream);
+	i_stream_unref(&pstream->istream.parent);
+}
+
+struct istream *
+i_stream_create_popvault_decrypt(struct istream *input,
+				 struct popvault_receiver *receiver)
+{
+	struct popvault_istream *pstream;
+
+	pstream = i_new(struct popvault_istream, 1);
+	pstream->receiver = receiver;
+	pstream->istream.max_buffer_size = input->real_stream->max_buffer_size;
+	pstream->istream.iostream.close = i_stream_popvault_close;
+	pstream->istream.iostream.destroy = i_stream_popvault_destroy;
+	pstream->istream.read = i_stream_popvault_read;
+	pstream->istream.seek = i_stream_popvault_seek;
+	pstream->istream.stat = i_stream_popvault_stat;
+
+	pstream->istream.istream.readable_fd = FALSE;
+	pstream->istream.istream.blocking = input->blocking;
+	pstream->istream.istream.seekable = input->seekable;
+
+	return i_stream_create(&pstream->istream, input, -1, 0);
+}
+
+void i_stream_popvault_decrypt_set_error_callback(
+	struct istream *input, popvault_decrypt_error_callback_t *callback,
+	void *context)
+{
+	struct popvault_istream *pstream =
+		container_of(input->real_stream, struct popvault_istream,
+			     istream);
+
+	i_assert(input->real_stream->read == i_stream_popvault_read);
+	pstream->error_callback = callback;
+	pstream->error_context = context;
+}

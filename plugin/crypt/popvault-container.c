@@ -1,0 +1,845 @@
+/* popvault: PVLT v1 container format and crypto (libsodium + libcrypto). */
+
+#include "lib.h"
+#include "array.h"
+#include "buffer.h"
+#include "ioloop.h"
+#include "hex-binary.h"
+#include "popvault-container.h"
+
+#include <sodium.h>
+#include <openssl/evp.h>
+
+#define HASH_SIZE 32
+#define AAD_SIZE (HASH_SIZE + 1)
+#define GCM_NONCE_SIZE 12
+#define XCHACHA_NONCE_SIZE 24
+
+#define INFO_EPOCH "popvault v1 epoch"
+#define INFO_KEK "popvault v1 kek"
+
+/* 0x89 is not a valid first byte of an RFC 5322 header line (8-bit, and not
+   printable US-ASCII), so no legacy plaintext message can start with it. */
+const unsigned char popvault_magic[POPVAULT_MAGIC_SIZE] = {
+	0x89, 'P', 'V', 'L', 'T', '\r', '\n', 0x1a
+};
+
+struct popvault_msg_cipher {
+	uint8_t cipher;
+	uint8_t chunk_log2;
+	bool encrypt;
+	unsigned char key[POPVAULT_DK_SIZE];
+	/* SHA-256 of the header || final_flag */
+	unsigned char aad[AAD_SIZE];
+	EVP_CIPHER_CTX *evp; /* AES-GCM only */
+};
+
+struct popvault_sender {
+	uint8_t cipher;
+	uint8_t chunk_log2;
+	unsigned char user_pk[POPVAULT_PK_SIZE];
+	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
+
+	unsigned int max_messages, max_secs;
+	unsigned int epoch_count;
+	/* current epoch */
+	bool epoch_valid;
+	unsigned int epoch_messages;
+	time_t epoch_started;
+	unsigned char eph_pk[POPVAULT_PK_SIZE];
+	unsigned char epoch_secret[HASH_SIZE];
+};
+
+struct popvault_receiver_key {
+	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
+	unsigned char sk[POPVAULT_SK_SIZE];
+	unsigned char pk[POPVAULT_PK_SIZE];
+};
+
+struct popvault_epoch_cache {
+	bool used;
+	uint64_t last_use;
+	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
+	unsigned char eph_pk[POPVAULT_PK_SIZE];
+	unsigned char epoch_secret[HASH_SIZE];
+};
+
+struct popvault_receiver {
+	ARRAY(struct popvault_receiver_key) keys;
+	struct popvault_epoch_cache cache[POPVAULT_RECEIVER_CACHE_SIZE];
+	uint64_t use_counter;
+	uint64_t x25519_count;
+};
+
+int popvault_crypto_init(void)
+{
+	return sodium_init() < 0 ? -1 : 0;
+}
+
+bool popvault_container_is_encrypted(const unsigned char *data, size_t size)
+{
+	return size >= POPVAULT_MAGIC_SIZE &&
+		memcmp(data, popvault_magic, POPVAULT_MAGIC_SIZE) == 0;
+}
+
+int popvault_header_parse(const unsigned char *data, size_t size,
+			  struct popvault_header *hdr_r, const char **error_r)
+{
+	const unsigned char *p = data;
+
+	i_zero(hdr_r);
+	if (data == NULL || size < POPVAULT_MAGIC_SIZE ||
+	    memcmp(data, popvault_magic, POPVAULT_MAGIC_SIZE) != 0) {
+		*error_r = "bad magic";
+		return -1;
+	}
+	if (size < POPVAULT_HEADER_SIZE) {
+		*error_r = "truncated header";
+		return -1;
+	}
+	p += POPVAULT_MAGIC_SIZE;
+	hdr_r->version = *p++;
+	hdr_r->cipher = *p++;
+	hdr_r->chunk_log2 = *p++;
+	hdr_r->flags = *p++;
+	memcpy(hdr_r->key_id, p, sizeof(hdr_r->key_id)); p += sizeof(hdr_r->key_id);
+	memcpy(hdr_r->eph_pk, p, sizeof(hdr_r->eph_pk)); p += sizeof(hdr_r->eph_pk);
+	memcpy(hdr_r->salt, p, sizeof(hdr_r->salt)); p += sizeof(hdr_r->salt);
+	memcpy(hdr_r->wrapped_dk, p, sizeof(hdr_r->wrapped_dk));
+	p += sizeof(hdr_r->wrapped_dk);
+	i_assert((size_t)(p - data) == POPVAULT_HEADER_SIZE);
+
+	if (hdr_r->version != POPVAULT_VERSION) {
+		*error_r = "unsupported version";
+		return -1;
+	}
+	if (hdr_r->cipher != POPVAULT_CIPHER_AES256GCM &&
+	    hdr_r->cipher != POPVAULT_CIPHER_XCHACHA20POLY1305) {
+		*error_r = "unknown cipher";
+		return -1;
+	}
+	if (hdr_r->chunk_log2 < POPVAULT_CHUNK_LOG2_MIN ||
+	    hdr_r->chunk_log2 > POPVAULT_CHUNK_LOG2_MAX) {
+		*error_r = "invalid chunk size";
+		return -1;
+	}
+	if (hdr_r->flags != 0) {
+		*error_r = "unknown flags";
+		return -1;
+	}
+	return 0;
+}
+
+void popvault_header_serialize(const struct popvault_header *hdr,
+			       unsigned char out[POPVAULT_HEADER_SIZE])
+{
+	unsigned char *p = out;
+
+	memcpy(p, popvault_magic, POPVAULT_MAGIC_SIZE); p += POPVAULT_MAGIC_SIZE;
+	*p++ = hdr->version;
+	*p++ = hdr->cipher;
+	*p++ = hdr->chunk_log2;
+	*p++ = hdr->flags;
+	memcpy(p, hdr->key_id, sizeof(hdr->key_id)); p += sizeof(hdr->key_id);
+	memcpy(p, hdr->eph_pk, sizeof(hdr->eph_pk)); p += sizeof(hdr->eph_pk);
+	memcpy(p, hdr->salt, sizeof(hdr->salt)); p += sizeof(hdr->salt);
+	memcpy(p, hdr->wrapped_dk, sizeof(hdr->wrapped_dk));
+	p += sizeof(hdr->wrapped_dk);
+	i_assert((size_t)(p - out) == POPVAULT_HEADER_SIZE);
+}
+
+int popvault_container_plain_size(uoff_t total_file_size, uint8_t chunk_log2,
+				  uoff_t *plain_r)
+{
+	uoff_t body, chunk, full, n_full, rem;
+
+	if (chunk_log2 < POPVAULT_CHUNK_LOG2_MIN ||
+	    chunk_log2 > POPVAULT_CHUNK_LOG2_MAX)
+		return -1;
+	if (total_file_size < POPVAULT_HEADER_SIZE + POPVAULT_TAG_SIZE)
+		return -1;
+	body = total_file_size - POPVAULT_HEADER_SIZE;
+	if (body == POPVAULT_TAG_SIZE) {
+		/* empty message: one empty final chunk */
+		*plain_r = 0;
+		return 0;
+	}
+	chunk = (uoff_t)1 << chunk_log2;
+	full = chunk + POPVAULT_TAG_SIZE;
+	n_full = body / full;
+	rem = body % full;
+	if (rem == 0) {
+		*plain_r = n_full * chunk;
+		return 0;
+	}
+	if (rem <= POPVAULT_TAG_SIZE) {
+		/* last chunk would be empty or shorter than a tag */
+		return -1;
+	}
+	*plain_r = n_full * chunk + (rem - POPVAULT_TAG_SIZE);
+	return 0;
+}
+
+uoff_t popvault_container_encrypted_size(uoff_t plain_size, uint8_t chunk_log2)
+{
+	uoff_t chunk = (uoff_t)1 << chunk_log2;
+	uoff_t n_chunks = plain_size == 0 ? 1 :
+		(plain_size + chunk - 1) / chunk;
+
+	return POPVAULT_HEADER_SIZE + plain_size + n_chunks * POPVAULT_TAG_SIZE;
+}
+
+void popvault_key_id(const unsigned char pk[POPVAULT_PK_SIZE],
+		     unsigned char key_id_r[POPVAULT_KEY_ID_SIZE])
+{
+	unsigned char hash[32];
+
+	crypto_generichash(hash, sizeof(hash), pk, POPVAULT_PK_SIZE, NULL, 0);
+	memcpy(key_id_r, hash, POPVAULT_KEY_ID_SIZE);
+}
+
+void popvault_keypair_generate(unsigned char pk_r[POPVAULT_PK_SIZE],
+			       unsigned char sk_r[POPVAULT_SK_SIZE])
+{
+	crypto_box_keypair(pk_r, sk_r);
+}
+
+/* ---- HKDF-SHA256 (RFC 5869) on top of libsodium's HMAC-SHA256 ---- */
+
+void popvault_hkdf_sha256(const unsigned char *salt, size_t salt_len,
+			  const unsigned char *ikm, size_t ikm_len,
+			  const unsigned char *info, size_t info_len,
+			  unsigned char *out, size_t out_len)
+{
+	static const unsigned char zero_salt[HASH_SIZE] = { 0 };
+	crypto_auth_hmacsha256_state st;
+	unsigned char prk[HASH_SIZE], t[HASH_SIZE];
+	size_t done = 0, n;
+	unsigned char counter = 1;
+
+	i_assert(out_len <= 255 * HASH_SIZE);
+	if (salt == NULL || salt_len == 0) {
+		salt = zero_salt;
+		salt_len = sizeof(zero_salt);
+	}
+	/* extract */
+	crypto_auth_hmacsha256_init(&st, salt, salt_len);
+	crypto_auth_hmacsha256_update(&st, ikm, ikm_len);
+	crypto_auth_hmacsha256_final(&st, prk);
+	/* expand */
+	while (done < out_len) {
+		crypto_auth_hmacsha256_init(&st, prk, sizeof(prk));
+		if (counter > 1)
+			crypto_auth_hmacsha256_update(&st, t, sizeof(t));
+		crypto_auth_hmacsha256_update(&st, info, info_len);
+		crypto_auth_hmacsha256_update(&st, &counter, 1);
+		crypto_auth_hmacsha256_final(&st, t);
+		n = I_MIN(out_len - done, sizeof(t));
+		memcpy(out + done, t, n);
+		done += n;
+		counter++;
+	}
+	sodium_memzero(prk, sizeof(prk));
+	sodium_memzero(t, sizeof(t));
+	sodium_memzero(&st, sizeof(st));
+}
+
+static void
+derive_epoch_secret(const unsigned char shared[crypto_scalarmult_BYTES],
+		    const unsigned char eph_pk[POPVAULT_PK_SIZE],
+		    const unsigned char user_pk[POPVAULT_PK_SIZE],
+		    unsigned char secret_r[HASH_SIZE])
+{
+	unsigned char ikm[crypto_scalarmult_BYTES + 2 * POPVAULT_PK_SIZE];
+
+	memcpy(ikm, shared, crypto_scalarmult_BYTES);
+	memcpy(ikm + crypto_scalarmult_BYTES, eph_pk, POPVAULT_PK_SIZE);
+	memcpy(ikm + crypto_scalarmult_BYTES + POPVAULT_PK_SIZE, user_pk,
+	       POPVAULT_PK_SIZE);
+	popvault_hkdf_sha256(NULL, 0, ikm, sizeof(ikm),
+			     (const unsigned char *)INFO_EPOCH,
+			     strlen(INFO_EPOCH), secret_r, HASH_SIZE);
+	sodium_memzero(ikm, sizeof(ikm));
+}
+
+static void
+derive_kek(const unsigned char epoch_secret[HASH_SIZE],
+	   const unsigned char salt[POPVAULT_SALT_SIZE],
+	   unsigned char kek_r[POPVAULT_DK_SIZE])
+{
+	popvault_hkdf_sha256(salt, POPVAULT_SALT_SIZE, epoch_secret, HASH_SIZE,
+			     (const unsigned char *)INFO_KEK, strlen(INFO_KEK),
+			     kek_r, POPVAULT_DK_SIZE);
+}
+
+/* ---- AEAD primitives ---- */
+
+static void make_nonce(uint64_t idx, unsigned char *nonce, size_t nonce_size)
+{
+	unsigned int i;
+
+	memset(nonce, 0, nonce_size - 8);
+	for (i = 0; i < 8; i++)
+		nonce[nonce_size - 1 - i] = (unsigned char)(idx >> (8 * i));
+}
+
+static struct popvault_msg_cipher *
+msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
+		  const unsigned char key[POPVAULT_DK_SIZE],
+		  const unsigned char header[POPVAULT_HEADER_SIZE])
+{
+	struct popvault_msg_cipher *mc;
+	int ret;
+
+	mc = i_new(struct popvault_msg_cipher, 1);
+	mc->cipher = cipher;
+	mc->chunk_log2 = chunk_log2;
+	mc->encrypt = encrypt;
+	memcpy(mc->key, key, sizeof(mc->key));
+	if (header != NULL)
+		crypto_hash_sha256(mc->aad, header, POPVAULT_HEADER_SIZE);
+
+	if (cipher == POPVAULT_CIPHER_AES256GCM) {
+		mc->evp = EVP_CIPHER_CTX_new();
+		if (mc->evp == NULL) {
+			popvault_msg_cipher_free(&mc);
+			return NULL;
+		}
+		/* Key is set once per message; only the IV changes per chunk. */
+		if (encrypt) {
+			ret = EVP_EncryptInit_ex(mc->evp, EVP_aes_256_gcm(),
+						 NULL, NULL, NULL) == 1 &&
+				EVP_CIPHER_CTX_ctrl(mc->evp, EVP_CTRL_GCM_SET_IVLEN,
+						    GCM_NONCE_SIZE, NULL) == 1 &&
+				EVP_EncryptInit_ex(mc->evp, NULL, NULL, key,
+						   NULL) == 1;
+		} else {
+			ret = EVP_DecryptInit_ex(mc->evp, EVP_aes_256_gcm(),
+						 NULL, NULL, NULL) == 1 &&
+				EVP_CIPHER_CTX_ctrl(mc->evp, EVP_CTRL_GCM_SET_IVLEN,
+						    GCM_NONCE_SIZE, NULL) == 1 &&
+				EVP_DecryptInit_ex(mc->evp, NULL, NULL, key,
+						   NULL) == 1;
+		}
+		if (!ret) {
+			popvault_msg_cipher_free(&mc);
+			return NULL;
+		}
+	}
+	return mc;
+}
+
+void popvault_msg_cipher_free(struct popvault_msg_cipher **_mc)
+{
+	struct popvault_msg_cipher *mc = *_mc;
+
+	if (mc == NULL)
+		return;
+	*_mc = NULL;
+	if (mc->evp != NULL)
+		EVP_CIPHER_CTX_free(mc->evp);
+	sodium_memzero(mc, sizeof(*mc));
+	i_free(mc);
+}
+
+size_t popvault_msg_cipher_chunk_size(const struct popvault_msg_cipher *mc)
+{
+	return (size_t)1 << mc->chunk_log2;
+}
+
+uint8_t popvault_msg_cipher_chunk_log2(const struct popvault_msg_cipher *mc)
+{
+	return mc->chunk_log2;
+}
+
+static int
+aead_seal(struct popvault_msg_cipher *mc, uint64_t idx,
+	  const unsigned char *aad, size_t aad_size,
+	  const unsigned char *in, size_t size, unsigned char *out)
+{
+	if (mc->cipher == POPVAULT_CIPHER_XCHACHA20POLY1305) {
+		unsigned char nonce[XCHACHA_NONCE_SIZE];
+
+		make_nonce(idx, nonce, sizeof(nonce));
+		if (crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
+			out, out + size, NULL, in, size, aad, aad_size,
+			NULL, nonce, mc->key) != 0)
+			return -1;
+		return 0;
+	} else {
+		unsigned char nonce[GCM_NONCE_SIZE];
+		int len;
+
+		i_assert(mc->encrypt);
+		if (size > INT_MAX)
+			return -1;
+		make_nonce(idx, nonce, sizeof(nonce));
+		if (EVP_EncryptInit_ex(mc->evp, NULL, NULL, NULL, nonce) != 1 ||
+		    EVP_EncryptUpdate(mc->evp, NULL, &len, aad, (int)aad_size) != 1)
+			return -1;
+		if (size > 0 &&
+		    EVP_EncryptUpdate(mc->evp, out, &len, in, (int)size) != 1)
+			return -1;
+		if (EVP_EncryptFinal_ex(mc->evp, out + size, &len) != 1 ||
+		    EVP_CIPHER_CTX_ctrl(mc->evp, EVP_CTRL_GCM_GET_TAG,
+					POPVAULT_TAG_SIZE, out + size) != 1)
+			return -1;
+		return 0;
+	}
+}
+
+static int
+aead_open(struct popvault_msg_cipher *mc, uint64_t idx,
+	  const unsigned char *aad, size_t aad_size,
+	  const unsigned char *in, size_t in_size, unsigned char *out)
+{
+	size_t size;
+	int ret;
+
+	if (in_size < POPVAULT_TAG_SIZE)
+		return -1;
+	size = in_size - POPVAULT_TAG_SIZE;
+	if (mc->cipher == POPVAULT_CIPHER_XCHACHA20POLY1305) {
+		unsigned char nonce[XCHACHA_NONCE_SIZE];
+
+		make_nonce(idx, nonce, sizeof(nonce));
+		/* libsodium verifies before writing any plaintext */
+		ret = crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
+			out, NULL, in, size, in + size, aad, aad_size,
+			nonce, mc->key);
+	} else {
+		unsigned char nonce[GCM_NONCE_SIZE];
+		unsigned char tag[POPVAULT_TAG_SIZE];
+		int len;
+
+		i_assert(!mc->encrypt);
+		if (size > INT_MAX)
+			return -1;
+		make_nonce(idx, nonce, sizeof(nonce));
+		memcpy(tag, in + size, sizeof(tag));
+		ret = -1;
+		if (EVP_DecryptInit_ex(mc->evp, NULL, NULL, NULL, nonce) == 1 &&
+		    EVP_DecryptUpdate(mc->evp, NULL, &len, aad,
+				      (int)aad_size) == 1 &&
+		    (size == 0 || EVP_DecryptUpdate(mc->evp, out, &len, in,
+						    (int)size) == 1) &&
+		    EVP_CIPHER_CTX_ctrl(mc->evp, EVP_CTRL_GCM_SET_TAG,
+					sizeof(tag), tag) == 1 &&
+		    EVP_DecryptFinal_ex(mc->evp, out + size, &len) == 1)
+			ret = 0;
+	}
+	if (ret != 0) {
+		/* never leave unauthenticated plaintext behind */
+		if (size > 0)
+			sodium_memzero(out, size);
+		return -1;
+	}
+	return 0;
+}
+
+int popvault_chunk_encrypt(struct popvault_msg_cipher *mc, uint64_t idx,
+			   bool final, const unsigned char *plain,
+			   size_t plain_size, unsigned char *out)
+{
+	i_assert(plain_size <= popvault_msg_cipher_chunk_size(mc));
+	mc->aad[HASH_SIZE] = final ? 1 : 0;
+	return aead_seal(mc, idx, mc->aad, AAD_SIZE, plain, plain_size, out);
+}
+
+int popvault_chunk_decrypt(struct popvault_msg_cipher *mc, uint64_t idx,
+			   bool final, const unsigned char *ct, size_t ct_size,
+			   unsigned char *plain_out)
+{
+	if (ct_size < POPVAULT_TAG_SIZE ||
+	    ct_size > popvault_msg_cipher_chunk_size(mc) + POPVAULT_TAG_SIZE)
+		return -1;
+	mc->aad[HASH_SIZE] = final ? 1 : 0;
+	return aead_open(mc, idx, mc->aad, AAD_SIZE, ct, ct_size, plain_out);
+}
+
+/* ---- sender ---- */
+
+struct popvault_sender *
+popvault_sender_create(const unsigned char pk[POPVAULT_PK_SIZE],
+		       enum popvault_cipher cipher)
+{
+	struct popvault_sender *sender;
+
+	if (cipher != POPVAULT_CIPHER_AES256GCM &&
+	    cipher != POPVAULT_CIPHER_XCHACHA20POLY1305)
+		return NULL;
+	if (popvault_crypto_init() < 0)
+		return NULL;
+	sender = i_new(struct popvault_sender, 1);
+	sender->cipher = cipher;
+	sender->chunk_log2 = POPVAULT_CHUNK_LOG2_DEFAULT;
+	sender->max_messages = POPVAULT_EPOCH_MAX_MESSAGES;
+	sender->max_secs = POPVAULT_EPOCH_MAX_SECS;
+	memcpy(sender->user_pk, pk, POPVAULT_PK_SIZE);
+	popvault_key_id(pk, sender->key_id);
+	return sender;
+}
+
+void popvault_sender_free(struct popvault_sender **_sender)
+{
+	struct popvault_sender *sender = *_sender;
+
+	if (sender == NULL)
+		return;
+	*_sender = NULL;
+	sodium_memzero(sender, sizeof(*sender));
+	i_free(sender);
+}
+
+int popvault_sender_set_chunk_log2(struct popvault_sender *sender,
+				   uint8_t chunk_log2)
+{
+	if (chunk_log2 < POPVAULT_CHUNK_LOG2_MIN ||
+	    chunk_log2 > POPVAULT_CHUNK_LOG2_MAX)
+		return -1;
+	sender->chunk_log2 = chunk_log2;
+	return 0;
+}
+
+void popvault_sender_set_rotation(struct popvault_sender *sender,
+				  unsigned int max_messages,
+				  unsigned int max_secs)
+{
+	if (max_messages != 0)
+		sender->max_messages = max_messages;
+	if (max_secs != 0)
+		sender->max_secs = max_secs;
+}
+
+unsigned int popvault_sender_get_epoch_count(const struct popvault_sender *sender)
+{
+	return sender->epoch_count;
+}
+
+static int popvault_sender_new_epoch(struct popvault_sender *sender)
+{
+	unsigned char eph_sk[POPVAULT_SK_SIZE];
+	unsigned char shared[crypto_scalarmult_BYTES];
+	int ret;
+
+	crypto_box_keypair(sender->eph_pk, eph_sk);
+	/* fails for low-order user public keys (all-zero output) */
+	ret = crypto_scalarmult(shared, eph_sk, sender->user_pk);
+	sodium_memzero(eph_sk, sizeof(eph_sk));
+	if (ret != 0) {
+		sodium_memzero(shared, sizeof(shared));
+		sender->epoch_valid = FALSE;
+		return -1;
+	}
+	derive_epoch_secret(shared, sender->eph_pk, sender->user_pk,
+			    sender->epoch_secret);
+	sodium_memzero(shared, sizeof(shared));
+	sender->epoch_valid = TRUE;
+	sender->epoch_messages = 0;
+	sender->epoch_started = time(NULL);
+	sender->epoch_count++;
+	return 0;
+}
+
+int popvault_sender_begin_message(struct popvault_sender *sender,
+				  unsigned char header_r[POPVAULT_HEADER_SIZE],
+				  struct popvault_msg_cipher **mc_r,
+				  const char **error_r)
+{
+	struct popvault_header hdr;
+	struct popvault_msg_cipher *wrap;
+	unsigned char dk[POPVAULT_DK_SIZE], kek[POPVAULT_DK_SIZE];
+	time_t now = time(NULL);
+	int ret;
+
+	if (!sender->epoch_valid ||
+	    sender->epoch_messages >= sender->max_messages ||
+	    now < sender->epoch_started ||
+	    now - sender->epoch_started >= (time_t)sender->max_secs) {
+		if (popvault_sender_new_epoch(sender) < 0) {
+			*error_r = "popvault: invalid recipient public key";
+			return -1;
+		}
+	}
+	sender->epoch_messages++;
+
+	i_zero(&hdr);
+	hdr.version = POPVAULT_VERSION;
+	hdr.cipher = sender->cipher;
+	hdr.chunk_log2 = sender->chunk_log2;
+	hdr.flags = 0;
+	memcpy(hdr.key_id, sender->key_id, sizeof(hdr.key_id));
+	memcpy(hdr.eph_pk, sender->eph_pk, sizeof(hdr.eph_pk));
+	randombytes_buf(hdr.salt, sizeof(hdr.salt));
+	randombytes_buf(dk, sizeof(dk));
+	derive_kek(sender->epoch_secret, hdr.salt, kek);
+
+	/* serialize without the wrapped key first: it's the wrap AAD */
+	popvault_header_serialize(&hdr, header_r);
+	wrap = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
+				 kek, NULL);
+	sodium_memzero(kek, sizeof(kek));
+	if (wrap == NULL) {
+		sodium_memzero(dk, sizeof(dk));
+		*error_r = "popvault: cipher initialization failed";
+		return -1;
+	}
+	/* fixed nonce (index 0): the KEK is unique per random salt */
+	ret = aead_seal(wrap, 0, header_r, POPVAULT_HEADER_WRAP_AAD_SIZE,
+			dk, sizeof(dk), hdr.wrapped_dk);
+	popvault_msg_cipher_free(&wrap);
+	if (ret < 0) {
+		sodium_memzero(dk, sizeof(dk));
+		*error_r = "popvault: key wrapping failed";
+		return -1;
+	}
+	memcpy(header_r + POPVAULT_HEADER_WRAP_AAD_SIZE, hdr.wrapped_dk,
+	       sizeof(hdr.wrapped_dk));
+
+	*mc_r = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
+				  dk, header_r);
+	sodium_memzero(dk, sizeof(dk));
+	if (*mc_r == NULL) {
+		*error_r = "popvault: cipher initialization failed";
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- receiver ---- */
+
+struct popvault_receiver *popvault_receiver_create(void)
+{
+	struct popvault_receiver *receiver;
+
+	if (popvault_crypto_init() < 0)
+		return NULL;
+	receiver = i_new(struct popvault_receiver, 1);
+	i_array_init(&receiver->keys, 4);
+	return receiver;
+}
+
+void popvault_receiver_free(struct popvault_receiver **_receiver)
+{
+	struct popvault_receiver *receiver = *_receiver;
+	struct popvault_receiver_key *key;
+
+	if (receiver == NULL)
+		return;
+	*_receiver = NULL;
+	array_foreach_modifiable(&receiver->keys, key)
+		sodium_memzero(key, sizeof(*key));
+	array_free(&receiver->keys);
+	sodium_memzero(receiver, sizeof(*receiver));
+	i_free(receiver);
+}
+
+int popvault_receiver_add_key(struct popvault_receiver *receiver,
+			      const unsigned char sk[POPVAULT_SK_SIZE])
+{
+	struct popvault_receiver_key key;
+
+	i_zero(&key);
+	memcpy(key.sk, sk, sizeof(key.sk));
+	if (crypto_scalarmult_base(key.pk, key.sk) != 0) {
+		sodium_memzero(&key, sizeof(key));
+		return -1;
+	}
+	popvault_key_id(key.pk, key.key_id);
+	array_push_back(&receiver->keys, &key);
+	sodium_memzero(&key, sizeof(key));
+	return 0;
+}
+
+uint64_t popvault_receiver_get_x25519_count(const struct popvault_receiver *receiver)
+{
+	return receiver->x25519_count;
+}
+
+static int
+receiver_get_epoch_secret(struct popvault_receiver *receiver,
+			  const struct popvault_receiver_key *key,
+			  const unsigned char eph_pk[POPVAULT_PK_SIZE],
+			  unsigned char secret_r[HASH_SIZE])
+{
+	struct popvault_epoch_cache *slot = NULL;
+	unsigned char shared[crypto_scalarmult_BYTES];
+	unsigned int i;
+	int ret;
+
+	for (i = 0; i < N_ELEMENTS(receiver->cache); i++) {
+		struct popvault_epoch_cache *c = &receiver->cache[i];
+
+		if (c->used &&
+		    memcmp(c->key_id, key->key_id, sizeof(c->key_id)) == 0 &&
+		    memcmp(c->eph_pk, eph_pk, sizeof(c->eph_pk)) == 0) {
+			c->last_use = ++receiver->use_counter;
+			memcpy(secret_r, c->epoch_secret, HASH_SIZE);
+			return 0;
+		}
+		if (slot == NULL || !c->used ||
+		    (slot->used && c->last_use < slot->last_use))
+			slot = c;
+	}
+
+	receiver->x25519_count++;
+	ret = crypto_scalarmult(shared, key->sk, eph_pk);
+	if (ret != 0) {
+		sodium_memzero(shared, sizeof(shared));
+		return -1;
+	}
+	derive_epoch_secret(shared, eph_pk, key->pk, secret_r);
+	sodium_memzero(shared, sizeof(shared));
+
+	/* Cache only after the caller unwrapped successfully would be nicer,
+	   but a bogus eph_pk costs the attacker an X25519 either way; we
+	   cache unconditionally (LRU) so the cost is bounded per (key,eph). */
+	slot->used = TRUE;
+	slot->last_use = ++receiver->use_counter;
+	memcpy(slot->key_id, key->key_id, sizeof(slot->key_id));
+	memcpy(slot->eph_pk, eph_pk, sizeof(slot->eph_pk));
+	memcpy(slot->epoch_secret, secret_r, HASH_SIZE);
+	return 0;
+}
+
+int popvault_receiver_open(struct popvault_receiver *receiver,
+			   const unsigned char *data, size_t size,
+			   struct popvault_header *hdr_r,
+			   struct popvault_msg_cipher **mc_r,
+			   const char **error_r)
+{
+	const struct popvault_receiver_key *key, *found = NULL;
+	struct popvault_msg_cipher *wrap;
+	unsigned char secret[HASH_SIZE], kek[POPVAULT_DK_SIZE];
+	unsigned char dk[POPVAULT_DK_SIZE];
+	const char *error;
+	int ret;
+
+	*mc_r = NULL;
+	if (popvault_header_parse(data, size, hdr_r, &error) < 0) {
+		*error_r = t_strdup_printf("popvault: invalid header: %s",
+					   error);
+		return -1;
+	}
+	array_foreach(&receiver->keys, key) {
+		if (memcmp(key->key_id, hdr_r->key_id,
+			   sizeof(key->key_id)) == 0) {
+			found = key;
+			break;
+		}
+	}
+	if (found == NULL) {
+		*error_r = t_strdup_printf("popvault: unknown key id %s",
+			binary_to_hex(hdr_r->key_id, sizeof(hdr_r->key_id)));
+		return -1;
+	}
+	if (receiver_get_epoch_secret(receiver, found, hdr_r->eph_pk,
+				      secret) < 0) {
+		*error_r = "popvault: invalid ephemeral public key";
+		return -1;
+	}
+	derive_kek(secret, hdr_r->salt, kek);
+	sodium_memzero(secret, sizeof(secret));
+	wrap = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
+				 kek, NULL);
+	sodium_memzero(kek, sizeof(kek));
+	if (wrap == NULL) {
+		*error_r = "popvault: cipher initialization failed";
+		return -1;
+	}
+	ret = aead_open(wrap, 0, data, POPVAULT_HEADER_WRAP_AAD_SIZE,
+			hdr_r->wrapped_dk, sizeof(hdr_r->wrapped_dk), dk);
+	popvault_msg_cipher_free(&wrap);
+	if (ret < 0) {
+		*error_r = "popvault: failed to unwrap data key "
+			"(wrong key or corrupted header)";
+		return -1;
+	}
+	*mc_r = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
+				  dk, data);
+	sodium_memzero(dk, sizeof(dk));
+	if (*mc_r == NULL) {
+		*error_r = "popvault: cipher initialization failed";
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- one-shot helpers ---- */
+
+int popvault_encrypt_buffer(struct popvault_sender *sender,
+			    const unsigned char *plain, size_t size,
+			    buffer_t *out, const char **error_r)
+{
+	struct popvault_msg_cipher *mc;
+	unsigned char header[POPVAULT_HEADER_SIZE];
+	size_t chunk, n, pos = 0;
+	uint64_t idx = 0;
+	bool final;
+
+	if (popvault_sender_begin_message(sender, header, &mc, error_r) < 0)
+		return -1;
+	chunk = popvault_msg_cipher_chunk_size(mc);
+	buffer_append(out, header, sizeof(header));
+	do {
+		n = I_MIN(size - pos, chunk);
+		final = pos + n == size;
+		unsigned char *dest = buffer_append_space_unsafe(
+			out, n + POPVAULT_TAG_SIZE);
+		if (popvault_chunk_encrypt(mc, idx, final, plain + pos, n,
+					   dest) < 0) {
+			popvault_msg_cipher_free(&mc);
+			*error_r = "popvault: encryption failed";
+			return -1;
+		}
+		pos += n;
+		idx++;
+	} while (!final);
+	popvault_msg_cipher_free(&mc);
+	return 0;
+}
+
+int popvault_decrypt_buffer(struct popvault_receiver *receiver,
+			    const unsigned char *data, size_t size,
+			    buffer_t *out, const char **error_r)
+{
+	struct popvault_header hdr;
+	struct popvault_msg_cipher *mc;
+	size_t chunk, full, pos, n;
+	uoff_t plain_size;
+	uint64_t idx = 0;
+	bool final;
+
+	if (popvault_receiver_open(receiver, data, size, &hdr, &mc,
+				   error_r) < 0)
+		return -1;
+	if (popvault_container_plain_size(size, hdr.chunk_log2,
+					  &plain_size) < 0) {
+		popvault_msg_cipher_free(&mc);
+		*error_r = "popvault: invalid container length (truncated)";
+		return -1;
+	}
+	chunk = (size_t)1 << hdr.chunk_log2;
+	full = chunk + POPVAULT_TAG_SIZE;
+	pos = POPVAULT_HEADER_SIZE;
+	do {
+		n = I_MIN(size - pos, full);
+		final = pos + n == size;
+		unsigned char *dest = buffer_append_space_unsafe(
+			out, n - POPVAULT_TAG_SIZE);
+		if (popvault_chunk_decrypt(mc, idx, final, data + pos, n,
+					   dest) < 0) {
+			buffer_set_used_size(out, out->used -
+					     (n - POPVAULT_TAG_SIZE));
+			popvault_msg_cipher_free(&mc);
+			*error_r = t_strdup_printf(
+				"popvault: chunk %"PRIu64" failed authentication",
+				idx);
+			return -1;
+		}
+		pos += n;
+		idx++;
+	} while (!final);
+	popvault_msg_cipher_free(&mc);
+	return 0;
+}

@@ -1,0 +1,618 @@
+/* Copyright (c) 2026 popvault authors, see the included COPYING file */
+
+/* Encryption at rest: save through an encrypting ostream, read through a
+   decrypting istream. Layering (see docs/encryption.md):
+
+   - save_begin sits in a forced "lib95_" post-hook so it is the vfunc
+     closest to storage: zlib (lib20_zlib) compresses, then we encrypt.
+   - istream_opened sits in popvault's own lib20_popvault hooks, which
+     run before lib20_zlib: we decrypt first, then zlib decompresses. */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "hex-binary.h"
+#include "istream.h"
+#include "ostream.h"
+#include "mail-user.h"
+#include "mail-copy.h"
+#include "mail-storage-private.h"
+#include "mail-storage-settings.h"
+#include "mail-storage-hooks.h"
+#include "module-dir.h"
+#include "popvault-user.h"
+#include "popvault-pop3.h"
+#include "popvault-crypt.h"
+#include "popvault-crypt-keys.h"
+#include "popvault-crypt-stream.h"
+
+#include <sodium.h>
+
+/* The epoch design (one X25519 per epoch on both sides) only pays off
+   when a delivery process keeps its sender across deliveries: each
+   delivery gets a fresh mail_user, so senders live here, per process. */
+#define SENDER_CACHE_MAX 32
+
+struct sender_cache_entry {
+	char *key;
+	struct popvault_sender *sender;
+	unsigned int refcount;
+};
+
+struct popvault_crypt_user {
+	struct mail_user *user;
+	struct event *event;
+	const struct popvault_settings *set;
+	const char *keys_dir;
+
+	bool master_loaded;
+	unsigned char master[POPVAULT_MASTER_KEY_SIZE];
+
+	struct sender_cache_entry *sender;
+	const char *sender_error;
+
+	struct popvault_receiver *receiver;
+	/* set once unlocking failed: every encrypted message of the
+	   session then fails with this, without retrying per message */
+	const char *receiver_error;
+};
+
+struct popvault_crypt_mailbox {
+	union mailbox_module_context module_ctx;
+
+	/* The message being saved and its plaintext source: header lookups
+	   on it during the save (LMTP's log fields) read the source, so
+	   delivery never needs the private key. */
+	struct mail *save_mail;
+	struct istream *save_input;
+	uoff_t save_input_offset;
+};
+
+/* What a mid-stream decryption error needs to log and react; owned by
+   the stream (freed by its destroy callback), since streams can outlive
+   their mail (zlib's read cache). */
+struct crypt_stream_ctx {
+	struct popvault_crypt_user *cuser;
+	struct mailbox *pop3_box;
+	char *vname;
+	uint32_t uid;
+};
+
+#define POPVAULT_CRYPT_BOX_CONTEXT(obj) \
+	MODULE_CONTEXT(obj, popvault_crypt_storage_module)
+#define POPVAULT_CRYPT_MAIL_CONTEXT(obj) \
+	MODULE_CONTEXT_REQUIRE(obj, popvault_crypt_mail_module)
+
+static MODULE_CONTEXT_DEFINE_INIT(popvault_crypt_storage_module,
+				  &mail_storage_module_register);
+static MODULE_CONTEXT_DEFINE_INIT(popvault_crypt_mail_module,
+				  &mail_module_register);
+
+static ARRAY(struct sender_cache_entry *) sender_cache;
+
+/* client_disconnect() exists only in the pop3 binary */
+#pragma weak client_disconnect
+extern void client_disconnect(struct client *client, const char *reason);
+
+static struct popvault_crypt_user *crypt_user(struct mail_user *user)
+{
+	struct popvault_user *puser = popvault_user_get(user);
+
+	return puser == NULL ? NULL : puser->crypt;
+}
+
+/* ---- keys ---- */
+
+static int crypt_user_load_master(struct popvault_crypt_user *cuser,
+				  const char **error_r)
+{
+	if (cuser->master_loaded)
+		return 0;
+	if (cuser->set->master_key == NULL) {
+		*error_r = "popvault_master_key is not set";
+		return -1;
+	}
+	if (popvault_master_key_read(cuser->set->master_key, cuser->master,
+				     error_r) < 0)
+		return -1;
+	cuser->master_loaded = TRUE;
+	return 0;
+}
+
+static struct sender_cache_entry *
+sender_cache_get(const char *key, const unsigned char pk[POPVAULT_PK_SIZE],
+		 enum popvault_cipher cipher)
+{
+	struct sender_cache_entry *const *entryp, *entry;
+	unsigned int i, count;
+
+	array_foreach(&sender_cache, entryp) {
+		if (strcmp((*entryp)->key, key) == 0) {
+			(*entryp)->refcount++;
+			return *entryp;
+		}
+	}
+	/* evict the oldest unused entry */
+	count = array_count(&sender_cache);
+	for (i = 0; count >= SENDER_CACHE_MAX && i < count; i++) {
+		entry = array_idx_elem(&sender_cache, i);
+		if (entry->refcount == 0) {
+			popvault_sender_free(&entry->sender);
+			i_free(entry->key);
+			i_free(entry);
+			array_delete(&sender_cache, i, 1);
+			break;
+		}
+	}
+	entry = i_new(struct sender_cache_entry, 1);
+	entry->sender = popvault_sender_create(pk, cipher);
+	if (entry->sender == NULL) {
+		i_free(entry);
+		return NULL;
+	}
+	entry->key = i_strdup(key);
+	entry->refcount = 1;
+	array_push_back(&sender_cache, &entry);
+	return entry;
+}
+
+static struct popvault_sender *
+crypt_user_get_sender(struct popvault_crypt_user *cuser, const char **error_r)
+{
+	unsigned char pk[POPVAULT_PK_SIZE], key_id[POPVAULT_KEY_ID_SIZE];
+	enum popvault_cipher cipher;
+	const char *error, *key;
+	bool created;
+
+	if (cuser->sender != NULL)
+		return cuser->sender->sender;
+	if (cuser->sender_error != NULL) {
+		*error_r = cuser->sender_error;
+		return NULL;
+	}
+	/* The master key is only needed (and only read) here when the user
+	   has no key pair yet; delivery otherwise needs the public key. */
+	if (popvault_keystore_get_current(cuser->keys_dir,
+					  cuser->user->username,
+					  cuser->master_loaded ?
+					  cuser->master : NULL,
+					  pk, &created, &error) < 0) {
+		cuser->sender_error = p_strdup(cuser->user->pool, error);
+		*error_r = cuser->sender_error;
+		return NULL;
+	}
+	popvault_key_id(pk, key_id);
+	if (created) {
+		e_info(event_create_passthrough(cuser->event)->
+		       set_name("popvault_crypt_key_created")->
+		       add_str("key_id", binary_to_hex(key_id, sizeof(key_id)))->
+		       event(), "crypt: created key pair %s in %s",
+		       binary_to_hex(key_id, sizeof(key_id)), cuser->keys_dir);
+	}
+	cipher = cuser->set->cipher == POPVAULT_CIPHER_SETTING_XCHACHA20POLY1305 ?
+		POPVAULT_CIPHER_XCHACHA20POLY1305 : POPVAULT_CIPHER_AES256GCM;
+	key = t_strdup_printf("%s\t%s\t%d", cuser->user->username,
+			      binary_to_hex(key_id, sizeof(key_id)), cipher);
+	cuser->sender = sender_cache_get(key, pk, cipher);
+	if (cuser->sender == NULL) {
+		cuser->sender_error = "invalid public key in the key store";
+		*error_r = cuser->sender_error;
+		return NULL;
+	}
+	return cuser->sender->sender;
+}
+
+static struct popvault_receiver *
+crypt_user_get_receiver(struct popvault_crypt_user *cuser,
+			const char **error_r)
+{
+	struct popvault_receiver *receiver;
+	unsigned int count;
+	const char *error = NULL;
+
+	if (cuser->receiver != NULL)
+		return cuser->receiver;
+	if (cuser->receiver_error != NULL) {
+		*error_r = cuser->receiver_error;
+		return NULL;
+	}
+	receiver = popvault_receiver_create();
+	if (crypt_user_load_master(cuser, &error) < 0 ||
+	    popvault_keystore_load_receiver(cuser->keys_dir,
+					    cuser->user->username,
+					    cuser->master, receiver, &count,
+					    &error) < 0) {
+		popvault_receiver_free(&receiver);
+		cuser->receiver_error = p_strdup_printf(cuser->user->pool,
+			"can't unlock the private keys: %s", error);
+		e_error(event_create_passthrough(cuser->event)->
+			set_name("popvault_crypt_unlock_failed")->
+			add_str("error", error)->event(),
+			"crypt: %s", cuser->receiver_error);
+		*error_r = cuser->receiver_error;
+		return NULL;
+	}
+	e_debug(event_create_passthrough(cuser->event)->
+		set_name("popvault_crypt_unlocked")->
+		add_int("keys", count)->event(),
+		"crypt: unlocked %u private key(s)", count);
+	cuser->receiver = receiver;
+	return receiver;
+}
+
+/* ---- read ---- */
+
+static void
+crypt_log_damaged(struct popvault_crypt_user *cuser, const char *vname,
+		  uint32_t uid, const char *cause)
+{
+	e_error(event_create_passthrough(cuser->event)->
+		set_name("popvault_crypt_damaged")->
+		add_str("mailbox", vname)->add_int("uid", uid)->
+		add_str("error", cause)->event(),
+		"crypt: user %s mailbox %s uid %u: can't read message: %s",
+		cuser->user->username, vname, uid, cause);
+}
+
+static int crypt_mail_fail(struct mail *mail, const char *cause)
+{
+	struct popvault_crypt_user *cuser =
+		crypt_user(mail->box->storage->user);
+
+	crypt_log_damaged(cuser, mailbox_get_vname(mail->box), mail->uid,
+			  cause);
+	mail_storage_set_error(mail->box->storage, MAIL_ERROR_INVALIDDATA,
+			       "Message is damaged or can't be decrypted");
+	return -1;
+}
+
+static void crypt_stream_error(const char *error, void *context)
+{
+	struct crypt_stream_ctx *sctx = context;
+	struct client *client;
+
+	crypt_log_damaged(sctx->cuser, sctx->vname, sctx->uid, error);
+	/* pop3's fetch_callback() ends every reply with "." even when the
+	   stream failed: the client would take a truncated message for a
+	   whole one. Closing the connection first keeps the dot out. */
+	if (sctx->pop3_box != NULL && client_disconnect != NULL &&
+	    (client = popvault_pop3_client_for_box(sctx->pop3_box)) != NULL)
+		client_disconnect(client, "popvault: damaged message");
+}
+
+static void crypt_stream_ctx_free(struct crypt_stream_ctx *sctx)
+{
+	i_free(sctx->vname);
+	i_free(sctx);
+}
+
+static bool crypt_stream_is_encrypted(struct istream *input)
+{
+	const unsigned char *data;
+	size_t size;
+
+	if (i_stream_read_bytes(input, &data, &size,
+				POPVAULT_MAGIC_SIZE) <= 0)
+		return FALSE;
+	return popvault_container_is_encrypted(data, size);
+}
+
+static int crypt_istream_opened(struct mail *mail, struct istream **stream)
+{
+	struct mail_private *pmail = (struct mail_private *)mail;
+	union mail_module_context *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(pmail);
+	struct popvault_crypt_user *cuser =
+		crypt_user(mail->box->storage->user);
+	struct popvault_receiver *receiver;
+	struct popvault_crypt_mailbox *cbox;
+	struct crypt_stream_ctx *sctx;
+	struct istream *input;
+	const char *error = NULL;
+	ssize_t ret;
+
+	cbox = POPVAULT_CRYPT_BOX_CONTEXT(mail->box);
+	if (cbox != NULL && cbox->save_mail == mail && mail->uid == 0 &&
+	    cbox->save_input != NULL) {
+		i_stream_unref(stream);
+		i_stream_seek(cbox->save_input, cbox->save_input_offset);
+		*stream = i_stream_create_limit(cbox->save_input, UOFF_T_MAX);
+		return cmail->super.istream_opened(mail, stream);
+	}
+	if (!crypt_stream_is_encrypted(*stream)) {
+		if ((*stream)->stream_errno != 0)
+			return cmail->super.istream_opened(mail, stream);
+		if (cuser->set->require_encrypted) {
+			return crypt_mail_fail(mail, "plaintext message "
+				"refused (popvault_require_encrypted=yes)");
+		}
+		return cmail->super.istream_opened(mail, stream);
+	}
+	e_debug(cuser->event, "crypt: decrypting mailbox %s uid %u (%s)",
+		mailbox_get_vname(mail->box), mail->uid,
+		pmail->get_stream_reason == NULL ? "" : pmail->get_stream_reason);
+	if ((receiver = crypt_user_get_receiver(cuser, &error)) == NULL)
+		return crypt_mail_fail(mail, error);
+
+	input = i_stream_create_popvault_decrypt(*stream, receiver);
+	i_stream_set_name(input, t_strdup_printf("popvault(%s)",
+						 i_stream_get_name(*stream)));
+	i_stream_unref(stream);
+	*stream = input;
+
+	/* Authenticate the header, the length and the first chunk now, so
+	   that most damage (and every damaged message up to one chunk)
+	   fails before a reply starts: POP3 -ERR, IMAP NO. */
+	ret = i_stream_read(input);
+	if (ret == -1 && input->stream_errno != 0)
+		return crypt_mail_fail(mail, i_stream_get_error(input));
+
+	sctx = i_new(struct crypt_stream_ctx, 1);
+	sctx->cuser = cuser;
+	sctx->vname = i_strdup(mailbox_get_vname(mail->box));
+	sctx->uid = mail->uid;
+	if ((mail->box->flags & MAILBOX_FLAG_POP3_SESSION) != 0)
+		sctx->pop3_box = mail->box;
+	i_stream_popvault_decrypt_set_error_callback(input,
+		crypt_stream_error, sctx);
+	i_stream_add_destroy_callback(input, crypt_stream_ctx_free, sctx);
+	return cmail->super.istream_opened(mail, stream);
+}
+
+static void crypt_mail_allocated(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct mail_vfuncs *v = mail->vlast;
+	union mail_module_context *cmail;
+
+	if (crypt_user(_mail->box->storage->user) == NULL)
+		return;
+	cmail = p_new(mail->pool, union mail_module_context, 1);
+	cmail->super = *v;
+	mail->vlast = &cmail->super;
+	v->istream_opened = crypt_istream_opened;
+	MODULE_CONTEXT_SET_SELF(mail, popvault_crypt_mail_module, cmail);
+}
+
+/* ---- save ---- */
+
+static int crypt_save_begin(struct mail_save_context *ctx,
+			    struct istream *input)
+{
+	struct mailbox *box = ctx->transaction->box;
+	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
+	struct popvault_crypt_user *cuser = crypt_user(box->storage->user);
+	struct popvault_sender *sender;
+	struct ostream *output;
+	const char *error = NULL;
+
+	/* the key comes first: on failure nothing has been created yet */
+	sender = crypt_user_get_sender(cuser, &error);
+	if (sender == NULL) {
+		e_error(event_create_passthrough(cuser->event)->
+			set_name("popvault_crypt_save_refused")->
+			add_str("mailbox", mailbox_get_vname(box))->
+			add_str("error", error)->event(),
+			"crypt: user %s mailbox %s: not saving: %s",
+			cuser->user->username, mailbox_get_vname(box), error);
+		mail_storage_set_error(box->storage, MAIL_ERROR_TEMP,
+			"Encryption key unavailable, try again later");
+		return -1;
+	}
+	if (cbox->module_ctx.super.save_begin(ctx, input) < 0)
+		return -1;
+
+	output = o_stream_create_popvault_encrypt(ctx->data.output, sender);
+	o_stream_unref(&ctx->data.output);
+	ctx->data.output = output;
+	if (output->stream_errno != 0) {
+		mailbox_set_critical(box, "popvault: crypt: %s",
+				     o_stream_get_error(output));
+		return -1;
+	}
+	o_stream_cork(ctx->data.output);
+	if (input->seekable) {
+		i_stream_unref(&cbox->save_input);
+		cbox->save_mail = ctx->dest_mail;
+		cbox->save_input = input;
+		cbox->save_input_offset = input->v_offset;
+		i_stream_ref(input);
+	}
+	return 0;
+}
+
+static void crypt_save_forget(struct popvault_crypt_mailbox *cbox)
+{
+	i_stream_unref(&cbox->save_input);
+	cbox->save_mail = NULL;
+}
+
+static int crypt_save_finish(struct mail_save_context *ctx)
+{
+	struct popvault_crypt_mailbox *cbox =
+		POPVAULT_CRYPT_BOX_CONTEXT(ctx->transaction->box);
+	int ret;
+
+	ret = cbox->module_ctx.super.save_finish(ctx);
+	crypt_save_forget(cbox);
+	return ret;
+}
+
+static void crypt_save_cancel(struct mail_save_context *ctx)
+{
+	struct popvault_crypt_mailbox *cbox =
+		POPVAULT_CRYPT_BOX_CONTEXT(ctx->transaction->box);
+
+	cbox->module_ctx.super.save_cancel(ctx);
+	crypt_save_forget(cbox);
+}
+
+static void crypt_mailbox_close(struct mailbox *box)
+{
+	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
+
+	crypt_save_forget(cbox);
+	cbox->module_ctx.super.close(box);
+}
+
+static int crypt_save_begin_unsupported(struct mail_save_context *ctx,
+					struct istream *input ATTR_UNUSED)
+{
+	struct mailbox *box = ctx->transaction->box;
+
+	mailbox_set_critical(box, "popvault: crypt: popvault_encrypt=yes "
+			     "needs maildir, sdbox or mdbox storage; not saving");
+	return -1;
+}
+
+static int crypt_copy(struct mail_save_context *ctx, struct mail *mail)
+{
+	struct mailbox *box = ctx->transaction->box;
+	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
+
+	/* Same user, same keys: let the storage hardlink or reference the
+	   encrypted file as it is. Across users the message goes through
+	   the source user's decryption and the target user's save. */
+	if (mail->box->storage->user != box->storage->user &&
+	    (crypt_user(mail->box->storage->user) != NULL ||
+	     crypt_user(box->storage->user) != NULL))
+		return mail_storage_copy(ctx, mail);
+	return cbox->module_ctx.super.copy(ctx, mail);
+}
+
+static void crypt_mailbox_allocated(struct mailbox *box)
+{
+	struct mailbox_vfuncs *v = box->vlast;
+	struct popvault_crypt_user *cuser = crypt_user(box->storage->user);
+	struct popvault_crypt_mailbox *cbox;
+
+	cbox = p_new(box->pool, struct popvault_crypt_mailbox, 1);
+	cbox->module_ctx.super = *v;
+	box->vlast = &cbox->module_ctx.super;
+	/* for every user: a copy from an encrypting user must never leave
+	   another user with ciphertext it can't read */
+	v->copy = crypt_copy;
+	MODULE_CONTEXT_SET(box, popvault_crypt_storage_module, cbox);
+
+	if (cuser == NULL)
+		return;
+	/* No header or body text in dovecot.index.cache: every envelope,
+	   header and bodystructure fetch decrypts the first chunk again. */
+	box->mail_cache_disabled = TRUE;
+	if (!cuser->set->encrypt)
+		return;
+	if ((box->storage->class_flags & MAIL_STORAGE_CLASS_FLAG_BINARY_DATA) != 0) {
+		v->save_begin = crypt_save_begin;
+		v->save_finish = crypt_save_finish;
+		v->save_cancel = crypt_save_cancel;
+		v->close = crypt_mailbox_close;
+	} else
+		v->save_begin = crypt_save_begin_unsupported;
+}
+
+/* ---- user ---- */
+
+int popvault_crypt_user_created(struct mail_user *user,
+				struct popvault_user *puser,
+				const char **error_r)
+{
+	const struct popvault_settings *set = &puser->set;
+	const struct mail_storage_settings *mail_set;
+	struct popvault_crypt_user *cuser;
+	const char *home, *error;
+
+	if (!set->encrypt && !set->require_encrypted &&
+	    set->master_key == NULL) {
+		e_debug(puser->event, "crypt: off (no popvault_encrypt, "
+			"popvault_require_encrypted or popvault_master_key)");
+		return 0;
+	}
+	if (set->encrypt && set->master_key == NULL) {
+		*error_r = "popvault_encrypt=yes needs popvault_master_key";
+		return -1;
+	}
+	if (mail_user_get_home(user, &home) <= 0 || home[0] != '/') {
+		*error_r = "encryption needs the user's home directory "
+			"(the key store lives there)";
+		return -1;
+	}
+	mail_set = mail_user_set_get_storage_set(user);
+	if (set->encrypt && mail_set->mail_attachment_dir[0] != '\0') {
+		*error_r = "popvault_encrypt=yes can't be used with "
+			"mail_attachment_dir (attachments would be stored "
+			"in plaintext)";
+		return -1;
+	}
+
+	cuser = p_new(user->pool, struct popvault_crypt_user, 1);
+	cuser->user = user;
+	cuser->event = puser->event;
+	cuser->set = &puser->set;
+	cuser->keys_dir = p_strconcat(user->pool, home,
+				      "/" POPVAULT_KEYS_SUBDIR, NULL);
+	if (set->encrypt) {
+		/* Fail closed: with the master key missing, refuse the user
+		   (LMTP 451, nothing stored) rather than find out later. */
+		if (crypt_user_load_master(cuser, &error) < 0) {
+			*error_r = t_strdup_printf("crypt: %s", error);
+			return -1;
+		}
+	}
+	puser->crypt = cuser;
+	e_debug(puser->event, "crypt: encrypt=%s require_encrypted=%s "
+		"keys=%s", set->encrypt ? "yes" : "no",
+		set->require_encrypted ? "yes" : "no", cuser->keys_dir);
+	return 0;
+}
+
+void popvault_crypt_user_deinit(struct popvault_user *puser)
+{
+	struct popvault_crypt_user *cuser = puser->crypt;
+
+	if (cuser == NULL)
+		return;
+	if (cuser->sender != NULL)
+		cuser->sender->refcount--;
+	popvault_receiver_free(&cuser->receiver);
+	sodium_memzero(cuser->master, sizeof(cuser->master));
+	puser->crypt = NULL;
+}
+
+/* ---- hooks ---- */
+
+static struct mail_storage_hooks popvault_crypt_read_hooks = {
+	.mail_allocated = crypt_mail_allocated,
+};
+
+static struct mail_storage_hooks popvault_crypt_post_hooks = {
+	.mailbox_allocated = crypt_mailbox_allocated,
+};
+
+/* Sorted by name among all plugins' hooks: lib95 runs last, so its
+   save_begin is the innermost layer (after compression). */
+static struct module popvault_crypt_post_module = {
+	.path = "lib95_popvault_crypt_plugin.so"
+};
+
+void popvault_crypt_init(struct module *module)
+{
+	if (popvault_crypto_init() < 0)
+		i_fatal("popvault: crypt: libsodium initialization failed");
+	i_array_init(&sender_cache, SENDER_CACHE_MAX);
+	mail_storage_hooks_add(module, &popvault_crypt_read_hooks);
+	mail_storage_hooks_add_forced(&popvault_crypt_post_module,
+				      &popvault_crypt_post_hooks);
+}
+
+void popvault_crypt_deinit(void)
+{
+	struct sender_cache_entry *entry;
+
+	mail_storage_hooks_remove(&popvault_crypt_post_hooks);
+	mail_storage_hooks_remove(&popvault_crypt_read_hooks);
+	array_foreach_elem(&sender_cache, entry) {
+		popvault_sender_free(&entry->sender);
+		i_free(entry->key);
+		i_free(entry);
+	}
+	array_free(&sender_cache);
+}

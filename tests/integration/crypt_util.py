@@ -1,0 +1,100 @@
+"""Helpers for the encryption tests: a master key the mail processes can
+read, a Dovecot with encrypting users, file scans and IMAP literals."""
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import tempfile
+
+from harness import dovecot
+
+MAGIC = b"\x89PVLT\r\n\x1a"
+HEADER_SIZE = 116
+CHUNK = 65536
+TAG = 16
+
+
+@contextlib.contextmanager
+def crypt_dovecot(users, **kwargs):
+    """A Dovecot whose users may name "<MASTER>" as popvault_master_key;
+    yields (dc, keydir). mail_temp_dir is a directory the tests can scan."""
+    keydir = tempfile.mkdtemp(prefix="popvault-keys-")
+    os.chmod(keydir, 0o755)
+    master = os.path.join(keydir, "master.key")
+    with open(master, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    os.chmod(master, 0o644)
+    tmpdir = os.path.join(keydir, "mailtmp")
+    os.mkdir(tmpdir)
+    os.chmod(tmpdir, 0o1777)
+    for u in users:
+        for k, v in list(u.fields.items()):
+            if isinstance(v, str) and "<MASTER>" in v:
+                u.fields[k] = v.replace("<MASTER>", master)
+    extra = kwargs.pop("extra_conf", "")
+    kwargs["extra_conf"] = "mail_temp_dir = %s\n%s" % (tmpdir, extra)
+    try:
+        with dovecot(users, **kwargs) as dc:
+            # only the mail processes' uid reads the master key
+            os.chown(master, dc.mail_uid, dc.mail_gid)
+            os.chmod(master, 0o600)
+            dc.master_key = master
+            dc.mail_temp_dir = tmpdir
+            yield dc
+    finally:
+        shutil.rmtree(keydir, ignore_errors=True)
+
+
+def enc_fields(cipher="aes-256-gcm", **extra):
+    f = {"popvault_encrypt": "yes", "popvault_cipher": cipher,
+         "popvault_master_key": "<<MASTER>"}
+    f.update(extra)
+    return f
+
+
+def all_files(*roots):
+    for root in roots:
+        for d, _, files in os.walk(root):
+            for name in files:
+                path = os.path.join(d, name)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    yield path
+
+
+def message_files(dc, user):
+    """Stored message files of a user (maildir new/cur, sdbox u.*,
+    mdbox m.*)."""
+    out = []
+    for path in all_files(dc.home(user)):
+        base = os.path.basename(path)
+        parent = os.path.basename(os.path.dirname(path))
+        if parent in ("new", "cur") or re.match(r"^[um]\.\d+$", base):
+            out.append(path)
+    return sorted(out)
+
+
+def new_file(dc, user, before):
+    after = set(message_files(dc, user))
+    added = sorted(after - set(before))
+    assert len(added) == 1, added
+    return added[0]
+
+
+def literal(out, item):
+    """The bytes of an IMAP literal following `item` (e.g. b"BODY[]")."""
+    m = re.search(re.escape(item) + rb" \{(\d+)\}\r\n", out)
+    assert m, (item, out[:300])
+    start = m.end()
+    return out[start:start + int(m.group(1))]
+
+
+def fetch_one(dc, user, seq, items):
+    c = dc.imap(user)
+    try:
+        st, _ = c.command("SELECT INBOX")
+        assert " OK" in st, st
+        return c.command("FETCH %d (%s)" % (seq, items))
+    finally:
+        c.logout()

@@ -1,0 +1,435 @@
+"""Encryption at rest (issue #5): round trips over POP3 and IMAP for both
+ciphers and the three formats, no plaintext at rest, damaged messages
+contained, fail closed without the master key."""
+
+import os
+import random
+import re
+import socket
+import subprocess
+
+from harness import User, make_message
+from crypt_util import (CHUNK, HEADER_SIZE, MAGIC, TAG, all_files,
+                        crypt_dovecot, enc_fields, fetch_one, literal,
+                        message_files, new_file)
+
+CIPHERS = ("aes-256-gcm", "xchacha20-poly1305")
+
+
+def _binary_body(n, seed):
+    """8-bit bytes (no NUL, CR or LF) in lines of varying length, some
+    starting with a dot."""
+    rnd = random.Random(seed)
+    alphabet = bytes(b for b in range(1, 256) if b not in (10, 13))
+    out = bytearray()
+    while len(out) < n:
+        line = bytes(rnd.choice(alphabet)
+                     for _ in range(rnd.choice((0, 1, 76, 998, 3000))))
+        if rnd.random() < 0.1:
+            line = b"." + line
+        out += line + b"\r\n"
+    return bytes(out[:n - 2]) + b"\r\n" if n >= 2 else b"\r\n"[:n]
+
+
+def _lmtp_messages():
+    long_line = ("L" * 20000 + "\r\n") * 3
+    return [
+        ("empty", make_message("rt-empty", body=b"")),
+        ("one", make_message("rt-one", body=b"x")),
+        ("eightbit", make_message("rt-8bit", body=_binary_body(5000, 1),
+                                  extra_headers=(
+                                      "Content-Transfer-Encoding: 8bit",))),
+        ("longlines", make_message("rt-long", body=long_line)),
+        ("multichunk", make_message("rt-multi",
+                                    body=_binary_body(3 * CHUNK + 77, 2))),
+    ]
+
+
+def _append_message(stored_size, seed):
+    """An LF-only message whose stored (LF) size is exactly stored_size;
+    returns the CRLF form IMAP and POP3 hand out."""
+    head = b"From: a@example.com\nSubject: rt-append-%d\n\n" % stored_size
+    rnd = random.Random(seed)
+    body = bytearray()
+    while len(head) + len(body) < stored_size:
+        body += bytes(rnd.choice(b"abcdefghij.\xe4\xf6")
+                      for _ in range(rnd.randint(0, 200))) + b"\n"
+    msg = (head + bytes(body))[:stored_size - 1] + b"\n"
+    assert len(msg) == stored_size
+    return msg
+
+
+def _imap_append(dc, user, msg, box="INBOX"):
+    c = dc.imap(user)
+    try:
+        c.cmd("a1 APPEND %s {%d}" % (box, len(msg)))
+        r = c.readline()
+        assert r.startswith("+"), r
+        c.send(msg + b"\r\n")
+        r = c.readline()
+        assert r.startswith("a1 OK"), r
+    finally:
+        c.logout()
+
+
+def _check_message(dc, user, seq, expect_tail, pop3=None):
+    """RETR, TOP, LIST, BODY[], partial, HEADER and RFC822.SIZE agree."""
+    p = pop3 or dc.pop3(user)
+    r = p.command("LIST %d" % seq)
+    assert r.startswith("+OK"), r
+    list_size = int(r.split()[2])
+    full = p.retr(seq)
+    assert full.endswith(expect_tail), (user, seq, len(full),
+                                        len(expect_tail))
+    assert list_size == len(full), (user, seq, list_size, len(full))
+    hdr_end = full.index(b"\r\n\r\n") + 4
+    r, lines = p.multi("TOP %d 0" % seq)
+    assert r.startswith("+OK"), r
+    assert ("\r\n".join(lines) + "\r\n").encode("latin-1") == \
+        full[:hdr_end], (user, seq)
+    if pop3 is None:
+        p.quit()
+
+    st, out = fetch_one(dc, user, seq, "RFC822.SIZE BODY.PEEK[] "
+                        "BODY.PEEK[HEADER]")
+    assert " OK" in st, st
+    body = literal(out, b"BODY[]")
+    assert body == full, (user, seq)
+    assert literal(out, b"BODY[HEADER]") == full[:hdr_end]
+    size = int(re.search(rb"RFC822\.SIZE (\d+)", out).group(1))
+    assert size == len(body), (size, len(body))
+    # partial reads across and inside chunks
+    for start, n in ((0, 10), (CHUNK - 5, 20), (len(full) - 7, 50),
+                     (2 * CHUNK + 3, 1000)):
+        if start < 0 or start >= len(full):
+            continue
+        st, out = fetch_one(dc, user, seq, "BODY.PEEK[]<%d.%d>" % (start, n))
+        assert " OK" in st, st
+        assert literal(out, b"BODY[]<%d>" % start) == \
+            full[start:start + n], (user, seq, start)
+    return full
+
+
+def _round_trip(mail_format, big=False):
+    users = [User("u-%s" % c[:3], fields=enc_fields(c)) for c in CIPHERS]
+    with crypt_dovecot(users, mail_format=mail_format) as dc:
+        msgs = _lmtp_messages()
+        appends = [_append_message(s, s)
+                   for s in (CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK)]
+        if big:
+            msgs.append(("big", make_message(
+                "rt-big", body=_binary_body(10 * 1024 * 1024, 3))))
+        for u in users:
+            for _, m in msgs:
+                dc.deliver(u.name, m)
+            for m in appends:
+                _imap_append(dc, u.name, m)
+            files = message_files(dc, u.name)
+            assert files, u.name
+            for path in files:
+                with open(path, "rb") as f:
+                    data = f.read()
+                if mail_format != "mdbox":
+                    assert data.startswith(MAGIC) or \
+                        MAGIC in data[:512], path
+                assert b"rt-multi" not in data and b"rt-append" not in data
+                assert b"L" * 64 not in data
+        for u in users:
+            p = dc.pop3(u.name)
+            seq = 0
+            for _, m in msgs:
+                seq += 1
+                # SMTP DATA ends the last line with CRLF
+                tail = m if m.endswith(b"\r\n") else m + b"\r\n"
+                _check_message(dc, u.name, seq, tail, pop3=p)
+            for m in appends:
+                seq += 1
+                full = _check_message(dc, u.name, seq,
+                                      m.replace(b"\n", b"\r\n"), pop3=p)
+                assert len(full) == len(m) + m.count(b"\n")
+            count, total = p.stat()
+            assert count == seq
+            p.quit()
+        if mail_format == "maildir":
+            # S= is the plaintext size (what was written before encryption)
+            for path in message_files(dc, users[0].name):
+                s = int(re.search(r",S=(\d+)", path).group(1))
+                plain = os.path.getsize(path) - HEADER_SIZE
+                chunks = max(1, -(-s // CHUNK))
+                assert plain == s + chunks * TAG, (path, s, plain)
+        assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_round_trip_maildir():
+    _round_trip("maildir", big=True)
+
+
+def test_round_trip_sdbox():
+    _round_trip("sdbox")
+
+
+def test_round_trip_mdbox():
+    _round_trip("mdbox")
+
+
+MARKERS = [b"MRKSUBJ7c1e", b"MRKFROM93ab", b"MRKBODY51f0", b"MRKBIG0d2e"]
+
+
+def test_no_plaintext_at_rest():
+    users = [User("scan", fields=enc_fields())]
+    with crypt_dovecot(users) as dc:
+        small = make_message("subject %s" % MARKERS[0].decode(),
+                             sender="%s@example.com" % MARKERS[1].decode(),
+                             body="text %s\r\n" % MARKERS[2].decode())
+        big = make_message("big", body=(b"%s line of a larger body\r\n"
+                                        % MARKERS[3]) * 12000)
+        dc.deliver("scan", small)
+        dc.deliver("scan", big)
+        _imap_append(dc, "scan", small)
+        c = dc.imap("scan")
+        try:
+            assert " OK" in c.command("SELECT INBOX")[0]
+            st, out = c.command("FETCH 1:* (ENVELOPE BODYSTRUCTURE "
+                                "BODY.PEEK[HEADER] BODY.PEEK[TEXT] "
+                                "RFC822.SIZE)")
+            assert " OK" in st, st
+            assert MARKERS[0] in out and MARKERS[3] in out
+            st, out = c.command("SEARCH TEXT %s" % MARKERS[2].decode())
+            assert re.search(rb"\* SEARCH 1 3\r\n", out), out
+            st, out = c.command("SEARCH SUBJECT %s" % MARKERS[0].decode())
+            assert " OK" in st, st
+            assert " OK" in c.command("CREATE Archive")[0]
+            assert " OK" in c.command("COPY 1:* Archive")[0]
+        finally:
+            c.logout()
+        p = dc.pop3("scan")
+        assert MARKERS[2] in p.retr(1)
+        assert MARKERS[3] in p.retr(2)
+        r, _ = p.multi("TOP 2 5")
+        assert r.startswith("+OK")
+        p.quit()
+        leaks = []
+        for path in all_files(dc.home("scan"), dc.mail_temp_dir,
+                              os.path.join(dc.tmp, "state")):
+            with open(path, "rb") as f:
+                data = f.read()
+            for m in MARKERS:
+                if m in data:
+                    leaks.append((path, m))
+        assert leaks == [], leaks
+        # the index cache is off for encrypting users
+        assert not any(p.endswith("dovecot.index.cache")
+                       for p in all_files(dc.home("scan")))
+        assert dc.log_errors() == [], dc.log_errors()
+
+
+def _corrupt(path, how):
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    if how == "flip":
+        data[len(data) // 2] ^= 0x01
+    elif how == "truncate":
+        data = data[:len(data) - 1000]
+    elif how in ("swap01", "swap12"):
+        a = 0 if how == "swap01" else 1
+        full = CHUNK + TAG
+
+        def off(i):
+            return HEADER_SIZE + i * full
+        c0 = data[off(a):off(a + 1)]
+        c1 = data[off(a + 1):off(a + 2)]
+        assert len(c0) == len(c1) == full
+        data[off(a):off(a + 2)] = c1 + c0
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_damaged_messages_fail_alone():
+    users = [User("dmg", fields=enc_fields())]
+    with crypt_dovecot(users) as dc:
+        plan = [("ok1", None, 2000), ("flip", "flip", 2000),
+                ("trunc", "truncate", 5000), ("swap01", "swap01", 4 * CHUNK),
+                ("ok2", None, 3 * CHUNK), ("swap12", "swap12", 4 * CHUNK)]
+        originals = {}
+        for i, (name, how, size) in enumerate(plan):
+            before = message_files(dc, "dmg")
+            m = make_message("dmg-%s" % name, body=_binary_body(size, 10 + i))
+            dc.deliver("dmg", m)
+            originals[name] = m
+            path = new_file(dc, "dmg", before)
+            if how:
+                _corrupt(path, how)
+
+        p = dc.pop3("dmg")
+        assert p.stat()[0] == 6
+        for seq, (name, how, _) in enumerate(plan[:5], 1):
+            r = p.command("RETR %d" % seq)
+            if how is None:
+                assert r.startswith("+OK"), (name, r)
+                p.read_multiline()
+            else:
+                # detected before the reply: -ERR, the session goes on
+                assert r.startswith("-ERR"), (name, r)
+        r = p.command("TOP 2 0")
+        assert r.startswith("-ERR"), r
+        assert p.retr(1).endswith(originals["ok1"])
+        # damage in the third chunk is found mid-reply: the connection
+        # closes without the terminating dot
+        r = p.command("RETR 6")
+        assert r.startswith("+OK"), r
+        got = b""
+        ended = False
+        try:
+            while True:
+                line = p.readline()
+                if line == ".":
+                    ended = True
+                    break
+                got += line.encode("latin-1") + b"\r\n"
+        except (EOFError, socket.timeout, ConnectionError):
+            pass
+        assert not ended, "damaged message ended with a dot"
+        assert 0 < len(got) < len(originals["swap12"])
+        p.close()
+
+        # IMAP: NO for the damaged ones, others still readable
+        c = dc.imap("dmg")
+        try:
+            assert " OK" in c.command("SELECT INBOX")[0]
+            for seq, (name, how, _) in enumerate(plan[:5], 1):
+                st, out = c.command("FETCH %d BODY.PEEK[]" % seq)
+                if how is None:
+                    assert " OK" in st, (name, st)
+                    assert literal(out, b"BODY[]").endswith(originals[name])
+                else:
+                    assert " NO" in st, (name, st)
+        finally:
+            c.logout()
+        log = dc.log()
+        for uid, word in ((2, "authentication"), (3, "authentication"),
+                          (4, "authentication"), (6, "authentication")):
+            assert re.search(r"popvault: crypt: user dmg mailbox INBOX uid %d: "
+                             r"can't read message: popvault: .*%s"
+                             % (uid, word), log), (uid, word)
+        assert "Panic" not in log and "Fatal" not in log
+
+
+def test_missing_master_key_fails_closed():
+    users = [User("nokey", fields=enc_fields(
+                 popvault_master_key="/nonexistent/popvault.key")),
+             User("nosetting", fields={"popvault_encrypt": "yes"})]
+    with crypt_dovecot(users) as dc:
+        for u in ("nokey", "nosetting"):
+            c = dc.lmtp()
+            try:
+                r = c.deliver(u, make_message("never stored"))[u]
+            finally:
+                c.quit()
+            assert r.startswith("451 4."), (u, r)
+            assert message_files(dc, u) == [], u
+            p = dc.pop3()
+            r = p.login(u, dc.users[u].password)
+            assert r.startswith("-ERR"), r
+            p.close()
+        dc.wait_log(r"lmtp\(\d+\).*rcpt nokey: Failed to initialize user: "
+                    r"popvault: user nokey: crypt: master key "
+                    r"open\(/nonexistent/popvault.key\) failed: No such file")
+        dc.wait_log(r"popvault: user nosetting: popvault_encrypt=yes "
+                    r"needs popvault_master_key")
+
+
+def test_append_and_doveadm_save_encrypt():
+    users = [User("app", fields=enc_fields("xchacha20-poly1305"))]
+    with crypt_dovecot(users) as dc:
+        msg = make_message("APPENDED-PLAIN-1", body="appended body\r\n")
+        _imap_append(dc, "app", msg)
+        dc.doveadm("save", "-u", "app", input=make_message(
+            "DOVEADM-PLAIN-2", body="saved by doveadm\r\n"))
+        files = message_files(dc, "app")
+        assert len(files) == 2, files
+        for path in files:
+            with open(path, "rb") as f:
+                data = f.read()
+            assert data.startswith(MAGIC), path
+            assert b"PLAIN" not in data
+        p = dc.pop3("app")
+        assert b"APPENDED-PLAIN-1" in p.retr(1)
+        assert b"saved by doveadm" in p.retr(2)
+        p.quit()
+        assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_copy_keeps_ciphertext_and_legacy_reads():
+    users = [User("cp", fields=enc_fields()),
+             User("legacy", fields={"popvault_master_key": "<<MASTER>"}),
+             User("strict", fields={"popvault_master_key": "<<MASTER>",
+                                    "popvault_require_encrypted": "yes"})]
+    with crypt_dovecot(users) as dc:
+        m = make_message("copy-me", body="copied body\r\n")
+        dc.deliver("cp", m)
+        c = dc.imap("cp")
+        try:
+            assert " OK" in c.command('CREATE "Archive"')[0]
+            assert " OK" in c.command("SELECT INBOX")[0]
+            assert " OK" in c.command("COPY 1 Archive")[0]
+            st, out = c.command("EXAMINE Archive")
+            st, out = c.command("FETCH 1 BODY.PEEK[]")
+            assert literal(out, b"BODY[]").endswith(m)
+        finally:
+            c.logout()
+        files = message_files(dc, "cp")
+        assert len(files) == 2
+        datas = [open(f, "rb").read() for f in files]
+        # copied as is: same ciphertext (hard link), no re-encryption
+        assert datas[0] == datas[1] and datas[0].startswith(MAGIC)
+        # legacy plaintext stays readable; require_encrypted refuses it
+        for u in ("legacy", "strict"):
+            dc.deliver(u, make_message("plain-%s" % u, body="old mail\r\n"))
+            assert not open(message_files(dc, u)[0], "rb").read() \
+                .startswith(MAGIC)
+        assert b"old mail" in dc.pop3("legacy").retr(1)
+        p = dc.pop3("strict")
+        r = p.command("RETR 1")
+        assert r.startswith("-ERR"), r
+        p.quit()
+        dc.wait_log(r"user strict mailbox INBOX uid 1: can't read message: "
+                    r"plaintext message refused")
+
+
+def test_zlib_then_encrypt():
+    users = [User("z", fields=enc_fields())]
+    with crypt_dovecot(users, mail_plugins="zlib popvault",
+                       plugin={"zlib_save": "gz"}) as dc:
+        m = make_message("zlib", body=("compressible line\r\n" * 20000))
+        dc.deliver("z", m)
+        path = message_files(dc, "z")[0]
+        data = open(path, "rb").read()
+        assert data.startswith(MAGIC)
+        # ciphertext doesn't compress: a small file means compress first
+        assert len(data) < len(m) // 10, (len(data), len(m))
+        full = _check_message(dc, "z", 1, m)
+        assert len(full) > len(m)
+        assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_lmtp_needs_only_the_public_key():
+    users = [User("pub", fields=enc_fields())]
+    with crypt_dovecot(users) as dc:
+        dc.deliver("pub", make_message("first"))
+        keys = os.path.join(dc.home("pub"), ".popvault", "keys")
+        names = sorted(os.listdir(keys))
+        assert "current" in names and len(names) == 2, names
+        for n in names:
+            st = os.stat(os.path.join(keys, n))
+            assert st.st_mode & 0o777 == 0o600, (n, oct(st.st_mode))
+        assert os.stat(keys).st_mode & 0o777 == 0o700
+        dc.deliver_many("pub", [make_message("m%d" % i) for i in range(5)])
+        log = dc.log()
+        assert re.search(r"lmtp\(pub\).*created key pair", log)
+        assert not re.search(r"lmtp\(pub\).*unlocked", log), \
+            "delivery unwrapped the private key"
+        p = dc.pop3("pub")
+        assert p.stat()[0] == 6
+        assert b"Subject: first" in p.retr(1)
+        p.quit()
+        assert re.search(r"pop3\(pub\).*unlocked 1 private key", dc.log())
