@@ -20,4 +20,7 @@ void popvault_crypt_user_deinit(struct popvault_user *puser);
 void popvault_crypt_init(struct module *module);
 void popvault_crypt_deinit(void);
 
+/* Marks a message whose damage was found only mid-reply. */
+#define POPVAULT_DAMAGED_KEYWORD "$PopvaultDamaged"
+
 #endif

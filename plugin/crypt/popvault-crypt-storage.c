@@ -266,12 +266,49 @@ static int crypt_mail_fail(struct mail *mail, const char *cause)
 	return -1;
 }
 
+/* Damage found only mid-reply is remembered with the message, so later
+   sessions answer -ERR at once instead of failing the client on the same
+   message forever. An admin clears the keyword after repairing it. */
+static void crypt_mark_damaged(struct popvault_crypt_user *cuser,
+			       struct mailbox *box, uint32_t uid)
+{
+	const char *const names[] = { POPVAULT_DAMAGED_KEYWORD, NULL };
+	struct mailbox_transaction_context *t;
+	struct mail_keywords *kw;
+	struct mail *mail;
+
+	t = mailbox_transaction_begin(box, 0, "popvault damaged");
+	kw = mailbox_keywords_create_valid(box, names);
+	mail = mail_alloc(t, 0, NULL);
+	if (mail_set_uid(mail, uid))
+		mail_update_keywords(mail, MODIFY_ADD, kw);
+	mail_free(&mail);
+	mailbox_keywords_unref(&kw);
+	if (mailbox_transaction_commit(&t) < 0) {
+		e_error(cuser->event, "crypt: can't mark uid %u damaged: %s",
+			uid, mailbox_get_last_internal_error(box, NULL));
+	}
+}
+
+static bool crypt_mail_marked_damaged(struct mail *mail)
+{
+	const char *const *kw;
+
+	for (kw = mail_get_keywords(mail); *kw != NULL; kw++) {
+		if (strcasecmp(*kw, POPVAULT_DAMAGED_KEYWORD) == 0)
+			return TRUE;
+	}
+	return FALSE;
+}
+
 static void crypt_stream_error(const char *error, void *context)
 {
 	struct crypt_stream_ctx *sctx = context;
 	struct client *client;
 
 	crypt_log_damaged(sctx->cuser, sctx->vname, sctx->uid, error);
+	if (sctx->pop3_box != NULL)
+		crypt_mark_damaged(sctx->cuser, sctx->pop3_box, sctx->uid);
 	/* pop3's fetch_callback() ends every reply with "." even when the
 	   stream failed: the client would take a truncated message for a
 	   whole one. Closing the connection first keeps the dot out. */
@@ -326,6 +363,11 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 				"refused (popvault_require_encrypted=yes)");
 		}
 		return cmail->super.istream_opened(mail, stream);
+	}
+	if (crypt_mail_marked_damaged(mail)) {
+		return crypt_mail_fail(mail, "found damaged by an earlier read "
+			"(keyword "POPVAULT_DAMAGED_KEYWORD"; clear it after "
+			"repairing the message)");
 	}
 	e_debug(cuser->event, "crypt: decrypting mailbox %s uid %u (%s)",
 		mailbox_get_vname(mail->box), mail->uid,

@@ -291,6 +291,13 @@ def test_damaged_messages_fail_alone():
         assert not ended, "damaged message ended with a dot"
         assert 0 < len(got) < len(originals["swap12"])
         p.close()
+        # it was recorded: the next session refuses it at once, and the
+        # other messages still work
+        p = dc.pop3("dmg")
+        r = p.command("RETR 6")
+        assert r.startswith("-ERR"), r
+        assert p.retr(1).endswith(originals["ok1"])
+        p.quit()
 
         # IMAP: NO for the damaged ones, others still readable
         c = dc.imap("dmg")
