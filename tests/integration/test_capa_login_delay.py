@@ -107,3 +107,50 @@ def test_login_delay_across_two_instances_with_redis():
             p.command("USER c")
             assert p.command("PASS pw-c").startswith("-ERR [LOGIN-DELAY]")
             p.close()
+
+
+def _capa_before_login(dc):
+    p = dc.pop3()
+    r, lines = p.multi("CAPA")
+    assert r == "+OK", r
+    p.close()
+    return lines
+
+
+def test_capa_before_login_aggregate():
+    users = [User("del", fields={"popvault_after_retr": "delete"}),
+             User("slow", fields={"popvault_login_delay": "15m"})]
+    with dovecot(users, login_env={"POPVAULT_LOGIN_EXPIRE": "0:USER",
+                                   "POPVAULT_LOGIN_DELAY": "900:USER"}) as dc:
+        lines = _capa_before_login(dc)
+        assert "EXPIRE 0 USER" in lines and "LOGIN-DELAY 900 USER" in lines, \
+            lines
+        # pop3-login's own lines stay, in order, with ours before the dot
+        assert lines[0] == "CAPA" and lines[-2:] == ["EXPIRE 0 USER",
+                                                    "LOGIN-DELAY 900 USER"]
+        assert any(l.startswith("SASL") for l in lines), lines
+        # after login each user sees exact values
+        assert "EXPIRE 0" in _capa(dc, "del")
+        assert "LOGIN-DELAY 900" in _capa(dc, "slow")
+        # pipelined before login: both replies intact
+        p = dc.pop3()
+        p.send("CAPA\r\nUSER del\r\nCAPA\r\n")
+        assert p.readline() == "+OK"
+        first = p.read_multiline()
+        assert p.readline().startswith("+OK")
+        assert p.readline() == "+OK"
+        assert p.read_multiline() == first
+        p.close()
+
+    # without the login plugin configured, pop3-login says nothing
+    with dovecot(users) as dc:
+        assert not any(l.startswith(("EXPIRE", "LOGIN-DELAY"))
+                       for l in _capa_before_login(dc))
+
+
+def test_capa_before_login_uniform_values():
+    with dovecot([User("u", fields={"popvault_retain_downloaded": "30d"})],
+                 login_env={"POPVAULT_LOGIN_EXPIRE": "30"}) as dc:
+        lines = _capa_before_login(dc)
+        assert "EXPIRE 30" in lines and \
+            not any(l.startswith("LOGIN-DELAY") for l in lines), lines
