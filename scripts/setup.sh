@@ -32,6 +32,7 @@ if [ -n "$missing" ]; then
 	apt-get install -y -q --no-install-recommends $missing
 fi
 
+mkdir -p m4
 if [ ! -x configure ] || [ configure.ac -nt configure ] || [ Makefile.am -nt configure ]; then
 	autoreconf -fi 2>&1 | grep -v -e "dovecot.m4" -e "obsolete" -e "^ " || true
 fi

@@ -7,5 +7,8 @@ bash scripts/setup.sh
 cd build
 echo "== unit tests (lib-test, valgrind)"
 make check
+echo "== make distcheck (the release tarball builds and passes make check)"
+make distcheck >distcheck.log 2>&1 || { tail -50 distcheck.log; exit 1; }
+echo "distcheck ok"
 echo "== integration tests (real Dovecot on 127.0.0.1)"
 python3 ../tests/integration/run.py --build-dir . "$@"
