@@ -723,7 +723,7 @@ def chart(rows, out, subtitle):
     with open(gp, "w") as f:
         f.write("""set terminal pngcairo size 1000,560 noenhanced
 set output '%s'
-set title 'time (RSS) relative to plain Dovecot, median; lower is better\n%s'
+set title "time (RSS) relative to plain Dovecot, median; lower is better\\n%s"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
@@ -749,6 +749,8 @@ plot '%s' using 2:xtic(1) title 'mail_crypt / plain', \\
         p = subprocess.run([gnuplot, gp], capture_output=True, text=True)
     if p.returncode != 0:
         log("note: gnuplot failed, no ratios.png: %s" % p.stderr.strip())
+        if os.path.exists(os.path.join(out, "ratios.png")):
+            os.unlink(os.path.join(out, "ratios.png"))
 
 
 def main():
@@ -831,7 +833,9 @@ def main():
         if os.path.islink(latest):
             os.unlink(latest)
         os.symlink(os.path.basename(args.out), latest)
-    log("wrote %s/{table.txt,results.json,ratios.png}" % args.out)
+    log("wrote %s in %s" % (", ".join(sorted(
+        f for f in os.listdir(args.out)
+        if f.endswith((".txt", ".json", ".png")))), args.out))
     return 0
 
 
