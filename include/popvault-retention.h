@@ -19,6 +19,8 @@ struct popvault_sweep_stats {
 	unsigned int expired_downloaded, expired_unread;
 	/* earliest time a remaining message expires; 0 = none */
 	time_t next_expiry;
+	/* the sweep after a session found nothing could be due yet */
+	bool skipped;
 };
 
 /* TRUE when a retention window applies to the user. */

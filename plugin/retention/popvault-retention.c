@@ -23,6 +23,13 @@ struct popvault_retention_rec {
 	uint32_t first_download;
 };
 
+/* Extension header: no message can expire before sweep_hint, so the sweep
+   after a POP3 session is one header read until then. A lost index loses
+   the hint too, and the next sweep is a full one. */
+struct popvault_retention_hdr {
+	uint32_t sweep_hint;
+};
+
 bool popvault_retention_enabled(const struct popvault_user *puser)
 {
 	return puser->set.retain_downloaded != POPVAULT_NEVER ||
@@ -31,7 +38,8 @@ bool popvault_retention_enabled(const struct popvault_user *puser)
 
 static uint32_t retention_ext_id(struct mailbox *box)
 {
-	return mail_index_ext_register(box->index, POPVAULT_RETENTION_EXT, 0,
+	return mail_index_ext_register(box->index, POPVAULT_RETENTION_EXT,
+		sizeof(struct popvault_retention_hdr),
 		sizeof(struct popvault_retention_rec), sizeof(uint32_t));
 }
 
@@ -129,9 +137,44 @@ static void next_expiry(struct popvault_sweep_stats *stats, time_t when)
 		stats->next_expiry = when;
 }
 
+static time_t sweep_hint_get(struct mail_index_view *view, uint32_t ext_id)
+{
+	struct popvault_retention_hdr hdr;
+	const void *data;
+	size_t size;
+
+	mail_index_get_header_ext(view, ext_id, &data, &size);
+	if (size < sizeof(hdr))
+		return 0;
+	memcpy(&hdr, data, sizeof(hdr));
+	return hdr.sweep_hint;
+}
+
+/* Anything downloaded or delivered after now expires no sooner than now
+   plus the shorter window, so that bounds the hint as well. */
+static void
+sweep_hint_set(const struct popvault_settings *set,
+	       struct mailbox_transaction_context *t, uint32_t ext_id,
+	       const struct popvault_sweep_stats *stats)
+{
+	struct popvault_retention_hdr hdr;
+	unsigned int window = I_MIN(set->retain_downloaded, set->retain_unread);
+	time_t hint = ioloop_time + window;
+	const void *data;
+	size_t size;
+
+	if (stats->next_expiry != 0 && stats->next_expiry < hint)
+		hint = stats->next_expiry;
+	hdr.sweep_hint = hint > (time_t)UINT32_MAX ? UINT32_MAX : hint;
+	mail_index_get_header_ext(t->view, ext_id, &data, &size);
+	if (size < sizeof(hdr))
+		mail_index_ext_resize_hdr(t->itrans, ext_id, sizeof(hdr));
+	mail_index_update_header_ext(t->itrans, ext_id, 0, &hdr, sizeof(hdr));
+}
+
 static int
 sweep_box(struct popvault_user *puser, struct mailbox *box, bool dry_run,
-	  popvault_sweep_report_t *report, void *context,
+	  bool use_hint, popvault_sweep_report_t *report, void *context,
 	  struct popvault_sweep_stats *stats, const char **error_r)
 {
 	const struct popvault_settings *set = &puser->set;
@@ -149,6 +192,10 @@ sweep_box(struct popvault_user *puser, struct mailbox *box, bool dry_run,
 		return -1;
 	}
 	ext_id = retention_ext_id(box);
+	if (use_hint && ioloop_time < sweep_hint_get(box->view, ext_id)) {
+		stats->skipped = TRUE;
+		return 0;
+	}
 	t = mailbox_transaction_begin(box, 0, "popvault retention sweep");
 	start = tracking_start(t);
 	t_array_init(&gone_downloaded, 32);
@@ -215,6 +262,7 @@ sweep_box(struct popvault_user *puser, struct mailbox *box, bool dry_run,
 		mailbox_transaction_rollback(&t);
 		return ret;
 	}
+	sweep_hint_set(set, t, ext_id, stats);
 	if (mailbox_transaction_commit(&t) < 0) {
 		*error_r = mailbox_get_last_internal_error(box, NULL);
 		return -1;
@@ -222,10 +270,10 @@ sweep_box(struct popvault_user *puser, struct mailbox *box, bool dry_run,
 	return 0;
 }
 
-int popvault_retention_sweep(struct popvault_user *puser, bool dry_run,
-			     popvault_sweep_report_t *report, void *context,
-			     struct popvault_sweep_stats *stats_r,
-			     const char **error_r)
+static int
+retention_sweep(struct popvault_user *puser, bool dry_run, bool use_hint,
+		popvault_sweep_report_t *report, void *context,
+		struct popvault_sweep_stats *stats_r, const char **error_r)
 {
 	struct mail_user *user = puser->user;
 	struct mail_namespace *ns;
@@ -250,13 +298,22 @@ int popvault_retention_sweep(struct popvault_user *puser, bool dry_run,
 		return -1;
 	}
 	T_BEGIN {
-		ret = sweep_box(puser, box, dry_run, report, context,
+		ret = sweep_box(puser, box, dry_run, use_hint, report, context,
 				stats_r, error_r);
 		if (ret < 0)
 			*error_r = t_strdup(*error_r);
 	} T_END_PASS_STR_IF(ret < 0, error_r);
 	mailbox_free(&box);
 	return ret;
+}
+
+int popvault_retention_sweep(struct popvault_user *puser, bool dry_run,
+			     popvault_sweep_report_t *report, void *context,
+			     struct popvault_sweep_stats *stats_r,
+			     const char **error_r)
+{
+	return retention_sweep(puser, dry_run, FALSE, report, context,
+			       stats_r, error_r);
 }
 
 void popvault_retention_after_session(struct popvault_user *puser)
@@ -266,10 +323,14 @@ void popvault_retention_after_session(struct popvault_user *puser)
 
 	if (!popvault_retention_enabled(puser))
 		return;
-	if (popvault_retention_sweep(puser, FALSE, NULL, NULL,
-				     &stats, &error) < 0) {
+	if (retention_sweep(puser, FALSE, TRUE, NULL, NULL, &stats,
+			    &error) < 0) {
 		/* the next session or the cron sweep tries again */
 		e_error(puser->event, "retention sweep failed: %s", error);
+		return;
+	}
+	if (stats.skipped) {
+		e_debug(puser->event, "retention sweep: nothing due yet");
 		return;
 	}
 	e_debug(puser->event, "retention sweep: %u messages, %u expired",

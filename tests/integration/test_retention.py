@@ -125,3 +125,21 @@ def test_lost_index_never_deletes_early():
         assert "uid=1" in out and "uid=2" not in out, out
         out = _sweep(dc, ["-u", "x"], 37)
         assert _inbox(dc, "x") == []
+
+
+def test_session_sweep_skips_until_something_is_due():
+    import time
+    users = [User("h", fields={"popvault_retain_unread": "3s"})]
+    with dovecot(users) as dc:
+        deliver_numbered(dc, "h", 1)
+        pop3_session(dc, "h", top=[1])
+        dc.wait_log(r"pop3\(h\).*retention sweep: 1 messages, 0 expired")
+        # the full sweep left a hint: the next session does not scan
+        mark = dc.log_size()
+        pop3_session(dc, "h")
+        dc.wait_log(r"pop3\(h\).*retention sweep: nothing due yet",
+                    since=mark)
+        time.sleep(3.2)
+        pop3_session(dc, "h")
+        dc.wait_log(r"pop3\(h\).*policy: .*reason=retain_unread")
+        assert pop3_listing(dc, "h") == []
