@@ -239,9 +239,10 @@ static int inbox_open(struct mail_user *user, struct mailbox **box_r)
 	return 0;
 }
 
-/* Calls cb for every INBOX mail in UID order; -1 on storage errors. */
+/* Calls cb for every INBOX mail in UID order; -1 on storage errors. The
+   changes cb makes are committed only with commit. */
 static int
-inbox_iter(struct mailbox *box, enum mail_fetch_field fields,
+inbox_iter(struct mailbox *box, enum mail_fetch_field fields, bool commit,
 	   int (*cb)(struct mail *mail, void *context), void *context)
 {
 	struct mailbox_transaction_context *t;
@@ -260,7 +261,12 @@ inbox_iter(struct mailbox *box, enum mail_fetch_field fields,
 	} T_END;
 	if (mailbox_search_deinit(&ctx) < 0)
 		ret = -1;
-	mailbox_transaction_rollback(&t);
+	if (ret < 0 || !commit)
+		mailbox_transaction_rollback(&t);
+	else if (mailbox_transaction_commit(&t) < 0) {
+		i_error("%s", mailbox_get_last_internal_error(box, NULL));
+		ret = -1;
+	}
 	return ret;
 }
 
@@ -317,7 +323,7 @@ cmd_popvault_uidl_export_run(struct doveadm_mail_cmd_context *ctx,
 	}
 	mailbox_get_open_status(box, STATUS_UIDVALIDITY, &status);
 	ectx.uid_validity = status.uidvalidity;
-	ret = inbox_iter(box, MAIL_FETCH_GUID, uidl_export_mail, &ectx);
+	ret = inbox_iter(box, MAIL_FETCH_GUID, FALSE, uidl_export_mail, &ectx);
 	mailbox_free(&box);
 	if (ret < 0)
 		doveadm_mail_failed_error(ctx, MAIL_ERROR_TEMP);
@@ -365,6 +371,19 @@ static int uidl_index_mail(struct mail *mail, void *context)
 	return 0;
 }
 
+/* The stored pop3 UIDL is what pop3 hands out first: keep it in step. */
+static int uidl_store_mail(struct mail *mail, void *context)
+{
+	struct popvault_ledger *ledger = context;
+	const char *guid, *uidl;
+
+	if (mail_get_special(mail, MAIL_FETCH_GUID, &guid) < 0)
+		return -1;
+	if ((uidl = popvault_ledger_lookup(ledger, guid)) != NULL)
+		mail_update_pop3_uidl(mail, uidl);
+	return 0;
+}
+
 static int
 cmd_popvault_uidl_import_run(struct doveadm_mail_cmd_context *_ctx,
 			     struct mail_user *user)
@@ -396,8 +415,7 @@ cmd_popvault_uidl_import_run(struct doveadm_mail_cmd_context *_ctx,
 	i_zero(&rctx);
 	rctx.pool = pool_alloconly_create("uidl import", 4096);
 	hash_table_create(&rctx.refs, rctx.pool, 0, str_hash, strcmp);
-	ret = inbox_iter(box, MAIL_FETCH_GUID, uidl_index_mail, &rctx);
-	mailbox_free(&box);
+	ret = inbox_iter(box, MAIL_FETCH_GUID, FALSE, uidl_index_mail, &rctx);
 	if (ret == 0) {
 		array_foreach(&ctx->lines, line) {
 			guid = hash_table_lookup(rctx.refs, line->ref);
@@ -415,6 +433,10 @@ cmd_popvault_uidl_import_run(struct doveadm_mail_cmd_context *_ctx,
 			ret = -1;
 		}
 	}
+	if (ret == 0)
+		ret = inbox_iter(box, MAIL_FETCH_GUID, TRUE, uidl_store_mail,
+				 ledger);
+	mailbox_free(&box);
 	hash_table_destroy(&rctx.refs);
 	pool_unref(&rctx.pool);
 	if (ret < 0)

@@ -118,7 +118,11 @@ popvault_pop3_mail_get_stream(struct mail *_mail, bool get_body,
 
 /* With the UIDL ledger on, the ledger's UIDL is the "backend" UIDL pop3
    asks for first, so pop3 hands it out unchanged. A message seen for the
-   first time gets the UIDL pop3 would have given it, recorded. */
+   first time gets the UIDL pop3 would have given it, recorded in the
+   ledger and, like pop3_save_uidl does, in the storage (maildir's
+   dovecot-uidlist, dbox's index). Later sessions find it there without
+   reading the ledger at all; the ledger is read only for messages whose
+   stored UIDL is gone (rebuilt index, new UIDVALIDITY). */
 static int
 popvault_pop3_mail_get_special(struct mail *_mail, enum mail_fetch_field field,
 			       const char **value_r)
@@ -135,7 +139,7 @@ popvault_pop3_mail_get_special(struct mail *_mail, enum mail_fetch_field field,
 	if (field != MAIL_FETCH_UIDL_BACKEND || !pbox->puser->set.uidl_ledger)
 		return 0;
 	client = popvault_pop3_client_for_box(_mail->box);
-	if (client == NULL)
+	if (client == NULL || (*value_r)[0] != '\0')
 		return 0;
 	if (popvault_ledger_get(pbox->puser, &ledger, &error) < 0 ||
 	    mail_get_special(_mail, MAIL_FETCH_GUID, &guid) < 0) {
@@ -147,9 +151,8 @@ popvault_pop3_mail_get_special(struct mail *_mail, enum mail_fetch_field field,
 	}
 	uidl = popvault_ledger_lookup(ledger, guid);
 	if (uidl == NULL) {
-		uidl = *value_r;
-		if (uidl[0] == '\0' &&
-		    popvault_uidl_default(_mail, client->mail_set->pop3_uidl_format,
+		if (popvault_uidl_default(_mail,
+					  client->mail_set->pop3_uidl_format,
 					  client->uid_validity, &uidl,
 					  &error) < 0) {
 			mail_storage_set_critical(_mail->box->storage,
@@ -158,6 +161,7 @@ popvault_pop3_mail_get_special(struct mail *_mail, enum mail_fetch_field field,
 		}
 		popvault_ledger_add(ledger, guid, uidl);
 	}
+	mail_update_pop3_uidl(_mail, uidl);
 	*value_r = uidl;
 	return 0;
 }
