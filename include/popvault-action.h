@@ -4,6 +4,7 @@
 #include "seq-range-array.h"
 #include "popvault-settings.h"
 
+struct mail;
 struct mailbox_transaction_context;
 struct popvault_user;
 
@@ -23,5 +24,8 @@ int popvault_action_apply(struct popvault_user *puser,
 			  const ARRAY_TYPE(seq_range) *uids,
 			  const struct popvault_action *action,
 			  const char *reason, const char **error_r);
+
+/* TRUE when the mail has this keyword (case-insensitive, as IMAP). */
+bool popvault_mail_has_keyword(struct mail *mail, const char *name);
 
 #endif

@@ -170,3 +170,14 @@ int popvault_action_apply(struct popvault_user *puser,
 		mailbox_keywords_unref(&kw);
 	return 0;
 }
+
+bool popvault_mail_has_keyword(struct mail *mail, const char *name)
+{
+	const char *const *kw;
+
+	for (kw = mail_get_keywords(mail); *kw != NULL; kw++) {
+		if (strcasecmp(*kw, name) == 0)
+			return TRUE;
+	}
+	return FALSE;
+}

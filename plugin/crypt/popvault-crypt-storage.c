@@ -23,6 +23,7 @@
 #include "popvault-user.h"
 #include "popvault-pop3.h"
 #include "popvault-crypt.h"
+#include "popvault-action.h"
 #include "popvault-crypt-keys.h"
 #include "popvault-crypt-stream.h"
 
@@ -290,17 +291,6 @@ static void crypt_mark_damaged(struct popvault_crypt_user *cuser,
 	}
 }
 
-static bool crypt_mail_marked_damaged(struct mail *mail)
-{
-	const char *const *kw;
-
-	for (kw = mail_get_keywords(mail); *kw != NULL; kw++) {
-		if (strcasecmp(*kw, POPVAULT_DAMAGED_KEYWORD) == 0)
-			return TRUE;
-	}
-	return FALSE;
-}
-
 static void crypt_stream_error(const char *error, void *context)
 {
 	struct crypt_stream_ctx *sctx = context;
@@ -364,7 +354,7 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		}
 		return cmail->super.istream_opened(mail, stream);
 	}
-	if (crypt_mail_marked_damaged(mail)) {
+	if (popvault_mail_has_keyword(mail, POPVAULT_DAMAGED_KEYWORD)) {
 		return crypt_mail_fail(mail, "found damaged by an earlier read "
 			"(keyword "POPVAULT_DAMAGED_KEYWORD"; clear it after "
 			"repairing the message)");

@@ -115,17 +115,6 @@ void popvault_retention_record_downloads(struct popvault_user *puser,
 	mailbox_keywords_unref(&kw);
 }
 
-static bool mail_has_keyword(struct mail *mail, const char *name)
-{
-	const char *const *kw;
-
-	for (kw = mail_get_keywords(mail); *kw != NULL; kw++) {
-		if (strcasecmp(*kw, name) == 0)
-			return TRUE;
-	}
-	return FALSE;
-}
-
 static time_t expiry_add(time_t start, unsigned int window)
 {
 	return window == POPVAULT_NEVER ? 0 : start + (time_t)window;
@@ -210,7 +199,7 @@ sweep_box(struct popvault_user *puser, struct mailbox *box, bool dry_run,
 		stats->messages++;
 		first = record_get(t, ext_id, mail->seq);
 		if (first == 0 &&
-		    mail_has_keyword(mail, POPVAULT_DOWNLOADED_KEYWORD)) {
+		    popvault_mail_has_keyword(mail, POPVAULT_DOWNLOADED_KEYWORD)) {
 			/* downloaded, but the time is lost: count from now */
 			first = ioloop_time;
 			record_set(t, ext_id, mail->seq, first);
