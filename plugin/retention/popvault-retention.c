@@ -204,17 +204,16 @@ sweep_box(struct popvault_user *puser, struct mailbox *box, bool dry_run,
 			first = ioloop_time;
 			record_set(t, ext_id, mail->seq, first);
 		}
+		ARRAY_TYPE(seq_range) *gone;
+		unsigned int *expired_count;
+		const char *reason;
+
 		if (first != 0) {
 			stats->downloaded++;
 			expires = expiry_add(first, set->retain_downloaded);
-			if (expires != 0 && expires <= ioloop_time) {
-				seq_range_array_add(&gone_downloaded, mail->uid);
-				stats->expired_downloaded++;
-				if (report != NULL)
-					report("retain_downloaded", mail,
-					       expires, context);
-				continue;
-			}
+			gone = &gone_downloaded;
+			expired_count = &stats->expired_downloaded;
+			reason = "retain_downloaded";
 		} else {
 			stats->never_downloaded++;
 			if (mail_get_received_date(mail, &received) < 0)
@@ -223,14 +222,16 @@ sweep_box(struct popvault_user *puser, struct mailbox *box, bool dry_run,
 			   counted from the start of tracking */
 			expires = expiry_add(I_MAX(received, start),
 					     set->retain_unread);
-			if (expires != 0 && expires <= ioloop_time) {
-				seq_range_array_add(&gone_unread, mail->uid);
-				stats->expired_unread++;
-				if (report != NULL)
-					report("retain_unread", mail,
-					       expires, context);
-				continue;
-			}
+			gone = &gone_unread;
+			expired_count = &stats->expired_unread;
+			reason = "retain_unread";
+		}
+		if (expires != 0 && expires <= ioloop_time) {
+			seq_range_array_add(gone, mail->uid);
+			(*expired_count)++;
+			if (report != NULL)
+				report(reason, mail, expires, context);
+			continue;
 		}
 		next_expiry(stats, expires);
 	}

@@ -62,7 +62,7 @@ def test_uidls_survive_migration_to_mdbox():
         assert after == before, (before, after)
 
 
-def test_export_import_round_trip(tmp_dir=None):
+def test_export_import_round_trip():
     users = [User("e", fields={"popvault_uidl_ledger": "yes"})]
     with dovecot(users) as dc:
         dc.deliver_many("e", [make_message("s%d" % i, msgid="<s%d@old>" % i)
