@@ -85,12 +85,23 @@ static void *pv_malloc(size_t size)
 	return mem;
 }
 
+/* Not i_malloc(): zeroing the buffers per message was the largest cost
+   of reading small mail, and only bytes that were written are ever read.
+   Every path that sets header_done allocates them. */
+static void pv_alloc_buffers(struct popvault_istream *pstream, size_t size)
+{
+	i_assert(pstream->ct == NULL && pstream->plain == NULL);
+	pstream->ct = pv_malloc(size + POPVAULT_TAG_SIZE);
+	pstream->plain = pv_malloc(I_MAX(size, 1));
+}
+
+/* Authenticated plaintext is not wiped: the same bytes already sit in
+   Dovecot's istream and ostream buffers, which nobody wipes, so wiping
+   this copy bought nothing and cost a memset of every message read. Keys
+   are wiped; unauthenticated output is wiped (aead_open()). */
 static void pv_reset_plain(struct popvault_istream *pstream)
 {
-	if (pstream->plain_valid) {
-		sodium_memzero(pstream->plain, pstream->plain_len);
-		pstream->plain_valid = FALSE;
-	}
+	pstream->plain_valid = FALSE;
 }
 
 /* Read and process the header. Returns 1 done, 0 need more, -1 error. */
@@ -143,12 +154,6 @@ static int pv_read_header(struct popvault_istream *pstream)
 		return -1;
 
 	pstream->chunk_size = (size_t)1 << pstream->hdr.chunk_log2;
-	/* Not i_malloc(): zeroing 128 KiB per message was the largest cost
-	   of reading small mail. Only bytes that were written are read, and
-	   plaintext is wiped (plain_len) before the buffer is reused or
-	   freed. */
-	pstream->ct = pv_malloc(pstream->chunk_size + POPVAULT_TAG_SIZE);
-	pstream->plain = pv_malloc(pstream->chunk_size);
 	pstream->header_done = TRUE;
 
 	if (parent->seekable &&
@@ -157,6 +162,7 @@ static int pv_read_header(struct popvault_istream *pstream)
 		total = parent_size - stream->parent_start_offset;
 		if (popvault_container_plain_size(total, pstream->hdr.chunk_log2,
 						  &pstream->plain_size) < 0) {
+			pv_alloc_buffers(pstream, pstream->chunk_size);
 			return pv_error(pstream, "popvault: invalid container "
 				"length %"PRIuUOFF_T" (truncated or trailing "
 				"data)", total);
@@ -170,6 +176,10 @@ static int pv_read_header(struct popvault_istream *pstream)
 		/* work sequentially */
 		stream->istream.seekable = FALSE;
 	}
+	/* most mail is smaller than a chunk */
+	pv_alloc_buffers(pstream, pstream->size_known ?
+			 I_MIN(pstream->chunk_size, pstream->plain_size) :
+			 pstream->chunk_size);
 	return 1;
 }
 
