@@ -51,8 +51,10 @@ struct popvault_capa_output {
 	const char *reply;
 };
 
-/* one entry per POP3 client of this process (usually one) */
+/* one entry per POP3 client of this process (usually one); capa_first
+   caches the first for the per-write lookup */
 static ARRAY(struct popvault_capa_output) capa_outputs;
+static const struct popvault_capa_output *capa_first;
 
 static const struct popvault_capa_output *
 capa_output_find(const struct ostream_private *stream)
@@ -81,17 +83,16 @@ static bool iov_equals(const struct const_iovec *iov, unsigned int iov_count,
 	return pos == len;
 }
 
-static ssize_t
-popvault_capa_sendv(struct ostream_private *stream,
-		    const struct const_iovec *iov, unsigned int iov_count)
+static ssize_t __attribute__((noinline))
+capa_sendv_slow(const struct popvault_capa_output *co,
+		struct ostream_private *stream,
+		const struct const_iovec *iov, unsigned int iov_count)
 {
-	const struct popvault_capa_output *co = capa_output_find(stream);
-	const size_t plain_len = strlen(PLAIN_CAPA_REPLY);
+	const size_t plain_len = sizeof(PLAIN_CAPA_REPLY) - 1;
 	struct const_iovec reply_iov;
 	ssize_t ret;
 
-	if (co->client->cmd != NULL ||
-	    !iov_equals(iov, iov_count, PLAIN_CAPA_REPLY, plain_len))
+	if (!iov_equals(iov, iov_count, PLAIN_CAPA_REPLY, plain_len))
 		return co->orig_sendv(stream, iov, iov_count);
 
 	/* pop3's output buffer is unlimited (o_stream_create_fd(fd,
@@ -106,6 +107,26 @@ popvault_capa_sendv(struct ostream_private *stream,
 	return plain_len;
 }
 
+/* Runs for every line of every message sent, so the common case is a
+   handful of instructions: no locals, the slow path out of line. pop3
+   sends each reply as one iovec; a first iovec that is longer than the
+   CAPA reply or does not start with '+' rules it out. */
+static ssize_t
+popvault_capa_sendv(struct ostream_private *stream,
+		    const struct const_iovec *iov, unsigned int iov_count)
+{
+	const struct popvault_capa_output *co = capa_first;
+
+	if (unlikely(co->stream != stream))
+		co = capa_output_find(stream);
+	if (co->client->cmd != NULL ||
+	    iov[0].iov_len > sizeof(PLAIN_CAPA_REPLY) - 1 ||
+	    (iov[0].iov_len > 0 &&
+	     ((const char *)iov[0].iov_base)[0] != '+'))
+		return co->orig_sendv(stream, iov, iov_count);
+	return capa_sendv_slow(co, stream, iov, iov_count);
+}
+
 static void capa_output_destroyed(struct ostream_private *stream)
 {
 	const struct popvault_capa_output *co;
@@ -117,6 +138,8 @@ static void capa_output_destroyed(struct ostream_private *stream)
 			stream->sendv = co->orig_sendv;
 			idx = array_foreach_idx(&capa_outputs, co);
 			array_delete(&capa_outputs, idx, 1);
+			capa_first = array_is_empty(&capa_outputs) ? NULL :
+				array_front(&capa_outputs);
 			return;
 		}
 	}
@@ -136,6 +159,7 @@ static void capa_output_wrap(struct client *client, struct popvault_user *puser)
 	co->reply = p_strconcat(client->pool, "+OK\r\n",
 		POP3_CAPABILITY_REPLY, popvault_capa_lines(&puser->set),
 		".\r\n", NULL);
+	capa_first = array_front(&capa_outputs);
 	stream->sendv = popvault_capa_sendv;
 	o_stream_add_destroy_callback(client->output, capa_output_destroyed,
 				      stream);
@@ -245,4 +269,5 @@ void popvault_pop3_deinit(void)
 	popvault_pop3_hooked = FALSE;
 	if (array_is_created(&capa_outputs))
 		array_free(&capa_outputs);
+	capa_first = NULL;
 }
