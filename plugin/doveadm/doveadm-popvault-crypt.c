@@ -31,6 +31,8 @@
 #include "mail-storage-settings.h"
 #include "mail-cache.h"
 #include "index-pop3-uidl.h"
+
+#include <dirent.h>
 #include "mailbox-list-iter.h"
 #include "doveadm-print.h"
 #include "doveadm-mail.h"
@@ -95,7 +97,6 @@ struct crypt_tool_box {
 	HASH_TABLE(const char *, ARRAY_TYPE(crypt_tool_msg_p) *) targets;
 
 	unsigned int done, skipped, failed;
-	bool expunged;
 };
 
 static void crypt_tool_print(struct crypt_tool_box *bctx, uint32_t uid,
@@ -404,7 +405,6 @@ static int crypt_tool_replace(struct crypt_tool_box *bctx, uint32_t src_uid,
 			crypt_tool_box_error(bctx->box), NULL));
 		return -1;
 	}
-	bctx->expunged = TRUE;
 	/* maildir and sdbox remove the file only when syncing: the
 	   plaintext must be gone when the message is reported */
 	if (mailbox_sync(bctx->box, 0) < 0) {
@@ -704,7 +704,6 @@ static void crypt_tool_dedup(struct crypt_tool_box *bctx)
 			crypt_tool_box_error(bctx->box), NULL));
 		return;
 	}
-	bctx->expunged = TRUE;
 }
 
 /* Old cache records of the plaintext messages may hold header text:
@@ -723,11 +722,43 @@ static void crypt_tool_purge_cache(struct crypt_tool_box *bctx)
 	}
 }
 
+/* sdbox commits an expunge to the index first and unlinks the file
+   after: killed in between, the file stays, outside the index, for
+   good. Such a file holds a message this tool already replaced (the
+   plaintext, for encrypt). TRUE when the mailbox has one; a forced
+   resync then puts it back into the index, where the scan pairs it
+   with its copy by GUID and expunges it properly. */
+static bool crypt_tool_sdbox_has_orphans(struct mailbox *box)
+{
+	const struct mail_index_header *hdr;
+	const char *dir;
+	struct dirent *d;
+	uint32_t uid, seq;
+	bool found = FALSE;
+	DIR *dirp;
+
+	if (strcmp(box->storage->name, "sdbox") != 0)
+		return FALSE;
+	/* sdbox's mailbox path is its dbox-Mails directory */
+	dir = mailbox_get_path(box);
+	if ((dirp = opendir(dir)) == NULL)
+		return FALSE;
+	hdr = mail_index_get_header(box->view);
+	while (!found && (d = readdir(dirp)) != NULL) {
+		if (str_begins(d->d_name, "u.") &&
+		    str_to_uint32(d->d_name + 2, &uid) == 0 &&
+		    uid < hdr->next_uid &&
+		    !mail_index_lookup_seq(box->view, uid, &seq))
+			found = TRUE;
+	}
+	(void)closedir(dirp);
+	return found;
+}
+
 static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 			      struct mail_user *user,
 			      struct popvault_progress *progress,
-			      struct mail_namespace *ns, const char *vname,
-			      bool *expunged_r)
+			      struct mail_namespace *ns, const char *vname)
 {
 	struct crypt_tool_box bctx;
 	struct mailbox_status status;
@@ -760,6 +791,21 @@ static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 		mailbox_free(&bctx.box);
 		return -1;
 	}
+	if (cmd->op != CRYPT_TOOL_VERIFY &&
+	    crypt_tool_sdbox_has_orphans(bctx.box)) {
+		e_warning(user->event, "popvault %s: user %s mailbox %s: "
+			  "message files outside the index (a killed run?): "
+			  "resyncing", crypt_tool_names[cmd->op],
+			  user->username, vname);
+		if (mailbox_sync(bctx.box, MAILBOX_SYNC_FLAG_FORCE_RESYNC) < 0) {
+			e_error(user->event, "popvault %s: user %s mailbox %s: "
+				"resync failed: %s", crypt_tool_names[cmd->op],
+				user->username, vname,
+				crypt_tool_box_error(bctx.box));
+			mailbox_free(&bctx.box);
+			return -1;
+		}
+	}
 	mailbox_get_open_status(bctx.box, STATUS_UIDVALIDITY | STATUS_MESSAGES,
 				&status);
 	bctx.uid_validity = status.uidvalidity;
@@ -791,7 +837,8 @@ static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 		}
 		if (ret == 0)
 			crypt_tool_dedup(&bctx);
-		if (bctx.expunged && cmd->op == CRYPT_TOOL_ENCRYPT)
+		/* also when an earlier, killed run did the expunging */
+		if (ret == 0 && cmd->op == CRYPT_TOOL_ENCRYPT)
 			crypt_tool_purge_cache(&bctx);
 	}
 	e_debug(user->event, "popvault %s: user %s mailbox %s: %u done, "
@@ -800,7 +847,6 @@ static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 		bctx.target_encrypted ? "encrypted" : "plaintext", bctx.failed);
 	if (bctx.failed > 0)
 		ret = -1;
-	*expunged_r = bctx.expunged;
 	hash_table_destroy(&bctx.targets);
 	pool_unref(&bctx.pool);
 	mailbox_free(&bctx.box);
@@ -872,7 +918,6 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 	struct mail_namespace *ns;
 	const char *vname, *error;
 	unsigned int i;
-	bool expunged;
 	int ret = 0;
 
 	if (crypt_tool_check_user(cmd, user, &error) < 0) {
@@ -911,14 +956,14 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 	for (i = 0; i < array_count(&vnames); i++) {
 		ns = array_idx_elem(&namespaces, i);
 		vname = array_idx_elem(&vnames, i);
-		expunged = FALSE;
-		if (crypt_tool_run_box(cmd, user, progress, ns, vname,
-				       &expunged) < 0)
+		if (crypt_tool_run_box(cmd, user, progress, ns, vname) < 0)
 			ret = -1;
 		/* mdbox keeps expunged messages in its m.* files until a
 		   purge: without it the plaintext would still be on disk
-		   (and after decrypt, the ciphertext) */
-		if (expunged && crypt_tool_purge(ns->storage) < 0) {
+		   (and after decrypt, the ciphertext). Also when nothing was
+		   expunged now: a killed run may have. */
+		if (cmd->op != CRYPT_TOOL_VERIFY &&
+		    crypt_tool_purge(ns->storage) < 0) {
 			e_error(user->event, "popvault %s: user %s: "
 				"purge failed: %s", crypt_tool_names[cmd->op],
 				user->username,

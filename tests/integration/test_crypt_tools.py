@@ -264,7 +264,8 @@ def _roundtrip(mail_format, kills):
         # (a message is reported once its original is gone; one killed
         # right after that is in neither output)
         assert reported + len(done) <= 16 + kills
-        assert _marker_files(dc) == []
+        hits = _marker_files(dc)
+        assert hits == [], hits
         _all_encrypted(dc)
         _check_same(before, _snapshot(dc))
 
