@@ -65,6 +65,9 @@ struct crypt_tool_cmd_context {
 	struct doveadm_mail_cmd_context ctx;
 	enum crypt_tool_op op;
 	const char *mailbox;
+	/* something could not be checked at all (not a damaged message):
+	   verify then exits with EX_TEMPFAIL, not EX_DATAERR */
+	bool temp_failure;
 };
 
 /* One message of a mailbox, as found by the scan. */
@@ -789,6 +792,7 @@ static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 			"mailbox %s: %s", crypt_tool_names[cmd->op],
 			user->username, vname, crypt_tool_box_error(bctx.box));
 		mailbox_free(&bctx.box);
+		cmd->temp_failure = TRUE;
 		return -1;
 	}
 	if (cmd->op != CRYPT_TOOL_VERIFY &&
@@ -815,8 +819,10 @@ static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 
 	if (cmd->op == CRYPT_TOOL_VERIFY)
 		popvault_progress_add_total(progress, status.messages);
-	if (crypt_tool_scan(&bctx) < 0)
+	if (crypt_tool_scan(&bctx) < 0) {
+		cmd->temp_failure = TRUE;
 		ret = -1;
+	}
 	else if (cmd->op != CRYPT_TOOL_VERIFY) {
 		popvault_progress_add_total(progress,
 					    array_count(&bctx.sources));
@@ -951,6 +957,14 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 		return -1;
 	}
 
+	if (array_count(&vnames) == 0 && cmd->mailbox != NULL) {
+		/* a typo must not look like a clean mailbox */
+		e_error(user->event, "popvault %s: user %s: no mailbox "
+			"matches %s", crypt_tool_names[cmd->op],
+			user->username, cmd->mailbox);
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_NOTFOUND);
+		return -1;
+	}
 	progress = popvault_progress_begin(crypt_tool_names[cmd->op],
 					   user->username, 0);
 	for (i = 0; i < array_count(&vnames); i++) {
@@ -974,9 +988,9 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 	}
 	popvault_progress_end(&progress);
 	if (ret < 0) {
-		doveadm_mail_failed_error(_ctx, cmd->op == CRYPT_TOOL_VERIFY ?
-					  MAIL_ERROR_INVALIDDATA :
-					  MAIL_ERROR_TEMP);
+		doveadm_mail_failed_error(_ctx,
+			cmd->op == CRYPT_TOOL_VERIFY && !cmd->temp_failure ?
+			MAIL_ERROR_INVALIDDATA : MAIL_ERROR_TEMP);
 	}
 	return ret;
 }

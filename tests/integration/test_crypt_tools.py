@@ -365,3 +365,5 @@ def test_verify_reports_damaged():
         c.logout()
         rc, out, err = _tool(dc, "verify", "-m", "Empty")
         assert rc == 0 and out.strip() == "", out
+        rc, out, err = _tool(dc, "verify", "-m", "Nosuchbox", check=False)
+        assert rc == 68 and "no mailbox matches Nosuchbox" in err, (rc, err)
