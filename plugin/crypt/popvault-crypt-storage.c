@@ -69,6 +69,13 @@ struct popvault_crypt_mailbox {
 	uoff_t save_input_offset;
 };
 
+struct popvault_crypt_mail {
+	union mail_module_context module_ctx;
+	/* whether the stream last opened for this mail was a PVLT
+	   container (popvault_crypt_mail_was_encrypted(), for the tools) */
+	bool opened_encrypted;
+};
+
 /* What a mid-stream decryption error needs to log and react; owned by
    the stream (freed by its destroy callback), since streams can outlive
    their mail (zlib's read cache). */
@@ -264,6 +271,11 @@ static int crypt_mail_fail(struct mail *mail, const char *cause)
 			  cause);
 	mail_storage_set_error(mail->box->storage, MAIL_ERROR_INVALIDDATA,
 			       "Message is damaged or can't be decrypted");
+	/* the client gets the text above; tools (doveadm popvault verify)
+	   report the cause via mailbox_get_last_internal_error() */
+	i_free(mail->box->storage->last_internal_error);
+	mail->box->storage->last_internal_error = i_strdup(cause);
+	mail->box->storage->last_error_is_internal = TRUE;
 	return -1;
 }
 
@@ -327,7 +339,7 @@ static bool crypt_stream_is_encrypted(struct istream *input)
 static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 {
 	struct mail_private *pmail = (struct mail_private *)mail;
-	union mail_module_context *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(pmail);
+	struct popvault_crypt_mail *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(pmail);
 	struct popvault_crypt_user *cuser =
 		crypt_user(mail->box->storage->user);
 	struct popvault_receiver *receiver;
@@ -343,17 +355,19 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		i_stream_unref(stream);
 		i_stream_seek(cbox->save_input, cbox->save_input_offset);
 		*stream = i_stream_create_limit(cbox->save_input, UOFF_T_MAX);
-		return cmail->super.istream_opened(mail, stream);
+		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
+	cmail->opened_encrypted = FALSE;
 	if (!crypt_stream_is_encrypted(*stream)) {
 		if ((*stream)->stream_errno != 0)
-			return cmail->super.istream_opened(mail, stream);
+			return cmail->module_ctx.super.istream_opened(mail, stream);
 		if (cuser->set->require_encrypted) {
 			return crypt_mail_fail(mail, "plaintext message "
 				"refused (popvault_require_encrypted=yes)");
 		}
-		return cmail->super.istream_opened(mail, stream);
+		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
+	cmail->opened_encrypted = TRUE;
 	if (popvault_mail_has_keyword(mail, POPVAULT_DAMAGED_KEYWORD)) {
 		return crypt_mail_fail(mail, "found damaged by an earlier read "
 			"(keyword "POPVAULT_DAMAGED_KEYWORD"; clear it after "
@@ -387,22 +401,47 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 	i_stream_popvault_decrypt_set_error_callback(input,
 		crypt_stream_error, sctx);
 	i_stream_add_destroy_callback(input, crypt_stream_ctx_free, sctx);
-	return cmail->super.istream_opened(mail, stream);
+	return cmail->module_ctx.super.istream_opened(mail, stream);
 }
 
 static void crypt_mail_allocated(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
 	struct mail_vfuncs *v = mail->vlast;
-	union mail_module_context *cmail;
+	struct popvault_crypt_mail *cmail;
 
 	if (crypt_user(_mail->box->storage->user) == NULL)
 		return;
-	cmail = p_new(mail->pool, union mail_module_context, 1);
-	cmail->super = *v;
-	mail->vlast = &cmail->super;
+	cmail = p_new(mail->pool, struct popvault_crypt_mail, 1);
+	cmail->module_ctx.super = *v;
+	mail->vlast = &cmail->module_ctx.super;
 	v->istream_opened = crypt_istream_opened;
-	MODULE_CONTEXT_SET_SELF(mail, popvault_crypt_mail_module, cmail);
+	MODULE_CONTEXT_SET(mail, popvault_crypt_mail_module, cmail);
+}
+
+int popvault_crypt_mail_was_encrypted(struct mail *mail, bool *encrypted_r)
+{
+	struct mail_private *pmail = (struct mail_private *)mail;
+	struct popvault_crypt_mail *cmail =
+		MODULE_CONTEXT(pmail, popvault_crypt_mail_module);
+	struct istream *input;
+
+	if (cmail == NULL) {
+		/* no crypt settings for the user: nothing is decrypted */
+		*encrypted_r = FALSE;
+		return 0;
+	}
+	if (mail_get_stream(mail, NULL, NULL, &input) < 0)
+		return -1;
+	*encrypted_r = cmail->opened_encrypted;
+	return 0;
+}
+
+bool popvault_crypt_user_encrypts(struct mail_user *user)
+{
+	struct popvault_crypt_user *cuser = crypt_user(user);
+
+	return cuser != NULL && cuser->set->encrypt;
 }
 
 /* ---- save ---- */
