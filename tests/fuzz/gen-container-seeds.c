@@ -34,7 +34,8 @@ int main(int argc, char *argv[])
 	};
 	unsigned char pk[POPVAULT_PK_SIZE];
 	struct popvault_sender *sender;
-	const char *error;
+	struct popvault_receiver *receiver;
+	const char *error = "";
 	unsigned int i, j;
 
 	lib_init();
@@ -43,6 +44,9 @@ int main(int argc, char *argv[])
 	if (popvault_crypto_init() < 0)
 		i_fatal("popvault_crypto_init() failed");
 	crypto_scalarmult_base(pk, fuzz_sk);
+	receiver = popvault_receiver_create();
+	if (popvault_receiver_add_key(receiver, fuzz_sk) < 0)
+		i_fatal("fuzz key rejected");
 	for (i = 0; i < N_ELEMENTS(ciphers); i++) {
 		sender = popvault_sender_create(pk, ciphers[i].cipher);
 		if (sender == NULL ||
@@ -58,11 +62,21 @@ int main(int argc, char *argv[])
 						    plain->used, out,
 						    &error) < 0)
 				i_fatal("encrypt: %s", error);
+			/* a seed that does not decrypt would only cover the
+			   failure paths */
+			buffer_t *check = t_buffer_create(sizes[j] + 1);
+			if (popvault_decrypt_buffer(receiver, out->data,
+						    out->used, check,
+						    &error) < 0 ||
+			    !buffer_cmp(check, plain))
+				i_fatal("seed %zu does not decrypt: %s",
+					sizes[j], error);
 			write_seed(argv[1], t_strdup_printf("seed-%s-%zu",
 				ciphers[i].name, sizes[j]), out);
 		} T_END;
 		popvault_sender_free(&sender);
 	}
+	popvault_receiver_free(&receiver);
 	popvault_crypto_deinit();
 	lib_deinit();
 	return 0;
