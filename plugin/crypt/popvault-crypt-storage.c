@@ -74,6 +74,9 @@ struct popvault_crypt_mail {
 	/* whether the stream last opened for this mail was a PVLT
 	   container (popvault_crypt_mail_was_encrypted(), for the tools) */
 	bool opened_encrypted;
+	/* the last open failed because of this message itself (damage,
+	   refused plaintext), not because the user's keys are unusable */
+	bool failed_message;
 };
 
 /* What a mid-stream decryption error needs to log and react; owned by
@@ -282,6 +285,17 @@ static int crypt_mail_fail(struct mail *mail, const char *cause)
 /* Damage found only mid-reply is remembered with the message, so later
    sessions answer -ERR at once instead of failing the client on the same
    message forever. An admin clears the keyword after repairing it. */
+/* crypt_mail_fail() for a cause in the message itself: only that
+   message fails (see crypt_mail_get_virtual_size()). */
+static int crypt_mail_fail_message(struct mail *mail, const char *cause)
+{
+	struct mail_private *pmail = (struct mail_private *)mail;
+	struct popvault_crypt_mail *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(pmail);
+
+	cmail->failed_message = TRUE;
+	return crypt_mail_fail(mail, cause);
+}
+
 static void crypt_mark_damaged(struct popvault_crypt_user *cuser,
 			       struct mailbox *box, uint32_t uid)
 {
@@ -362,14 +376,14 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		if ((*stream)->stream_errno != 0)
 			return cmail->module_ctx.super.istream_opened(mail, stream);
 		if (cuser->set->require_encrypted) {
-			return crypt_mail_fail(mail, "plaintext message "
+			return crypt_mail_fail_message(mail, "plaintext message "
 				"refused (popvault_require_encrypted=yes)");
 		}
 		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
 	cmail->opened_encrypted = TRUE;
 	if (popvault_mail_has_keyword(mail, POPVAULT_DAMAGED_KEYWORD)) {
-		return crypt_mail_fail(mail, "found damaged by an earlier read "
+		return crypt_mail_fail_message(mail, "found damaged by an earlier read "
 			"(keyword "POPVAULT_DAMAGED_KEYWORD"; clear it after "
 			"repairing the message)");
 	}
@@ -390,7 +404,7 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 	   fails before a reply starts: POP3 -ERR, IMAP NO. */
 	ret = i_stream_read(input);
 	if (ret == -1 && input->stream_errno != 0)
-		return crypt_mail_fail(mail, i_stream_get_error(input));
+		return crypt_mail_fail_message(mail, i_stream_get_error(input));
 
 	sctx = i_new(struct crypt_stream_ctx, 1);
 	sctx->cuser = cuser;
@@ -402,6 +416,27 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		crypt_stream_error, sctx);
 	i_stream_add_destroy_callback(input, crypt_stream_ctx_free, sctx);
 	return cmail->module_ctx.super.istream_opened(mail, stream);
+}
+
+/* pop3 refuses the whole session when one size lookup fails, so a single
+   message that can't be decrypted (and has no size in the maildir file
+   name or dbox metadata, e.g. a planted or rebuilt file) would keep the
+   client from every other message. In a POP3 session it is listed with
+   size 0 instead; RETR and TOP of it answer -ERR. Unusable keys still fail
+   the session: then no encrypted message would read. */
+static int crypt_mail_get_virtual_size(struct mail *_mail, uoff_t *size_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct popvault_crypt_mail *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(mail);
+
+	cmail->failed_message = FALSE;
+	if (cmail->module_ctx.super.get_virtual_size(_mail, size_r) == 0)
+		return 0;
+	if (!cmail->failed_message ||
+	    (_mail->box->flags & MAILBOX_FLAG_POP3_SESSION) == 0)
+		return -1;
+	*size_r = 0;
+	return 0;
 }
 
 static void crypt_mail_allocated(struct mail *_mail)
@@ -416,6 +451,7 @@ static void crypt_mail_allocated(struct mail *_mail)
 	cmail->module_ctx.super = *v;
 	mail->vlast = &cmail->module_ctx.super;
 	v->istream_opened = crypt_istream_opened;
+	v->get_virtual_size = crypt_mail_get_virtual_size;
 	MODULE_CONTEXT_SET(mail, popvault_crypt_mail_module, cmail);
 }
 
