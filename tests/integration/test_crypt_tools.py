@@ -218,6 +218,29 @@ def _killed_runs(dc, op, kills, rnd):
     return reported
 
 
+def _kill_in_window(dc, op, count):
+    """Kills `op` with SIGKILL while a copy and its original both exist
+    (more message files than messages): the window a re-run must finish
+    without a new copy. Returns True when it caught the window."""
+    p = subprocess.Popen([DOVEADM, "-c", dc.config_path, "-f", "flow",
+                          "popvault", op, "-u", USER],
+                         stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    caught = False
+    try:
+        while p.poll() is None:
+            if len(_mail_files(dc)) > count:
+                os.kill(p.pid, signal.SIGKILL)
+                caught = True
+                break
+    finally:
+        p.wait()
+    for d, _, files in os.walk(dc.home(USER)):
+        if "dovecot-uidlist.lock" in files:
+            os.unlink(os.path.join(d, "dovecot-uidlist.lock"))
+    return caught
+
+
 def _check_same(before, after, uidl=True):
     assert sorted(before) == sorted(after), "messages lost or added"
     for mid, (box, flags, date, body, pop3_uidl) in before.items():
@@ -239,7 +262,7 @@ def _all_encrypted(dc):
         assert MAGIC in data, path
 
 
-def _roundtrip(mail_format, kills):
+def _roundtrip(mail_format, kills, window_kill=False):
     rnd = random.Random(mail_format)
     user = User(USER, fields=_fields(False))
     with crypt_dovecot([user], mail_format=mail_format) as dc:
@@ -255,12 +278,23 @@ def _roundtrip(mail_format, kills):
         rc, out, err = _tool(dc, "decrypt", check=False)
         assert rc == 65 and "would be encrypted again" in err, (rc, err)
 
+        caught = False
+        if window_kill:
+            for _ in range(5):
+                caught = _kill_in_window(dc, "encrypt", len(before))
+                if caught:
+                    break
+            assert caught, "never caught a run between copy and expunge"
         reported = _killed_runs(dc, "encrypt", kills, rnd)
         rc, out, err = _tool(dc, "encrypt")
         assert not re.search(r"Error|Warning|Panic", err), err
         done = _lines(out)
         assert all(l["result"] in ("encrypted", "completed")
                    for l in done), out
+        if caught and kills == 0:
+            # the message caught in the window is finished, not copied
+            # again
+            assert [l for l in done if l["result"] == "completed"], out
         # (a message is reported once its original is gone; one killed
         # right after that is in neither output)
         assert reported + len(done) <= 16 + kills
@@ -288,6 +322,10 @@ def _roundtrip(mail_format, kills):
 
 def test_encrypt_decrypt_maildir_killed():
     _roundtrip("maildir", 4)
+
+
+def test_encrypt_maildir_killed_between_copy_and_expunge():
+    _roundtrip("maildir", 0, window_kill=True)
 
 
 def test_encrypt_decrypt_mdbox():
