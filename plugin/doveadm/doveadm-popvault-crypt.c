@@ -94,9 +94,9 @@ struct crypt_tool_box {
 	bool maildir;
 
 	ARRAY(struct crypt_tool_msg *) sources;
-	/* guid -> target-form messages with that GUID; maildir only:
-	   "size <vsize>" -> target-form messages without a stored POP3
-	   UIDL (see crypt_tool_find_copies()) */
+	/* target-form messages by key: "<guid>"; "dup\t<guid>\t<pop3 uidl>"
+	   (crypt_tool_dedup()); maildir only, "size <vsize>" for those
+	   without a stored POP3 UIDL (crypt_tool_find_copies()) */
 	HASH_TABLE(const char *, ARRAY_TYPE(crypt_tool_msg_p) *) targets;
 
 	unsigned int done, skipped, failed;
@@ -335,8 +335,9 @@ static void crypt_tool_pop3_uidl_tracked(struct mailbox_transaction_context *t,
    expunges the source. With resumed, the copy comes from an earlier run:
    its flags are brought up to date and a missing stored POP3 UIDL (lost
    by a crash inside the storage's commit) is set. Returns 1 when the
-   source was expunged, 0 when the copy does not match (mismatch_r, both
-   kept), -1 on errors. */
+   source was expunged, 2 when a client expunged the source meanwhile,
+   0 when the copy does not match (mismatch_r, both kept), -1 on
+   errors. */
 static int crypt_tool_replace(struct crypt_tool_box *bctx, uint32_t src_uid,
 			      uint32_t dest_uid, bool resumed,
 			      const char **mismatch_r)
@@ -352,10 +353,13 @@ static int crypt_tool_replace(struct crypt_tool_box *bctx, uint32_t src_uid,
 	src = mail_alloc(t, 0, NULL);
 	dest = mail_alloc(t, 0, NULL);
 	if (!mail_set_uid(src, src_uid)) {
-		/* expunged meanwhile (a client or an earlier run): the copy
-		   is all there is now */
-		ret = 1;
-	} else if (!mail_set_uid(dest, dest_uid)) {
+		/* a client expunged it meanwhile */
+		mail_free(&src);
+		mail_free(&dest);
+		mailbox_transaction_rollback(&t);
+		return 2;
+	}
+	if (!mail_set_uid(dest, dest_uid)) {
 		error = "the copy vanished before it could be checked";
 		ret = -1;
 	} else if (popvault_crypt_mail_was_encrypted(dest, &encrypted) < 0) {
@@ -503,6 +507,14 @@ static int crypt_tool_copy_once(struct crypt_tool_box *bctx,
 	ret = crypt_tool_replace(bctx, msg->uid, new_uid, FALSE, error_r);
 	if (ret < 0)
 		return -1;
+	if (ret == 2) {
+		/* the client deleted the message while we copied it: so
+		   does the copy go */
+		if (crypt_tool_expunge_uid(bctx, new_uid) < 0)
+			return -1;
+		crypt_tool_print(bctx, msg->uid, 0, "expunged by a client");
+		return 1;
+	}
 	if (ret == 0) {
 		/* ours and just made: removing it loses nothing */
 		return crypt_tool_expunge_uid(bctx, new_uid) < 0 ? -1 : 0;
@@ -532,6 +544,11 @@ static int crypt_tool_convert_one(struct crypt_tool_box *bctx,
 					 &error);
 		if (ret < 0)
 			return -1;
+		if (ret == 2) {
+			/* gone: whether the copy stays is the client's
+			   business, it can see it */
+			return 0;
+		}
 		if (ret > 0) {
 			copy->paired = TRUE;
 			bctx->done++;
