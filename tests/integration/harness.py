@@ -32,6 +32,27 @@ FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 BUILD_DIR = os.environ.get("POPVAULT_BUILD_DIR", "")
 
 
+# scripts/check-sanitize.sh: the plugin is built with ASan+UBSan and
+# Dovecot is not, so the sanitizer runtime is preloaded into Dovecot's
+# processes only (never into this test process), reports go to files in
+# POPVAULT_SANITIZER_LOG_DIR, and the 256 MB default vsz_limit is lifted
+# because ASan reserves terabytes of address space for its shadow.
+SANITIZER_PRELOAD = os.environ.get("POPVAULT_SANITIZER_PRELOAD", "")
+SANITIZER_LOG_DIR = os.environ.get("POPVAULT_SANITIZER_LOG_DIR", "")
+SANITIZE_CONF = "default_vsz_limit = 0\n" if SANITIZER_PRELOAD else ""
+
+
+def sanitizer_env():
+    """The environment for Dovecot, doveadm and dovecot-lda; None (inherit)
+    when not sanitizing."""
+    if not SANITIZER_PRELOAD:
+        return None
+    log = os.path.join(SANITIZER_LOG_DIR, "report")
+    return dict(os.environ, LD_PRELOAD=SANITIZER_PRELOAD,
+                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=" + log,
+                UBSAN_OPTIONS="print_stacktrace=1:log_path=" + log)
+
+
 class HarnessError(Exception):
     """The test environment itself is broken (binary or port missing)."""
 
@@ -316,7 +337,8 @@ class Dovecot:
         """(Re)starts the master on the existing directory and config."""
         self.proc = subprocess.Popen(
             [DOVECOT, "-F", "-c", self.config_path],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=sanitizer_env())
         self._wait_ready()
         return self
 
@@ -447,7 +469,8 @@ mail_plugin_dir = {t}/modules
 mail_plugins = $mail_plugins {plugins}
 postmaster_address = postmaster@popvault.test
 # lets doveadm(faketime=...) keep libfaketime across Dovecot's env clean-up
-import_environment = TZ CORE_OUTOFMEM CORE_ERROR LD_PRELOAD FAKETIME FAKETIME_DONT_FAKE_MONOTONIC FAKETIME_NO_CACHE NO_FAKE_STAT {login_env}
+import_environment = TZ CORE_OUTOFMEM CORE_ERROR LD_PRELOAD FAKETIME FAKETIME_DONT_FAKE_MONOTONIC FAKETIME_NO_CACHE NO_FAKE_STAT ASAN_OPTIONS UBSAN_OPTIONS {login_env}
+{SANITIZE_CONF}
 login_plugin_dir = {t}/login-modules
 {login_plugins}
 lmtp_save_to_detail_mailbox = no
@@ -627,9 +650,11 @@ plugin {{
         """Runs doveadm against this server. faketime ("+15d") runs it
         with its clock shifted by libfaketime: the honest way to age
         recorded times without a backdoor in popvault itself."""
-        env = None
+        env = sanitizer_env()
         if faketime is not None:
-            env = dict(os.environ, LD_PRELOAD=FAKETIME_LIB,
+            preload = ":".join(p for p in (SANITIZER_PRELOAD, FAKETIME_LIB)
+                               if p)
+            env = dict(env or os.environ, LD_PRELOAD=preload,
                        FAKETIME=faketime, FAKETIME_DONT_FAKE_MONOTONIC="1",
                        FAKETIME_NO_CACHE="1", NO_FAKE_STAT="1")
         p = subprocess.run([DOVEADM, "-c", self.config_path] + list(args),
@@ -645,7 +670,8 @@ plugin {{
     def lda(self, user, message):
         p = subprocess.run([DOVECOT_LDA, "-c", self.config_path, "-d", user,
                             "-f", "sender@example.com"],
-                           input=message, capture_output=True, timeout=60)
+                           input=message, capture_output=True, timeout=60,
+                           env=sanitizer_env())
         return p.returncode, p.stderr.decode(errors="replace")
 
 
