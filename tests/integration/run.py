@@ -43,6 +43,8 @@ def main():
                                                           "build"))
     ap.add_argument("-k", action="append", default=[],
                     help="run only tests whose name contains this")
+    ap.add_argument("-x", action="append", default=[],
+                    help="skip tests whose name contains this")
     args = ap.parse_args()
 
     os.environ["POPVAULT_BUILD_DIR"] = os.path.abspath(args.build_dir)
@@ -56,7 +58,8 @@ def main():
         print("0 passed, 1 failed")
         return 1
 
-    tests = discover(args.k)
+    tests = [(n, f) for n, f in discover(args.k)
+             if not any(x in n for x in args.x)]
     passed = failed = 0
     failures = []
     for name, fn in tests:
