@@ -49,7 +49,8 @@ def sanitizer_env():
         return None
     log = os.path.join(SANITIZER_LOG_DIR, "report")
     return dict(os.environ, LD_PRELOAD=SANITIZER_PRELOAD,
-                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=" + log,
+                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:"
+                "verify_asan_link_order=0:log_path=" + log,
                 UBSAN_OPTIONS="print_stacktrace=1:log_path=" + log)
 
 
@@ -652,7 +653,9 @@ plugin {{
         recorded times without a backdoor in popvault itself."""
         env = sanitizer_env()
         if faketime is not None:
-            preload = ":".join(p for p in (SANITIZER_PRELOAD, FAKETIME_LIB)
+            # libfaketime before the ASan runtime: the other order hangs
+            # at start (ASan then needs verify_asan_link_order=0)
+            preload = ":".join(p for p in (FAKETIME_LIB, SANITIZER_PRELOAD)
                                if p)
             env = dict(env or os.environ, LD_PRELOAD=preload,
                        FAKETIME=faketime, FAKETIME_DONT_FAKE_MONOTONIC="1",
