@@ -23,7 +23,7 @@ struct popvault_istream {
 
 	/* ciphertext of the chunk being collected */
 	unsigned char *ct;
-	size_t ct_used;
+	size_t ct_size, ct_used;
 	uint64_t ct_idx;
 
 	/* authenticated plaintext of chunk plain_idx */
@@ -87,10 +87,13 @@ static void *pv_malloc(size_t size)
 
 static void pv_reset_plain(struct popvault_istream *pstream)
 {
-	if (pstream->plain_valid) {
-		sodium_memzero(pstream->plain, pstream->plain_len);
-		pstream->plain_valid = FALSE;
-	}
+	/* Authenticated plaintext is not wiped here: the same bytes are in
+	   this stream's buffer and pop3's output buffer, which Dovecot frees
+	   without wiping, so wiping this copy protected nothing and was
+	   ~20k instructions (1 per byte) per 20 KB message. Plaintext that
+	   failed authentication is wiped where it is produced
+	   (aead_open(), pv_decrypt_collected()). */
+	pstream->plain_valid = FALSE;
 }
 
 /* Read and process the header. Returns 1 done, 0 need more, -1 error. */
@@ -101,7 +104,7 @@ static int pv_read_header(struct popvault_istream *pstream)
 	const unsigned char *data;
 	const char *error;
 	uoff_t parent_size, total;
-	size_t size, n;
+	size_t size, n, full;
 	int ret;
 
 	if (pstream->header_done)
@@ -143,13 +146,8 @@ static int pv_read_header(struct popvault_istream *pstream)
 		return -1;
 
 	pstream->chunk_size = (size_t)1 << pstream->hdr.chunk_log2;
-	/* Not i_malloc(): zeroing 128 KiB per message was the largest cost
-	   of reading small mail. Only bytes that were written are read, and
-	   plaintext is wiped (plain_len) before the buffer is reused or
-	   freed. */
-	pstream->ct = pv_malloc(pstream->chunk_size + POPVAULT_TAG_SIZE);
-	pstream->plain = pv_malloc(pstream->chunk_size);
 	pstream->header_done = TRUE;
+	full = pstream->chunk_size + POPVAULT_TAG_SIZE;
 
 	if (parent->seekable &&
 	    i_stream_get_size(parent, TRUE, &parent_size) > 0 &&
@@ -166,10 +164,18 @@ static int pv_read_header(struct popvault_istream *pstream)
 			pstream->chunk_size;
 		pstream->size_known = TRUE;
 		stream->cached_stream_size = pstream->plain_size;
+		/* most mail is a single short chunk: size the buffers to it */
+		if (total - POPVAULT_HEADER_SIZE < full)
+			full = total - POPVAULT_HEADER_SIZE;
 	} else {
 		/* work sequentially */
 		stream->istream.seekable = FALSE;
 	}
+	/* Not i_malloc(): zeroing them per message was the largest cost of
+	   reading small mail. Only bytes that were written are read. */
+	pstream->ct_size = full;
+	pstream->ct = pv_malloc(full);
+	pstream->plain = pv_malloc(I_MAX(full - POPVAULT_TAG_SIZE, 1));
 	return 1;
 }
 
@@ -218,6 +224,8 @@ static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
 	struct istream *parent = stream->parent;
 	const size_t full = pstream->chunk_size + POPVAULT_TAG_SIZE;
 	const unsigned char *data;
+
+	i_assert(pstream->size_known || pstream->ct_size == full);
 	size_t size, need, n;
 	bool final;
 	int ret;
@@ -235,6 +243,7 @@ static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
 		final = idx == pstream->n_chunks - 1;
 		need = !final ? full : (size_t)(pstream->plain_size -
 			idx * pstream->chunk_size) + POPVAULT_TAG_SIZE;
+		i_assert(need <= pstream->ct_size);
 		i_stream_seek(parent, stream->parent_start_offset +
 			      POPVAULT_HEADER_SIZE + idx * full +
 			      pstream->ct_used);
@@ -372,6 +381,7 @@ static void pv_reset(struct popvault_istream *pstream)
 	/* ciphertext is not secret: no need to wipe it */
 	free(pstream->ct);
 	pstream->ct = NULL;
+	pstream->ct_size = 0;
 	free(pstream->plain);
 	pstream->plain = NULL;
 	pstream->hdr_used = 0;

@@ -32,6 +32,8 @@ struct popvault_msg_cipher {
 	/* SHA-256 of the header || final_flag */
 	unsigned char aad[AAD_SIZE];
 	EVP_CIPHER_CTX *evp; /* AES-GCM only */
+	/* the receiver whose spare contexts evp goes back to, or NULL */
+	struct popvault_receiver *owner;
 };
 
 struct popvault_sender {
@@ -64,16 +66,44 @@ struct popvault_epoch_cache {
 	unsigned char epoch_secret[HASH_SIZE];
 };
 
+/* Spare AES-GCM decryption contexts kept by a receiver. Two per message
+   (key unwrap, then the data key) were created and freed per message:
+   EVP_CIPHER_CTX_new() and a full EVP_DecryptInit_ex() with the cipher
+   cost ~11k instructions each in OpenSSL 3, a key change on an existing
+   context a fraction of that. Each spare still holds the key schedule of
+   its last message; it lives only as long as the receiver (the session)
+   and EVP_CIPHER_CTX_free() cleanses it. */
+#define RECEIVER_SPARE_CTX_MAX 4
+
 struct popvault_receiver {
 	ARRAY(struct popvault_receiver_key) keys;
 	struct popvault_epoch_cache cache[POPVAULT_RECEIVER_CACHE_SIZE];
 	uint64_t use_counter;
 	uint64_t x25519_count;
+	EVP_CIPHER_CTX *spare_ctx[RECEIVER_SPARE_CTX_MAX];
+	unsigned int spare_ctx_count;
 };
+
+/* Fetched once per process: EVP_aes_256_gcm() in an init call makes
+   OpenSSL 3 look the implementation up again on every call. */
+static EVP_CIPHER *aes256gcm_cipher;
 
 int popvault_crypto_init(void)
 {
 	return sodium_init() < 0 ? -1 : 0;
+}
+
+void popvault_crypto_deinit(void)
+{
+	EVP_CIPHER_free(aes256gcm_cipher);
+	aes256gcm_cipher = NULL;
+}
+
+static const EVP_CIPHER *get_aes256gcm(void)
+{
+	if (aes256gcm_cipher == NULL)
+		aes256gcm_cipher = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+	return aes256gcm_cipher;
 }
 
 bool popvault_container_is_encrypted(const unsigned char *data, size_t size)
@@ -286,11 +316,14 @@ static void make_nonce(uint64_t idx, unsigned char *nonce, size_t nonce_size)
 static struct popvault_msg_cipher *
 msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 		  const unsigned char key[POPVAULT_DK_SIZE],
-		  const unsigned char header[POPVAULT_HEADER_SIZE])
+		  const unsigned char header[POPVAULT_HEADER_SIZE],
+		  struct popvault_receiver *owner)
 {
 	struct popvault_msg_cipher *mc;
+	const EVP_CIPHER *evp_cipher;
 	int ret;
 
+	i_assert(owner == NULL || !encrypt);
 	mc = i_new(struct popvault_msg_cipher, 1);
 	mc->cipher = cipher;
 	mc->chunk_log2 = chunk_log2;
@@ -300,21 +333,36 @@ msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 		crypto_hash_sha256(mc->aad, header, POPVAULT_HEADER_SIZE);
 
 	if (cipher == POPVAULT_CIPHER_AES256GCM) {
+		if (owner != NULL && owner->spare_ctx_count > 0) {
+			/* cipher, direction and IV length stay from the
+			   context's first use: only the key changes */
+			mc->evp = owner->spare_ctx[--owner->spare_ctx_count];
+			mc->owner = owner;
+			if (EVP_DecryptInit_ex(mc->evp, NULL, NULL, key,
+					       NULL) != 1) {
+				mc->owner = NULL;
+				popvault_msg_cipher_free(&mc);
+				return NULL;
+			}
+			return mc;
+		}
+		mc->owner = owner;
 		mc->evp = EVP_CIPHER_CTX_new();
-		if (mc->evp == NULL) {
+		evp_cipher = get_aes256gcm();
+		if (mc->evp == NULL || evp_cipher == NULL) {
 			popvault_msg_cipher_free(&mc);
 			return NULL;
 		}
 		/* Key is set once per message; only the IV changes per chunk. */
 		if (encrypt) {
-			ret = EVP_EncryptInit_ex(mc->evp, EVP_aes_256_gcm(),
+			ret = EVP_EncryptInit_ex(mc->evp, evp_cipher,
 						 NULL, NULL, NULL) == 1 &&
 				EVP_CIPHER_CTX_ctrl(mc->evp, EVP_CTRL_GCM_SET_IVLEN,
 						    GCM_NONCE_SIZE, NULL) == 1 &&
 				EVP_EncryptInit_ex(mc->evp, NULL, NULL, key,
 						   NULL) == 1;
 		} else {
-			ret = EVP_DecryptInit_ex(mc->evp, EVP_aes_256_gcm(),
+			ret = EVP_DecryptInit_ex(mc->evp, evp_cipher,
 						 NULL, NULL, NULL) == 1 &&
 				EVP_CIPHER_CTX_ctrl(mc->evp, EVP_CTRL_GCM_SET_IVLEN,
 						    GCM_NONCE_SIZE, NULL) == 1 &&
@@ -322,6 +370,8 @@ msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 						   NULL) == 1;
 		}
 		if (!ret) {
+			/* never give a half-initialized context back */
+			mc->owner = NULL;
 			popvault_msg_cipher_free(&mc);
 			return NULL;
 		}
@@ -332,11 +382,16 @@ msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 void popvault_msg_cipher_free(struct popvault_msg_cipher **_mc)
 {
 	struct popvault_msg_cipher *mc = *_mc;
+	struct popvault_receiver *owner;
 
 	if (mc == NULL)
 		return;
 	*_mc = NULL;
-	if (mc->evp != NULL)
+	owner = mc->owner;
+	if (mc->evp != NULL && owner != NULL &&
+	    owner->spare_ctx_count < N_ELEMENTS(owner->spare_ctx))
+		owner->spare_ctx[owner->spare_ctx_count++] = mc->evp;
+	else if (mc->evp != NULL)
 		EVP_CIPHER_CTX_free(mc->evp);
 	sodium_memzero(mc, sizeof(*mc));
 	i_free(mc);
@@ -577,7 +632,7 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	/* serialize without the wrapped key first: it's the wrap AAD */
 	popvault_header_serialize(&hdr, header_r);
 	wrap = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
-				 kek, NULL);
+				 kek, NULL, NULL);
 	sodium_memzero(kek, sizeof(kek));
 	if (wrap == NULL) {
 		sodium_memzero(dk, sizeof(dk));
@@ -597,7 +652,7 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	       sizeof(hdr.wrapped_dk));
 
 	*mc_r = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
-				  dk, header_r);
+				  dk, header_r, NULL);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";
@@ -629,6 +684,9 @@ void popvault_receiver_free(struct popvault_receiver **_receiver)
 	*_receiver = NULL;
 	array_foreach_modifiable(&receiver->keys, key)
 		sodium_memzero(key, sizeof(*key));
+	/* frees (and cleanses) the last key schedules */
+	while (receiver->spare_ctx_count > 0)
+		EVP_CIPHER_CTX_free(receiver->spare_ctx[--receiver->spare_ctx_count]);
 	array_free(&receiver->keys);
 	sodium_memzero(receiver, sizeof(*receiver));
 	i_free(receiver);
@@ -741,7 +799,7 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 	derive_kek(secret, hdr_r->salt, kek);
 	sodium_memzero(secret, sizeof(secret));
 	wrap = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
-				 kek, NULL);
+				 kek, NULL, receiver);
 	sodium_memzero(kek, sizeof(kek));
 	if (wrap == NULL) {
 		*error_r = "popvault: cipher initialization failed";
@@ -756,7 +814,7 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 		return -1;
 	}
 	*mc_r = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
-				  dk, data);
+				  dk, data, receiver);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";

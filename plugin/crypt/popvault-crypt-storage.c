@@ -647,4 +647,5 @@ void popvault_crypt_deinit(void)
 		i_free(entry);
 	}
 	array_free(&sender_cache);
+	popvault_crypto_deinit();
 }
