@@ -17,6 +17,7 @@ build/bench-results/<timestamp>/. docs/performance.md explains it all.
 """
 
 import argparse
+import imaplib
 import json
 import os
 import platform
@@ -57,6 +58,8 @@ WORKLOADS = [
      ("ratio", 1.05), "<= 1.05x plain"),
     ("pop3_retr", "POP3 RETR {retr_msgs} x {retr_size_h} pipelined", "s",
      ("ratio", 1.15), "<= 1.15x plain"),
+    ("imap_envelope", "IMAP FETCH 1:* (ENVELOPE), {retr_msgs} msgs", "s",
+     None, "-"),
     ("pop3_big", "POP3 RETR 1 x {big_size_h}", "s", None, "-"),
     ("pop3_big_rss", "pop3 peak RSS (VmHWM), RETR {big_size_h}", "MiB",
      ("plus", 2.0), "<= plain + 2 MiB"),
@@ -371,6 +374,34 @@ class Bench:
                         u, r["msgs"]))
                 self.samples["pop3_retr"][u].append(float(r["elapsed"]))
 
+    def w_imap_envelope(self):
+        """The price of keeping headers out of dovecot.index.cache: plain
+        and mail_crypt answer ENVELOPE from the cache after the warm-up,
+        popvault decrypts the first chunk of every message each time."""
+        s = self.size
+        if not (self.args.only is None or "pop3_retr" in self.args.only):
+            for u in USERS:
+                self.clear(u)
+                self.deliver(u, s["retr_msgs"], s["retr_size"])
+        for rep in range(s["reps"] + 1):
+            for u in USERS:
+                c = imaplib.IMAP4("127.0.0.1", self.port("imap"))
+                try:
+                    c.login(u, self.password(u))
+                    c.select("INBOX", readonly=True)
+                    t = time.time()
+                    typ, data = c.fetch("1:*", "(ENVELOPE)")
+                    elapsed = time.time() - t
+                finally:
+                    c.logout()
+                n = sum(1 for d in data if d and b"ENVELOPE" in (
+                    d[0] if isinstance(d, tuple) else d))
+                if typ != "OK" or n != s["retr_msgs"]:
+                    raise RuntimeError("%s: FETCH ENVELOPE gave %s, %d "
+                                       "messages" % (u, typ, n))
+                if rep > 0:   # rep 0 is the warm-up that fills the cache
+                    self.samples["imap_envelope"][u].append(elapsed)
+
     def pop3_session(self, u, mode, hold_cb=None):
         return self.client("pv-pop3", "127.0.0.1", self.port("pop3"), u,
                            self.password(u), mode,
@@ -486,6 +517,7 @@ class Bench:
 
     def run(self):
         steps = [("lmtp", self.w_lmtp), ("pop3_retr", self.w_pop3_retr),
+                 ("imap_envelope", self.w_imap_envelope),
                  ("pop3_big", self.w_pop3_big),
                  ("imap_partial", self.w_imap_partial),
                  ("pop3_uidl", self.w_pop3_uidl), ("sweep", self.w_sweep)]
@@ -785,8 +817,8 @@ def main():
     ap.add_argument("--callgrind-mailcrypt", action="store_true",
                     help="include mailcrypt in the callgrind run (slow)")
     ap.add_argument("--only", action="append",
-                    choices=["lmtp", "pop3_retr", "pop3_big", "imap_partial",
-                             "pop3_uidl", "sweep"])
+                    choices=["lmtp", "pop3_retr", "imap_envelope", "pop3_big",
+                             "imap_partial", "pop3_uidl", "sweep"])
     ap.add_argument("--no-encrypt", action="store_true",
                     help="do not probe or use popvault_encrypt")
     ap.add_argument("--master-key", help="popvault_master_key file to use "

@@ -57,7 +57,7 @@ struct popvault_msg_cipher;
 /* Must be called once before anything else (calls sodium_init()).
    Returns 0 on success, -1 on failure. Safe to call many times. */
 int popvault_crypto_init(void);
-/* Frees what popvault_crypto_init() and later calls cached per process. */
+/* Frees what popvault_crypto_init() fetched from OpenSSL. */
 void popvault_crypto_deinit(void);
 
 /* TRUE if data begins with the PVLT magic. size may be < magic size (then

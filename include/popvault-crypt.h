@@ -20,6 +20,16 @@ void popvault_crypt_user_deinit(struct popvault_user *puser);
 void popvault_crypt_init(struct module *module);
 void popvault_crypt_deinit(void);
 
+/* For the doveadm tools. Opens the mail's stream (authenticating the
+   header and the first chunk of an encrypted message) and says whether
+   it is stored as a PVLT container. -1 when the stream can't be opened:
+   the cause is in mailbox_get_last_internal_error(); a damaged container
+   fails here. */
+struct mail;
+int popvault_crypt_mail_was_encrypted(struct mail *mail, bool *encrypted_r);
+/* TRUE when new mail of the user is stored encrypted. */
+bool popvault_crypt_user_encrypts(struct mail_user *user);
+
 /* Marks a message whose damage was found only mid-reply. */
 #define POPVAULT_DAMAGED_KEYWORD "$PopvaultDamaged"
 

@@ -32,6 +32,11 @@ void popvault_retention_record_downloads(struct popvault_user *puser,
 					 struct mailbox_transaction_context *t,
 					 const ARRAY_TYPE(seq_range) *uids);
 
+/* Gives dest_seq the first-download time of src_seq (a message replaced
+   by a re-encoded copy, doveadm popvault encrypt/decrypt), in t. */
+void popvault_retention_copy_record(struct mailbox_transaction_context *t,
+				    uint32_t src_seq, uint32_t dest_seq);
+
 /* Applies the retention windows to the user's INBOX. With dry_run nothing
    changes and each message that would go is reported through report (may
    be NULL). Returns 0 on success, -1 with error_r. */

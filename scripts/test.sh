@@ -7,6 +7,8 @@ bash scripts/setup.sh
 cd build
 echo "== unit tests (lib-test, valgrind)"
 make check
+echo "== fuzz targets over their corpora (libFuzzer, ASan+UBSan)"
+make fuzz-regress
 echo "== make distcheck (the release tarball builds and passes make check)"
 make distcheck >distcheck.log 2>&1 || { tail -50 distcheck.log; exit 1; }
 echo "distcheck ok"

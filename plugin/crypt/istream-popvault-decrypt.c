@@ -23,7 +23,7 @@ struct popvault_istream {
 
 	/* ciphertext of the chunk being collected */
 	unsigned char *ct;
-	size_t ct_size, ct_used;
+	size_t ct_used;
 	uint64_t ct_idx;
 
 	/* authenticated plaintext of chunk plain_idx */
@@ -85,14 +85,22 @@ static void *pv_malloc(size_t size)
 	return mem;
 }
 
+/* Not i_malloc(): zeroing the buffers per message was the largest cost
+   of reading small mail, and only bytes that were written are ever read.
+   Every path that sets header_done allocates them. */
+static void pv_alloc_buffers(struct popvault_istream *pstream, size_t size)
+{
+	i_assert(pstream->ct == NULL && pstream->plain == NULL);
+	pstream->ct = pv_malloc(size + POPVAULT_TAG_SIZE);
+	pstream->plain = pv_malloc(I_MAX(size, 1));
+}
+
+/* Authenticated plaintext is not wiped: the same bytes already sit in
+   Dovecot's istream and ostream buffers, which nobody wipes, so wiping
+   this copy bought nothing and cost a memset of every message read. Keys
+   are wiped; unauthenticated output is wiped (aead_open()). */
 static void pv_reset_plain(struct popvault_istream *pstream)
 {
-	/* Authenticated plaintext is not wiped here: the same bytes are in
-	   this stream's buffer and pop3's output buffer, which Dovecot frees
-	   without wiping, so wiping this copy protected nothing and was
-	   ~20k instructions (1 per byte) per 20 KB message. Plaintext that
-	   failed authentication is wiped where it is produced
-	   (aead_open(), pv_decrypt_collected()). */
 	pstream->plain_valid = FALSE;
 }
 
@@ -104,7 +112,7 @@ static int pv_read_header(struct popvault_istream *pstream)
 	const unsigned char *data;
 	const char *error;
 	uoff_t parent_size, total;
-	size_t size, n, full;
+	size_t size, n;
 	int ret;
 
 	if (pstream->header_done)
@@ -147,7 +155,6 @@ static int pv_read_header(struct popvault_istream *pstream)
 
 	pstream->chunk_size = (size_t)1 << pstream->hdr.chunk_log2;
 	pstream->header_done = TRUE;
-	full = pstream->chunk_size + POPVAULT_TAG_SIZE;
 
 	if (parent->seekable &&
 	    i_stream_get_size(parent, TRUE, &parent_size) > 0 &&
@@ -155,6 +162,7 @@ static int pv_read_header(struct popvault_istream *pstream)
 		total = parent_size - stream->parent_start_offset;
 		if (popvault_container_plain_size(total, pstream->hdr.chunk_log2,
 						  &pstream->plain_size) < 0) {
+			pv_alloc_buffers(pstream, pstream->chunk_size);
 			return pv_error(pstream, "popvault: invalid container "
 				"length %"PRIuUOFF_T" (truncated or trailing "
 				"data)", total);
@@ -164,18 +172,14 @@ static int pv_read_header(struct popvault_istream *pstream)
 			pstream->chunk_size;
 		pstream->size_known = TRUE;
 		stream->cached_stream_size = pstream->plain_size;
-		/* most mail is a single short chunk: size the buffers to it */
-		if (total - POPVAULT_HEADER_SIZE < full)
-			full = total - POPVAULT_HEADER_SIZE;
 	} else {
 		/* work sequentially */
 		stream->istream.seekable = FALSE;
 	}
-	/* Not i_malloc(): zeroing them per message was the largest cost of
-	   reading small mail. Only bytes that were written are read. */
-	pstream->ct_size = full;
-	pstream->ct = pv_malloc(full);
-	pstream->plain = pv_malloc(I_MAX(full - POPVAULT_TAG_SIZE, 1));
+	/* most mail is smaller than a chunk */
+	pv_alloc_buffers(pstream, pstream->size_known ?
+			 I_MIN(pstream->chunk_size, pstream->plain_size) :
+			 pstream->chunk_size);
 	return 1;
 }
 
@@ -224,8 +228,6 @@ static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
 	struct istream *parent = stream->parent;
 	const size_t full = pstream->chunk_size + POPVAULT_TAG_SIZE;
 	const unsigned char *data;
-
-	i_assert(pstream->size_known || pstream->ct_size == full);
 	size_t size, need, n;
 	bool final;
 	int ret;
@@ -243,7 +245,6 @@ static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
 		final = idx == pstream->n_chunks - 1;
 		need = !final ? full : (size_t)(pstream->plain_size -
 			idx * pstream->chunk_size) + POPVAULT_TAG_SIZE;
-		i_assert(need <= pstream->ct_size);
 		i_stream_seek(parent, stream->parent_start_offset +
 			      POPVAULT_HEADER_SIZE + idx * full +
 			      pstream->ct_used);
@@ -381,7 +382,6 @@ static void pv_reset(struct popvault_istream *pstream)
 	/* ciphertext is not secret: no need to wipe it */
 	free(pstream->ct);
 	pstream->ct = NULL;
-	pstream->ct_size = 0;
 	free(pstream->plain);
 	pstream->plain = NULL;
 	pstream->hdr_used = 0;

@@ -32,8 +32,6 @@ struct popvault_msg_cipher {
 	/* SHA-256 of the header || final_flag */
 	unsigned char aad[AAD_SIZE];
 	EVP_CIPHER_CTX *evp; /* AES-GCM only */
-	/* the receiver whose spare contexts evp goes back to, or NULL */
-	struct popvault_receiver *owner;
 };
 
 struct popvault_sender {
@@ -66,70 +64,111 @@ struct popvault_epoch_cache {
 	unsigned char epoch_secret[HASH_SIZE];
 };
 
-/* Spare AES-GCM decryption contexts kept by a receiver. Two per message
-   (key unwrap, then the data key) were created and freed per message:
-   EVP_CIPHER_CTX_new() and a full EVP_DecryptInit_ex() with the cipher
-   cost ~11k instructions each in OpenSSL 3, a key change on an existing
-   context a fraction of that. Each spare still holds the key schedule of
-   its last message; it lives only as long as the receiver (the session)
-   and EVP_CIPHER_CTX_free() cleanses it. */
-#define RECEIVER_SPARE_CTX_MAX 4
-
 struct popvault_receiver {
 	ARRAY(struct popvault_receiver_key) keys;
 	struct popvault_epoch_cache cache[POPVAULT_RECEIVER_CACHE_SIZE];
 	uint64_t use_counter;
 	uint64_t x25519_count;
-	EVP_CIPHER_CTX *spare_ctx[RECEIVER_SPARE_CTX_MAX];
-	unsigned int spare_ctx_count;
 };
 
-/* Fetched once per process: EVP_aes_256_gcm() in an init call makes
-   OpenSSL 3 look the implementation up again on every call. */
-static EVP_CIPHER *aes256gcm_cipher;
-/* SHA-256 for the per-message HKDF and header hash: libcrypto's assembly
-   takes ~35 % fewer instructions than libsodium's portable C for the ten
-   blocks a message needs. libsodium stays the fallback. */
-static EVP_MD *sha256_md;
-static bool sha256_md_tried;
+/* OpenSSL 3 looks an algorithm up in its provider tables on every
+   EVP_aes_256_gcm()/EVP_sha256() init. Fetched once per process, reading
+   a message no longer pays for that (callgrind: ~13 k instructions per
+   message). Key material never lives in these objects. */
+static EVP_CIPHER *pv_aes_gcm;
+static EVP_MD *pv_sha256;
+static EVP_MD_CTX *pv_md_ctx;
 
 int popvault_crypto_init(void)
 {
-	return sodium_init() < 0 ? -1 : 0;
+	if (sodium_init() < 0)
+		return -1;
+	if (pv_aes_gcm == NULL)
+		pv_aes_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+	if (pv_sha256 == NULL)
+		pv_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	if (pv_md_ctx == NULL)
+		pv_md_ctx = EVP_MD_CTX_new();
+	/* AES-GCM is required; SHA-256 falls back to libsodium */
+	return pv_aes_gcm == NULL ? -1 : 0;
 }
 
 void popvault_crypto_deinit(void)
 {
-	EVP_CIPHER_free(aes256gcm_cipher);
-	aes256gcm_cipher = NULL;
-	EVP_MD_free(sha256_md);
-	sha256_md = NULL;
-	sha256_md_tried = FALSE;
+	EVP_MD_CTX_free(pv_md_ctx);
+	pv_md_ctx = NULL;
+	EVP_MD_free(pv_sha256);
+	pv_sha256 = NULL;
+	EVP_CIPHER_free(pv_aes_gcm);
+	pv_aes_gcm = NULL;
 }
 
-static const EVP_MD *get_sha256(void)
+struct pv_bytes {
+	const unsigned char *data;
+	size_t size;
+};
+
+/* SHA-256 of the concatenated parts. OpenSSL's assembly is about twice as
+   fast as libsodium's portable C here; libsodium (same function, same
+   result) covers an OpenSSL failure so callers cannot fail. */
+static void pv_sha256_parts(const struct pv_bytes *parts, unsigned int count,
+			    unsigned char out[HASH_SIZE])
 {
-	if (!sha256_md_tried) {
-		sha256_md_tried = TRUE;
-		sha256_md = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+	crypto_hash_sha256_state st;
+	unsigned int i;
+
+	if (pv_sha256 != NULL && pv_md_ctx != NULL &&
+	    EVP_DigestInit_ex2(pv_md_ctx, pv_sha256, NULL) == 1) {
+		for (i = 0; i < count; i++) {
+			if (EVP_DigestUpdate(pv_md_ctx, parts[i].data,
+					     parts[i].size) != 1)
+				break;
+		}
+		if (i == count && EVP_DigestFinal_ex(pv_md_ctx, out, NULL) == 1)
+			return;
 	}
-	return sha256_md;
+	crypto_hash_sha256_init(&st);
+	for (i = 0; i < count; i++)
+		crypto_hash_sha256_update(&st, parts[i].data, parts[i].size);
+	crypto_hash_sha256_final(&st, out);
+	sodium_memzero(&st, sizeof(st));
 }
 
-static void sha256(unsigned char out[32], const unsigned char *data,
-		   size_t size)
-{
-	const EVP_MD *md = get_sha256();
+#define SHA256_BLOCK_SIZE 64
 
-	if (md == NULL || EVP_Digest(data, size, out, NULL, md, NULL) != 1)
-		crypto_hash_sha256(out, data, size);
-}
-
-static const EVP_CIPHER *get_aes256gcm(void)
+/* RFC 2104 HMAC-SHA256 over msg parts (at most 3). */
+static void pv_hmac_sha256(const unsigned char *key, size_t key_len,
+			   const struct pv_bytes *msg, unsigned int msg_count,
+			   unsigned char out[HASH_SIZE])
 {
-	if (aes256gcm_cipher == NULL)
-		aes256gcm_cipher = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
-	return aes256gcm_cipher;
+	unsigned char k[SHA256_BLOCK_SIZE], pad[SHA256_BLOCK_SIZE];
+	unsigned char inner[HASH_SIZE];
+	struct pv_bytes parts[4];
+	unsigned int i;
+
+	i_assert(msg_count < N_ELEMENTS(parts));
+	memset(k, 0, sizeof(k));
+	if (key_len > sizeof(k)) {
+		parts[0].data = key; parts[0].size = key_len;
+		pv_sha256_parts(parts, 1, k);
+	} else {
+		memcpy(k, key, key_len);
+	}
+	for (i = 0; i < sizeof(pad); i++)
+		pad[i] = k[i] ^ 0x36;
+	parts[0].data = pad; parts[0].size = sizeof(pad);
+	for (i = 0; i < msg_count; i++)
+		parts[i + 1] = msg[i];
+	pv_sha256_parts(parts, msg_count + 1, inner);
+
+	for (i = 0; i < sizeof(pad); i++)
+		pad[i] = k[i] ^ 0x5c;
+	parts[1].data = inner; parts[1].size = sizeof(inner);
+	pv_sha256_parts(parts, 2, out);
+
+	sodium_memzero(k, sizeof(k));
+	sodium_memzero(pad, sizeof(pad));
+	sodium_memzero(inner, sizeof(inner));
 }
 
 bool popvault_container_is_encrypted(const unsigned char *data, size_t size)
@@ -262,123 +301,35 @@ void popvault_keypair_generate(unsigned char pk_r[POPVAULT_PK_SIZE],
 
 /* ---- HKDF-SHA256 (RFC 5869) ---- */
 
-#define SHA256_BLOCK_SIZE 64
-
-/* HMAC-SHA256 (RFC 2104) of up to three concatenated parts on libcrypto's
-   SHA-256. Returns -1 if libcrypto fails (the caller falls back). */
-static int
-hmac_sha256_evp(EVP_MD_CTX *ctx, const EVP_MD *md,
-		const unsigned char *key, size_t key_len,
-		const unsigned char *m1, size_t m1_len,
-		const unsigned char *m2, size_t m2_len,
-		const unsigned char *m3, size_t m3_len,
-		unsigned char out[HASH_SIZE])
-{
-	unsigned char pad[SHA256_BLOCK_SIZE], key_hash[HASH_SIZE];
-	unsigned char inner[HASH_SIZE];
-	unsigned int i, len;
-	int ret;
-
-	if (key_len > SHA256_BLOCK_SIZE) {
-		if (EVP_Digest(key, key_len, key_hash, NULL, md, NULL) != 1)
-			return -1;
-		key = key_hash;
-		key_len = HASH_SIZE;
-	}
-	memset(pad, 0x36, sizeof(pad));
-	for (i = 0; i < key_len; i++)
-		pad[i] ^= key[i];
-	ret = EVP_DigestInit_ex2(ctx, md, NULL) == 1 &&
-		EVP_DigestUpdate(ctx, pad, sizeof(pad)) == 1 &&
-		(m1_len == 0 || EVP_DigestUpdate(ctx, m1, m1_len) == 1) &&
-		(m2_len == 0 || EVP_DigestUpdate(ctx, m2, m2_len) == 1) &&
-		(m3_len == 0 || EVP_DigestUpdate(ctx, m3, m3_len) == 1) &&
-		EVP_DigestFinal_ex(ctx, inner, &len) == 1;
-	for (i = 0; i < sizeof(pad); i++)
-		pad[i] ^= 0x36 ^ 0x5c;
-	ret = ret &&
-		EVP_DigestInit_ex2(ctx, md, NULL) == 1 &&
-		EVP_DigestUpdate(ctx, pad, sizeof(pad)) == 1 &&
-		EVP_DigestUpdate(ctx, inner, sizeof(inner)) == 1 &&
-		EVP_DigestFinal_ex(ctx, out, &len) == 1;
-	OPENSSL_cleanse(pad, sizeof(pad));
-	OPENSSL_cleanse(key_hash, sizeof(key_hash));
-	OPENSSL_cleanse(inner, sizeof(inner));
-	return ret ? 0 : -1;
-}
-
-static int
-hkdf_sha256_evp(const unsigned char *salt, size_t salt_len,
-		const unsigned char *ikm, size_t ikm_len,
-		const unsigned char *info, size_t info_len,
-		unsigned char *out, size_t out_len)
-{
-	const EVP_MD *md = get_sha256();
-	EVP_MD_CTX *ctx;
-	unsigned char prk[HASH_SIZE], t[HASH_SIZE];
-	size_t done = 0, n;
-	unsigned char counter = 1;
-	int ret = 0;
-
-	if (md == NULL || (ctx = EVP_MD_CTX_new()) == NULL)
-		return -1;
-	/* extract */
-	if (hmac_sha256_evp(ctx, md, salt, salt_len, ikm, ikm_len,
-			    NULL, 0, NULL, 0, prk) < 0)
-		ret = -1;
-	/* expand */
-	while (ret == 0 && done < out_len) {
-		if (hmac_sha256_evp(ctx, md, prk, sizeof(prk),
-				    t, counter > 1 ? sizeof(t) : 0,
-				    info, info_len, &counter, 1, t) < 0) {
-			ret = -1;
-			break;
-		}
-		n = I_MIN(out_len - done, sizeof(t));
-		memcpy(out + done, t, n);
-		done += n;
-		counter++;
-	}
-	/* the digest state is key material: freeing cleanses it */
-	EVP_MD_CTX_free(ctx);
-	OPENSSL_cleanse(prk, sizeof(prk));
-	OPENSSL_cleanse(t, sizeof(t));
-	if (ret < 0)
-		OPENSSL_cleanse(out, out_len);
-	return ret;
-}
-
 void popvault_hkdf_sha256(const unsigned char *salt, size_t salt_len,
 			  const unsigned char *ikm, size_t ikm_len,
 			  const unsigned char *info, size_t info_len,
 			  unsigned char *out, size_t out_len)
 {
 	static const unsigned char zero_salt[HASH_SIZE] = { 0 };
-	crypto_auth_hmacsha256_state st;
 	unsigned char prk[HASH_SIZE], t[HASH_SIZE];
+	struct pv_bytes msg[3];
 	size_t done = 0, n;
 	unsigned char counter = 1;
+	unsigned int count;
 
 	i_assert(out_len <= 255 * HASH_SIZE);
 	if (salt == NULL || salt_len == 0) {
 		salt = zero_salt;
 		salt_len = sizeof(zero_salt);
 	}
-	if (hkdf_sha256_evp(salt, salt_len, ikm, ikm_len, info, info_len,
-			    out, out_len) == 0)
-		return;
 	/* extract */
-	crypto_auth_hmacsha256_init(&st, salt, salt_len);
-	crypto_auth_hmacsha256_update(&st, ikm, ikm_len);
-	crypto_auth_hmacsha256_final(&st, prk);
+	msg[0].data = ikm; msg[0].size = ikm_len;
+	pv_hmac_sha256(salt, salt_len, msg, 1, prk);
 	/* expand */
 	while (done < out_len) {
-		crypto_auth_hmacsha256_init(&st, prk, sizeof(prk));
-		if (counter > 1)
-			crypto_auth_hmacsha256_update(&st, t, sizeof(t));
-		crypto_auth_hmacsha256_update(&st, info, info_len);
-		crypto_auth_hmacsha256_update(&st, &counter, 1);
-		crypto_auth_hmacsha256_final(&st, t);
+		count = 0;
+		if (counter > 1) {
+			msg[count].data = t; msg[count++].size = sizeof(t);
+		}
+		msg[count].data = info; msg[count++].size = info_len;
+		msg[count].data = &counter; msg[count++].size = 1;
+		pv_hmac_sha256(prk, sizeof(prk), msg, count, t);
 		n = I_MIN(out_len - done, sizeof(t));
 		memcpy(out + done, t, n);
 		done += n;
@@ -386,7 +337,6 @@ void popvault_hkdf_sha256(const unsigned char *salt, size_t salt_len,
 	}
 	sodium_memzero(prk, sizeof(prk));
 	sodium_memzero(t, sizeof(t));
-	sodium_memzero(&st, sizeof(st));
 }
 
 static void
@@ -431,62 +381,40 @@ static void make_nonce(uint64_t idx, unsigned char *nonce, size_t nonce_size)
 static struct popvault_msg_cipher *
 msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 		  const unsigned char key[POPVAULT_DK_SIZE],
-		  const unsigned char header[POPVAULT_HEADER_SIZE],
-		  struct popvault_receiver *owner)
+		  const unsigned char header[POPVAULT_HEADER_SIZE])
 {
 	struct popvault_msg_cipher *mc;
-	const EVP_CIPHER *evp_cipher;
 	int ret;
 
-	i_assert(owner == NULL || !encrypt);
 	mc = i_new(struct popvault_msg_cipher, 1);
 	mc->cipher = cipher;
 	mc->chunk_log2 = chunk_log2;
 	mc->encrypt = encrypt;
 	memcpy(mc->key, key, sizeof(mc->key));
-	if (header != NULL)
-		sha256(mc->aad, header, POPVAULT_HEADER_SIZE);
+	if (header != NULL) {
+		struct pv_bytes part = { header, POPVAULT_HEADER_SIZE };
+
+		pv_sha256_parts(&part, 1, mc->aad);
+	}
 
 	if (cipher == POPVAULT_CIPHER_AES256GCM) {
-		if (owner != NULL && owner->spare_ctx_count > 0) {
-			/* cipher, direction and IV length stay from the
-			   context's first use: only the key changes */
-			mc->evp = owner->spare_ctx[--owner->spare_ctx_count];
-			mc->owner = owner;
-			if (EVP_DecryptInit_ex(mc->evp, NULL, NULL, key,
-					       NULL) != 1) {
-				mc->owner = NULL;
-				popvault_msg_cipher_free(&mc);
-				return NULL;
-			}
-			return mc;
-		}
-		mc->owner = owner;
 		mc->evp = EVP_CIPHER_CTX_new();
-		evp_cipher = get_aes256gcm();
-		if (mc->evp == NULL || evp_cipher == NULL) {
+		if (mc->evp == NULL) {
 			popvault_msg_cipher_free(&mc);
 			return NULL;
 		}
-		/* Key is set once per message; only the IV changes per chunk. */
-		if (encrypt) {
-			ret = EVP_EncryptInit_ex(mc->evp, evp_cipher,
-						 NULL, NULL, NULL) == 1 &&
-				EVP_CIPHER_CTX_ctrl(mc->evp, EVP_CTRL_GCM_SET_IVLEN,
-						    GCM_NONCE_SIZE, NULL) == 1 &&
-				EVP_EncryptInit_ex(mc->evp, NULL, NULL, key,
-						   NULL) == 1;
+		/* Key is set once per message; only the IV changes per chunk.
+		   The default GCM IV length is GCM_NONCE_SIZE (96 bits). */
+		if (pv_aes_gcm == NULL)
+			ret = 0;
+		else if (encrypt) {
+			ret = EVP_EncryptInit_ex2(mc->evp, pv_aes_gcm, key,
+						  NULL, NULL) == 1;
 		} else {
-			ret = EVP_DecryptInit_ex(mc->evp, evp_cipher,
-						 NULL, NULL, NULL) == 1 &&
-				EVP_CIPHER_CTX_ctrl(mc->evp, EVP_CTRL_GCM_SET_IVLEN,
-						    GCM_NONCE_SIZE, NULL) == 1 &&
-				EVP_DecryptInit_ex(mc->evp, NULL, NULL, key,
-						   NULL) == 1;
+			ret = EVP_DecryptInit_ex2(mc->evp, pv_aes_gcm, key,
+						  NULL, NULL) == 1;
 		}
 		if (!ret) {
-			/* never give a half-initialized context back */
-			mc->owner = NULL;
 			popvault_msg_cipher_free(&mc);
 			return NULL;
 		}
@@ -497,16 +425,11 @@ msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 void popvault_msg_cipher_free(struct popvault_msg_cipher **_mc)
 {
 	struct popvault_msg_cipher *mc = *_mc;
-	struct popvault_receiver *owner;
 
 	if (mc == NULL)
 		return;
 	*_mc = NULL;
-	owner = mc->owner;
-	if (mc->evp != NULL && owner != NULL &&
-	    owner->spare_ctx_count < N_ELEMENTS(owner->spare_ctx))
-		owner->spare_ctx[owner->spare_ctx_count++] = mc->evp;
-	else if (mc->evp != NULL)
+	if (mc->evp != NULL)
 		EVP_CIPHER_CTX_free(mc->evp);
 	sodium_memzero(mc, sizeof(*mc));
 	i_free(mc);
@@ -747,7 +670,7 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	/* serialize without the wrapped key first: it's the wrap AAD */
 	popvault_header_serialize(&hdr, header_r);
 	wrap = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
-				 kek, NULL, NULL);
+				 kek, NULL);
 	sodium_memzero(kek, sizeof(kek));
 	if (wrap == NULL) {
 		sodium_memzero(dk, sizeof(dk));
@@ -767,7 +690,7 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	       sizeof(hdr.wrapped_dk));
 
 	*mc_r = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
-				  dk, header_r, NULL);
+				  dk, header_r);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";
@@ -799,9 +722,6 @@ void popvault_receiver_free(struct popvault_receiver **_receiver)
 	*_receiver = NULL;
 	array_foreach_modifiable(&receiver->keys, key)
 		sodium_memzero(key, sizeof(*key));
-	/* frees (and cleanses) the last key schedules */
-	while (receiver->spare_ctx_count > 0)
-		EVP_CIPHER_CTX_free(receiver->spare_ctx[--receiver->spare_ctx_count]);
 	array_free(&receiver->keys);
 	sodium_memzero(receiver, sizeof(*receiver));
 	i_free(receiver);
@@ -914,7 +834,7 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 	derive_kek(secret, hdr_r->salt, kek);
 	sodium_memzero(secret, sizeof(secret));
 	wrap = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
-				 kek, NULL, receiver);
+				 kek, NULL);
 	sodium_memzero(kek, sizeof(kek));
 	if (wrap == NULL) {
 		*error_r = "popvault: cipher initialization failed";
@@ -929,7 +849,7 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 		return -1;
 	}
 	*mc_r = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
-				  dk, data, receiver);
+				  dk, data);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";

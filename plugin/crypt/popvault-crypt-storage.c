@@ -69,6 +69,16 @@ struct popvault_crypt_mailbox {
 	uoff_t save_input_offset;
 };
 
+struct popvault_crypt_mail {
+	union mail_module_context module_ctx;
+	/* whether the stream last opened for this mail was a PVLT
+	   container (popvault_crypt_mail_was_encrypted(), for the tools) */
+	bool opened_encrypted;
+	/* the last open failed because of this message itself (damage,
+	   refused plaintext), not because the user's keys are unusable */
+	bool failed_message;
+};
+
 /* What a mid-stream decryption error needs to log and react; owned by
    the stream (freed by its destroy callback), since streams can outlive
    their mail (zlib's read cache). */
@@ -264,12 +274,28 @@ static int crypt_mail_fail(struct mail *mail, const char *cause)
 			  cause);
 	mail_storage_set_error(mail->box->storage, MAIL_ERROR_INVALIDDATA,
 			       "Message is damaged or can't be decrypted");
+	/* the client gets the text above; tools (doveadm popvault verify)
+	   report the cause via mailbox_get_last_internal_error() */
+	i_free(mail->box->storage->last_internal_error);
+	mail->box->storage->last_internal_error = i_strdup(cause);
+	mail->box->storage->last_error_is_internal = TRUE;
 	return -1;
 }
 
 /* Damage found only mid-reply is remembered with the message, so later
    sessions answer -ERR at once instead of failing the client on the same
    message forever. An admin clears the keyword after repairing it. */
+/* crypt_mail_fail() for a cause in the message itself: only that
+   message fails (see crypt_mail_get_virtual_size()). */
+static int crypt_mail_fail_message(struct mail *mail, const char *cause)
+{
+	struct mail_private *pmail = (struct mail_private *)mail;
+	struct popvault_crypt_mail *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(pmail);
+
+	cmail->failed_message = TRUE;
+	return crypt_mail_fail(mail, cause);
+}
+
 static void crypt_mark_damaged(struct popvault_crypt_user *cuser,
 			       struct mailbox *box, uint32_t uid)
 {
@@ -327,7 +353,7 @@ static bool crypt_stream_is_encrypted(struct istream *input)
 static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 {
 	struct mail_private *pmail = (struct mail_private *)mail;
-	union mail_module_context *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(pmail);
+	struct popvault_crypt_mail *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(pmail);
 	struct popvault_crypt_user *cuser =
 		crypt_user(mail->box->storage->user);
 	struct popvault_receiver *receiver;
@@ -343,19 +369,21 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		i_stream_unref(stream);
 		i_stream_seek(cbox->save_input, cbox->save_input_offset);
 		*stream = i_stream_create_limit(cbox->save_input, UOFF_T_MAX);
-		return cmail->super.istream_opened(mail, stream);
+		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
+	cmail->opened_encrypted = FALSE;
 	if (!crypt_stream_is_encrypted(*stream)) {
 		if ((*stream)->stream_errno != 0)
-			return cmail->super.istream_opened(mail, stream);
+			return cmail->module_ctx.super.istream_opened(mail, stream);
 		if (cuser->set->require_encrypted) {
-			return crypt_mail_fail(mail, "plaintext message "
+			return crypt_mail_fail_message(mail, "plaintext message "
 				"refused (popvault_require_encrypted=yes)");
 		}
-		return cmail->super.istream_opened(mail, stream);
+		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
+	cmail->opened_encrypted = TRUE;
 	if (popvault_mail_has_keyword(mail, POPVAULT_DAMAGED_KEYWORD)) {
-		return crypt_mail_fail(mail, "found damaged by an earlier read "
+		return crypt_mail_fail_message(mail, "found damaged by an earlier read "
 			"(keyword "POPVAULT_DAMAGED_KEYWORD"; clear it after "
 			"repairing the message)");
 	}
@@ -376,7 +404,7 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 	   fails before a reply starts: POP3 -ERR, IMAP NO. */
 	ret = i_stream_read(input);
 	if (ret == -1 && input->stream_errno != 0)
-		return crypt_mail_fail(mail, i_stream_get_error(input));
+		return crypt_mail_fail_message(mail, i_stream_get_error(input));
 
 	sctx = i_new(struct crypt_stream_ctx, 1);
 	sctx->cuser = cuser;
@@ -387,22 +415,69 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 	i_stream_popvault_decrypt_set_error_callback(input,
 		crypt_stream_error, sctx);
 	i_stream_add_destroy_callback(input, crypt_stream_ctx_free, sctx);
-	return cmail->super.istream_opened(mail, stream);
+	return cmail->module_ctx.super.istream_opened(mail, stream);
+}
+
+/* pop3 refuses the whole session when one size lookup fails, so a single
+   message that can't be decrypted (and has no size in the maildir file
+   name or dbox metadata, e.g. a planted or rebuilt file) would keep the
+   client from every other message. In a POP3 session it is listed with
+   size 0 instead; RETR and TOP of it answer -ERR. Unusable keys still fail
+   the session: then no encrypted message would read. */
+static int crypt_mail_get_virtual_size(struct mail *_mail, uoff_t *size_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct popvault_crypt_mail *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(mail);
+
+	cmail->failed_message = FALSE;
+	if (cmail->module_ctx.super.get_virtual_size(_mail, size_r) == 0)
+		return 0;
+	if (!cmail->failed_message ||
+	    (_mail->box->flags & MAILBOX_FLAG_POP3_SESSION) == 0)
+		return -1;
+	*size_r = 0;
+	return 0;
 }
 
 static void crypt_mail_allocated(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
 	struct mail_vfuncs *v = mail->vlast;
-	union mail_module_context *cmail;
+	struct popvault_crypt_mail *cmail;
 
 	if (crypt_user(_mail->box->storage->user) == NULL)
 		return;
-	cmail = p_new(mail->pool, union mail_module_context, 1);
-	cmail->super = *v;
-	mail->vlast = &cmail->super;
+	cmail = p_new(mail->pool, struct popvault_crypt_mail, 1);
+	cmail->module_ctx.super = *v;
+	mail->vlast = &cmail->module_ctx.super;
 	v->istream_opened = crypt_istream_opened;
-	MODULE_CONTEXT_SET_SELF(mail, popvault_crypt_mail_module, cmail);
+	v->get_virtual_size = crypt_mail_get_virtual_size;
+	MODULE_CONTEXT_SET(mail, popvault_crypt_mail_module, cmail);
+}
+
+int popvault_crypt_mail_was_encrypted(struct mail *mail, bool *encrypted_r)
+{
+	struct mail_private *pmail = (struct mail_private *)mail;
+	struct popvault_crypt_mail *cmail =
+		MODULE_CONTEXT(pmail, popvault_crypt_mail_module);
+	struct istream *input;
+
+	if (cmail == NULL) {
+		/* no crypt settings for the user: nothing is decrypted */
+		*encrypted_r = FALSE;
+		return 0;
+	}
+	if (mail_get_stream(mail, NULL, NULL, &input) < 0)
+		return -1;
+	*encrypted_r = cmail->opened_encrypted;
+	return 0;
+}
+
+bool popvault_crypt_user_encrypts(struct mail_user *user)
+{
+	struct popvault_crypt_user *cuser = crypt_user(user);
+
+	return cuser != NULL && cuser->set->encrypt;
 }
 
 /* ---- save ---- */

@@ -79,6 +79,16 @@ static void record_set(struct mailbox_transaction_context *t,
 	mail_index_update_ext(t->itrans, seq, ext_id, &rec, NULL);
 }
 
+void popvault_retention_copy_record(struct mailbox_transaction_context *t,
+				    uint32_t src_seq, uint32_t dest_seq)
+{
+	uint32_t ext_id = retention_ext_id(t->box);
+	time_t first = record_get(t, ext_id, src_seq);
+
+	if (first != 0 && record_get(t, ext_id, dest_seq) == 0)
+		record_set(t, ext_id, dest_seq, first);
+}
+
 static struct mail_keywords *downloaded_keyword(struct mailbox *box)
 {
 	const char *const names[] = { POPVAULT_DOWNLOADED_KEYWORD, NULL };

@@ -89,3 +89,17 @@ def pop3_listing(dc, user):
     finally:
         p.command("QUIT")
         p.close()
+
+
+def append_dated(dc, user, subject, internaldate):
+    """IMAP APPEND with an INTERNALDATE: the honest way to age mail."""
+    c = dc.imap(user)
+    try:
+        msg = make_message(subject)
+        c.cmd('a1 APPEND INBOX "%s" {%d}' % (internaldate, len(msg)))
+        assert c.readline().startswith("+")
+        c.send(msg + b"\r\n")
+        r = c.readline()
+        assert r.startswith("a1 OK"), r
+    finally:
+        c.logout()

@@ -12,7 +12,7 @@ import harness
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-WORKLOADS = ("lmtp", "pop3_retr", "pop3_big", "pop3_big_rss",
+WORKLOADS = ("lmtp", "pop3_retr", "imap_envelope", "pop3_big", "pop3_big_rss",
              "imap_partial", "pop3_uidl", "pop3_uidl_cold", "sweep")
 USERS = ("plain", "mailcrypt", "popvault")
 

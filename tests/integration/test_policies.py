@@ -6,8 +6,8 @@ import subprocess
 import time
 
 from harness import User, dovecot, make_message
-from policy_util import (deliver_numbered, imap_inventory, pop3_listing,
-                         pop3_session, subjects)
+from policy_util import (append_dated, deliver_numbered, imap_inventory,
+                         pop3_listing, pop3_session, subjects)
 
 HIDDEN = "$POP3Hidden"
 
@@ -184,17 +184,6 @@ def test_two_users_different_policies_same_server():
         assert pop3_listing(dc, "b") == ["m2"]
 
 
-def _append_dated(dc, user, subject, internaldate):
-    c = dc.imap(user)
-    try:
-        msg = make_message(subject)
-        c.cmd('a1 APPEND INBOX "%s" {%d}' % (internaldate, len(msg)))
-        assert c.readline().startswith("+")
-        c.send(msg + b"\r\n")
-        r = c.readline()
-        assert r.startswith("a1 OK"), r
-    finally:
-        c.logout()
 
 
 def test_list_window_and_since():
@@ -204,8 +193,8 @@ def test_list_window_and_since():
              User("all", fields={"popvault_list_window": "0"})]
     with dovecot(users) as dc:
         for u in ("win", "since", "sinceunix", "all"):
-            _append_dated(dc, u, "old2024", "01-Jan-2024 00:00:00 +0000")
-            _append_dated(dc, u, "mid2025", "01-Jul-2025 12:00:00 +0000")
+            append_dated(dc, u, "old2024", "01-Jan-2024 00:00:00 +0000")
+            append_dated(dc, u, "mid2025", "01-Jul-2025 12:00:00 +0000")
             dc.deliver(u, make_message("fresh"))
         assert pop3_listing(dc, "win") == ["fresh"]
         assert pop3_listing(dc, "since") == ["mid2025", "fresh"]
@@ -228,9 +217,9 @@ def test_window_with_policy_and_deleted_flag_numbering():
                                "popvault_after_retr": "hide"})]
     with dovecot(users, extra_conf="pop3_deleted_flag = POP3Deleted\n") as dc:
         dc.deliver("w", make_message("new1"))
-        _append_dated(dc, "w", "old1", "01-Jan-2024 00:00:00 +0000")
+        append_dated(dc, "w", "old1", "01-Jan-2024 00:00:00 +0000")
         dc.deliver("w", make_message("new2"))
-        _append_dated(dc, "w", "old2", "02-Jan-2024 00:00:00 +0000")
+        append_dated(dc, "w", "old2", "02-Jan-2024 00:00:00 +0000")
         dc.deliver("w", make_message("new3"))
         assert pop3_listing(dc, "w") == ["new1", "new2", "new3"]
         p = dc.pop3("w")

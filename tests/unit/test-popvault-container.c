@@ -751,10 +751,13 @@ int main(void)
 		test_bad_recipient_key,
 		NULL
 	};
+	int ret;
 
 	if (popvault_crypto_init() < 0)
 		i_fatal("sodium_init() failed");
 	popvault_keypair_generate(user_pk, user_sk);
 	popvault_keypair_generate(other_pk, other_sk);
-	return test_run(test_functions);
+	ret = test_run(test_functions);
+	popvault_crypto_deinit();
+	return ret;
 }

@@ -116,10 +116,13 @@ int main(void)
 		test_cleanup,
 		NULL
 	};
+	int ret;
 
 	if (mkdtemp(tmpdir) == NULL)
 		i_fatal("mkdtemp() failed: %m");
 	if (popvault_crypto_init() < 0)
 		i_fatal("popvault_crypto_init() failed");
-	return test_run(test_functions);
+	ret = test_run(test_functions);
+	popvault_crypto_deinit();
+	return ret;
 }
