@@ -563,6 +563,7 @@ class CallgrindBench(Bench):
                              r"mpid=(\d+)", self.dc.log()[since:]):
             pid = int(m.group(2))
         path = os.path.join(self.cgdir, "callgrind.out.%d" % pid)
+        self.cg_path = path
         deadline = time.time() + 60
         while time.time() < deadline:
             with open(path, errors="replace") as f:
@@ -571,6 +572,19 @@ class CallgrindBench(Bench):
                 return int(m.group(1))
             time.sleep(0.2)
         raise RuntimeError("no callgrind totals in %s" % path)
+
+    def keep_profile(self, user):
+        """Copy the download's profile into the results for
+        callgrind_annotate (the work dir goes). "summary:" comes first in
+        the file, "totals:" last: wait for the end of the dump."""
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with open(self.cg_path, errors="replace") as f:
+                if re.search(r"^totals: \d+", f.read(), re.M):
+                    break
+            time.sleep(0.2)
+        shutil.copy(self.cg_path, os.path.join(
+            self.args.out, "callgrind.pop3.%s.out" % user))
 
     def run(self):
         s = self.size
@@ -591,6 +605,7 @@ class CallgrindBench(Bench):
                           "per_message_Ir": (total - base) / s["retr_msgs"]}
             log("  callgrind %s: %d Ir (login+STAT+QUIT alone %d)" % (
                 u, total, base))
+            self.keep_profile(u)
 
 
 # --- reporting -------------------------------------------------------------

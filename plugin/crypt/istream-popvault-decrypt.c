@@ -2,6 +2,7 @@
 
 #include "lib.h"
 #include "istream-private.h"
+#include "memarea.h"
 #include "popvault-crypt-stream.h"
 
 #include <sodium.h>
@@ -26,10 +27,10 @@ struct popvault_istream {
 	size_t ct_used;
 	uint64_t ct_idx;
 
-	/* authenticated plaintext of chunk plain_idx */
-	unsigned char *plain;
+	/* Length of the chunk last decrypted. Its plaintext is written into
+	   this stream's own buffer after pos, where no reader sees it until
+	   pos moves over it, which happens only once it has authenticated. */
 	size_t plain_len;
-	uint64_t plain_idx;
 
 	/* sequential mode: next chunk index in the parent stream, and the
 	   end of plaintext once the final chunk is seen */
@@ -42,7 +43,6 @@ struct popvault_istream {
 	bool header_done:1;
 	bool size_known:1;
 	bool collecting:1;
-	bool plain_valid:1;
 	bool final_seen:1;
 };
 
@@ -85,23 +85,38 @@ static void *pv_malloc(size_t size)
 	return mem;
 }
 
-/* Not i_malloc(): zeroing the buffers per message was the largest cost
-   of reading small mail, and only bytes that were written are ever read.
-   Every path that sets header_done allocates them. */
-static void pv_alloc_buffers(struct popvault_istream *pstream, size_t size)
+static void pv_w_buffer_free(void *buf)
 {
-	i_assert(pstream->ct == NULL && pstream->plain == NULL);
-	pstream->ct = pv_malloc(size + POPVAULT_TAG_SIZE);
-	pstream->plain = pv_malloc(I_MAX(size, 1));
+	free(buf);
 }
 
-/* Authenticated plaintext is not wiped: the same bytes already sit in
-   Dovecot's istream and ostream buffers, which nobody wipes, so wiping
-   this copy bought nothing and cost a memset of every message read. Keys
-   are wiped; unauthenticated output is wiped (aead_open()). */
-static void pv_reset_plain(struct popvault_istream *pstream)
+/* Not i_malloc(): zeroing the buffers per message was the largest cost
+   of reading small mail, and only bytes that were written are ever read.
+   The stream's own buffer is also allocated here, unzeroed and sized to
+   the first chunk, so that a chunk is decrypted straight into it: no
+   private plaintext copy, no second copy into the stream buffer.
+   istream.c reallocates and frees it like its own (malloc()/realloc()/
+   free() through the system pool). Every path that sets header_done
+   calls this. */
+static void pv_alloc_buffers(struct popvault_istream *pstream, size_t size)
 {
-	pstream->plain_valid = FALSE;
+	struct istream_private *stream = &pstream->istream;
+
+	i_assert(pstream->ct == NULL);
+	pstream->ct = pv_malloc(size + POPVAULT_TAG_SIZE);
+	if (stream->w_buffer == NULL) {
+		i_assert(stream->memarea == NULL && stream->pos == 0);
+		stream->buffer_size = I_MAX(size, 1);
+		stream->w_buffer = pv_malloc(stream->buffer_size);
+		/* memarea_init() takes a const pointer: gcc would warn it
+		   reads uninitialized memory (it does not) */
+		stream->w_buffer[0] = '\0';
+		stream->buffer = stream->w_buffer;
+		stream->memarea = memarea_init(stream->w_buffer,
+					       stream->buffer_size,
+					       pv_w_buffer_free,
+					       (void *)stream->w_buffer);
+	}
 }
 
 /* Read and process the header. Returns 1 done, 0 need more, -1 error. */
@@ -183,20 +198,25 @@ static int pv_read_header(struct popvault_istream *pstream)
 	return 1;
 }
 
+/* Decrypt the collected chunk into the stream buffer after pos without
+   moving pos: the caller releases it (pv_release()) or leaves it unseen. */
 static int
 pv_decrypt_collected(struct popvault_istream *pstream, uint64_t idx,
 		     bool final)
 {
 	size_t plain_len = pstream->ct_used - POPVAULT_TAG_SIZE;
+	unsigned char *dest;
 
-	pv_reset_plain(pstream);
+	/* a chunk authenticates whole: room for all of it, even past
+	   max_buffer_size */
+	dest = i_stream_alloc(&pstream->istream, I_MAX(plain_len, 1));
 	if (popvault_chunk_decrypt(pstream->mc, idx, final, pstream->ct,
-				   pstream->ct_used, pstream->plain) < 0) {
+				   pstream->ct_used, dest) < 0) {
 		/* Diagnose only: plaintext is never released. */
 		if (popvault_chunk_decrypt(pstream->mc, idx, !final,
 					   pstream->ct, pstream->ct_used,
-					   pstream->plain) == 0) {
-			sodium_memzero(pstream->plain, plain_len);
+					   dest) == 0) {
+			sodium_memzero(dest, plain_len);
 			if (final) {
 				return pv_error(pstream, "popvault: truncated "
 					"(missing final chunk after chunk %"
@@ -208,8 +228,6 @@ pv_decrypt_collected(struct popvault_istream *pstream, uint64_t idx,
 		return pv_error(pstream, "popvault: chunk %"PRIu64
 				" failed authentication", idx);
 	}
-	pstream->plain_valid = TRUE;
-	pstream->plain_idx = idx;
 	pstream->plain_len = plain_len;
 	pstream->collecting = FALSE;
 	pstream->ct_used = 0;
@@ -304,17 +322,48 @@ static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
 	return pv_decrypt_collected(pstream, idx, final);
 }
 
+/* Make the chunk just decrypted after pos visible from its plaintext
+   offset off. */
+static ssize_t pv_release(struct popvault_istream *pstream, size_t off)
+{
+	struct istream_private *stream = &pstream->istream;
+	size_t n = pstream->plain_len - off;
+
+	if (off > 0) {
+		if (stream->pos == stream->skip) {
+			/* after a seek the buffer is empty: start it at off */
+			stream->skip += off;
+			stream->pos += off;
+		} else {
+			memmove(stream->w_buffer + stream->pos,
+				stream->w_buffer + stream->pos + off, n);
+		}
+	}
+	stream->pos += n;
+	return n;
+}
+
 static ssize_t i_stream_popvault_read(struct istream_private *stream)
 {
 	struct popvault_istream *pstream =
 		container_of(stream, struct popvault_istream, istream);
 	uoff_t plain_next;
 	uint64_t idx;
-	size_t off, avail, n;
+	size_t off;
 	int ret;
 
 	if ((ret = pv_read_header(pstream)) <= 0)
 		return ret;
+
+	if (stream->high_pos > stream->pos) {
+		/* i_stream_nonseekable_try_seek() went back inside the
+		   buffer: what follows pos there is authenticated data */
+		off = stream->high_pos - stream->pos;
+		stream->pos = stream->high_pos;
+		stream->high_pos = 0;
+		return off;
+	}
+	stream->high_pos = 0;
 
 	plain_next = stream->istream.v_offset + (stream->pos - stream->skip);
 	if (pstream->size_known && plain_next >= pstream->plain_size) {
@@ -333,16 +382,17 @@ static ssize_t i_stream_popvault_read(struct istream_private *stream)
 		stream->istream.eof = TRUE;
 		return -1;
 	}
+	if (stream->pos - stream->skip >=
+	    i_stream_get_max_buffer_size(&stream->istream))
+		return -2;
 
 	idx = plain_next >> pstream->hdr.chunk_log2;
 	off = (size_t)(plain_next & (pstream->chunk_size - 1));
-	if (pstream->plain_valid && pstream->plain_idx == idx) {
-		/* cached */
-	} else if (pstream->size_known) {
+	if (pstream->size_known) {
 		if ((ret = pv_load_chunk(pstream, idx)) <= 0)
 			return ret;
 	} else {
-		/* sequential: authenticate (and discard) chunks up to idx */
+		/* sequential: authenticate (and discard) chunks before idx */
 		if (idx < pstream->seq_next_idx) {
 			return pv_error(pstream, "popvault: can't seek "
 					"backwards to chunk %"PRIu64, idx);
@@ -366,24 +416,15 @@ static ssize_t i_stream_popvault_read(struct istream_private *stream)
 		stream->istream.eof = TRUE;
 		return -1;
 	}
-
-	if (!i_stream_try_alloc(stream, 1, &avail))
-		return -2;
-	n = I_MIN(avail, pstream->plain_len - off);
-	memcpy(stream->w_buffer + stream->pos, pstream->plain + off, n);
-	stream->pos += n;
-	return n;
+	return pv_release(pstream, off);
 }
 
 static void pv_reset(struct popvault_istream *pstream)
 {
-	pv_reset_plain(pstream);
 	popvault_msg_cipher_free(&pstream->mc);
 	/* ciphertext is not secret: no need to wipe it */
 	free(pstream->ct);
 	pstream->ct = NULL;
-	free(pstream->plain);
-	pstream->plain = NULL;
 	pstream->hdr_used = 0;
 	pstream->header_done = FALSE;
 	pstream->size_known = FALSE;
@@ -398,7 +439,16 @@ static void i_stream_popvault_seek(struct istream_private *stream,
 {
 	struct popvault_istream *pstream =
 		container_of(stream, struct popvault_istream, istream);
+	uoff_t buf_start = stream->istream.v_offset - stream->skip;
 
+	if (pstream->size_known &&
+	    v_offset >= buf_start && v_offset < buf_start + stream->pos) {
+		/* back inside the buffer (forward seeks there are skips):
+		   it holds only authenticated plaintext */
+		stream->skip = v_offset - buf_start;
+		stream->istream.v_offset = v_offset;
+		return;
+	}
 	if (pstream->size_known ||
 	    (!pstream->header_done && stream->parent->seekable)) {
 		/* random access; the next read() finds the chunk */

@@ -32,6 +32,8 @@ struct popvault_msg_cipher {
 	/* SHA-256 of the header || final_flag */
 	unsigned char aad[AAD_SIZE];
 	EVP_CIPHER_CTX *evp; /* AES-GCM only */
+	/* the receiver whose spare contexts evp goes back to, or NULL */
+	struct popvault_receiver *owner;
 };
 
 struct popvault_sender {
@@ -64,11 +66,22 @@ struct popvault_epoch_cache {
 	unsigned char epoch_secret[HASH_SIZE];
 };
 
+/* Spare AES-GCM decryption contexts kept by a receiver. Reading a
+   message needs two (key unwrap, then the data key); creating and
+   freeing them per message (EVP_CIPHER_CTX_new(), the provider's context
+   allocation, EVP_CIPHER_CTX_free()) cost more than a key change on a
+   context that already has its cipher. A spare still holds the key
+   schedule of its last use: it lives only as long as the receiver (the
+   session), and EVP_CIPHER_CTX_free() cleanses it. */
+#define RECEIVER_SPARE_CTX_MAX 4
+
 struct popvault_receiver {
 	ARRAY(struct popvault_receiver_key) keys;
 	struct popvault_epoch_cache cache[POPVAULT_RECEIVER_CACHE_SIZE];
 	uint64_t use_counter;
 	uint64_t x25519_count;
+	EVP_CIPHER_CTX *spare_ctx[RECEIVER_SPARE_CTX_MAX];
+	unsigned int spare_ctx_count;
 };
 
 /* OpenSSL 3 looks an algorithm up in its provider tables on every
@@ -381,11 +394,13 @@ static void make_nonce(uint64_t idx, unsigned char *nonce, size_t nonce_size)
 static struct popvault_msg_cipher *
 msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 		  const unsigned char key[POPVAULT_DK_SIZE],
-		  const unsigned char header[POPVAULT_HEADER_SIZE])
+		  const unsigned char header[POPVAULT_HEADER_SIZE],
+		  struct popvault_receiver *owner)
 {
 	struct popvault_msg_cipher *mc;
 	int ret;
 
+	i_assert(owner == NULL || !encrypt);
 	mc = i_new(struct popvault_msg_cipher, 1);
 	mc->cipher = cipher;
 	mc->chunk_log2 = chunk_log2;
@@ -397,7 +412,17 @@ msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 		pv_sha256_parts(&part, 1, mc->aad);
 	}
 
-	if (cipher == POPVAULT_CIPHER_AES256GCM) {
+	if (cipher == POPVAULT_CIPHER_AES256GCM && owner != NULL &&
+	    owner->spare_ctx_count > 0) {
+		/* cipher and direction stay from the context's first use:
+		   only the key changes */
+		mc->evp = owner->spare_ctx[--owner->spare_ctx_count];
+		if (EVP_DecryptInit_ex2(mc->evp, NULL, key, NULL, NULL) != 1) {
+			popvault_msg_cipher_free(&mc);
+			return NULL;
+		}
+		mc->owner = owner;
+	} else if (cipher == POPVAULT_CIPHER_AES256GCM) {
 		mc->evp = EVP_CIPHER_CTX_new();
 		if (mc->evp == NULL) {
 			popvault_msg_cipher_free(&mc);
@@ -418,6 +443,8 @@ msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 			popvault_msg_cipher_free(&mc);
 			return NULL;
 		}
+		/* only a fully initialized context goes back to the spares */
+		mc->owner = owner;
 	}
 	return mc;
 }
@@ -425,11 +452,16 @@ msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 void popvault_msg_cipher_free(struct popvault_msg_cipher **_mc)
 {
 	struct popvault_msg_cipher *mc = *_mc;
+	struct popvault_receiver *owner;
 
 	if (mc == NULL)
 		return;
 	*_mc = NULL;
-	if (mc->evp != NULL)
+	owner = mc->owner;
+	if (mc->evp != NULL && owner != NULL &&
+	    owner->spare_ctx_count < N_ELEMENTS(owner->spare_ctx))
+		owner->spare_ctx[owner->spare_ctx_count++] = mc->evp;
+	else if (mc->evp != NULL)
 		EVP_CIPHER_CTX_free(mc->evp);
 	sodium_memzero(mc, sizeof(*mc));
 	i_free(mc);
@@ -670,7 +702,7 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	/* serialize without the wrapped key first: it's the wrap AAD */
 	popvault_header_serialize(&hdr, header_r);
 	wrap = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
-				 kek, NULL);
+				 kek, NULL, NULL);
 	sodium_memzero(kek, sizeof(kek));
 	if (wrap == NULL) {
 		sodium_memzero(dk, sizeof(dk));
@@ -690,7 +722,7 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	       sizeof(hdr.wrapped_dk));
 
 	*mc_r = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
-				  dk, header_r);
+				  dk, header_r, NULL);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";
@@ -723,6 +755,11 @@ void popvault_receiver_free(struct popvault_receiver **_receiver)
 	array_foreach_modifiable(&receiver->keys, key)
 		sodium_memzero(key, sizeof(*key));
 	array_free(&receiver->keys);
+	/* frees (and cleanses) the last key schedules */
+	while (receiver->spare_ctx_count > 0) {
+		EVP_CIPHER_CTX_free(
+			receiver->spare_ctx[--receiver->spare_ctx_count]);
+	}
 	sodium_memzero(receiver, sizeof(*receiver));
 	i_free(receiver);
 }
@@ -834,7 +871,7 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 	derive_kek(secret, hdr_r->salt, kek);
 	sodium_memzero(secret, sizeof(secret));
 	wrap = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
-				 kek, NULL);
+				 kek, NULL, receiver);
 	sodium_memzero(kek, sizeof(kek));
 	if (wrap == NULL) {
 		*error_r = "popvault: cipher initialization failed";
@@ -849,7 +886,7 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 		return -1;
 	}
 	*mc_r = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
-				  dk, data);
+				  dk, data, receiver);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";
