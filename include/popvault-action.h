@@ -11,6 +11,10 @@ struct popvault_user;
 /* The keyword that hides a message from POP3 but keeps it for IMAP. An
    admin clears it with IMAP STORE -FLAGS or "doveadm flags remove". */
 #define POPVAULT_HIDDEN_KEYWORD "$POP3Hidden"
+/* Set on a message whose move has begun (popvault-action.c); it leaves
+   with the source message. Left on a message, it means a move was cut
+   short or failed, and the next one checks the target first. */
+#define POPVAULT_MOVING_KEYWORD "$PopvaultMoving"
 
 /* Applies action to the messages with these UIDs in t's mailbox, emitting
    one "popvault_policy_action" event per message with the given reason.

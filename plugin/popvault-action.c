@@ -4,6 +4,7 @@
 #include "array.h"
 #include "mail-storage.h"
 #include "mail-namespace.h"
+#include "mail-search-build.h"
 #include "popvault-user.h"
 #include "popvault-action.h"
 
@@ -64,6 +65,90 @@ fail:
 	return -1;
 }
 
+/* A move is a copy into the target, committed, then the expunge of the
+   source in the caller's transaction. A process killed between the two
+   commits leaves the message in both places, and the next move of it
+   (the client never saw +OK, so it DELEs or RETRs it again) would copy
+   it a second time. So the messages are first marked, in a transaction
+   of their own committed before anything is copied; a message that
+   already carries the mark had its move cut short, and its copy is
+   looked for in the target (by GUID, which copies keep) before copying
+   again. The common path costs one small index commit per move. */
+static int
+mark_moving(struct mailbox *box, const ARRAY_TYPE(seq_range) *uids,
+	    ARRAY_TYPE(seq_range) *resumed, const char **error_r)
+{
+	const char *const names[] = { POPVAULT_MOVING_KEYWORD, NULL };
+	struct mailbox_transaction_context *t;
+	struct mail_keywords *kw;
+	struct seq_range_iter iter;
+	struct mail *mail;
+	unsigned int n = 0;
+	uint32_t uid;
+
+	t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+				      "popvault move mark");
+	kw = mailbox_keywords_create_valid(box, names);
+	mail = mail_alloc(t, 0, NULL);
+	seq_range_array_iter_init(&iter, uids);
+	while (seq_range_array_iter_nth(&iter, n++, &uid)) {
+		if (!mail_set_uid(mail, uid))
+			continue;
+		if (popvault_mail_has_keyword(mail, POPVAULT_MOVING_KEYWORD))
+			seq_range_array_add(resumed, uid);
+		else
+			mail_update_keywords(mail, MODIFY_ADD, kw);
+	}
+	mail_free(&mail);
+	mailbox_keywords_unref(&kw);
+	if (mailbox_transaction_commit(&t) < 0) {
+		*error_r = t_strdup_printf("Can't mark messages for moving: %s",
+			mailbox_get_last_internal_error(box, NULL));
+		return -1;
+	}
+	return 0;
+}
+
+/* 1 when the target already holds a message with this GUID (the copy of
+   a move that was cut short), 0 when not, -1 on error. */
+static int
+target_has_guid(struct mail_user *user, const char *target,
+		const char *guid, const char **error_r)
+{
+	struct mail_namespace *ns;
+	struct mailbox *box;
+	struct mailbox_transaction_context *t;
+	struct mail_search_args *args;
+	struct mail_search_arg *arg;
+	struct mail_search_context *ctx;
+	struct mail *mail;
+	int ret;
+
+	ns = mail_namespace_find(user->namespaces, target);
+	box = mailbox_alloc(ns->list, target, 0);
+	if (mailbox_sync(box, 0) < 0) {
+		*error_r = t_strdup_printf("Can't check move target %s: %s",
+			target, mailbox_get_last_internal_error(box, NULL));
+		mailbox_free(&box);
+		return -1;
+	}
+	args = mail_search_build_init();
+	arg = mail_search_build_add(args, SEARCH_GUID);
+	arg->value.str = p_strdup(args->pool, guid);
+	t = mailbox_transaction_begin(box, 0, "popvault move check");
+	ctx = mailbox_search_init(t, args, NULL, 0, NULL);
+	mail_search_args_unref(&args);
+	ret = mailbox_search_next(ctx, &mail) ? 1 : 0;
+	if (mailbox_search_deinit(&ctx) < 0) {
+		*error_r = t_strdup_printf("Can't search move target %s: %s",
+			target, mailbox_get_last_internal_error(box, NULL));
+		ret = -1;
+	}
+	mailbox_transaction_rollback(&t);
+	mailbox_free(&box);
+	return ret;
+}
+
 static int
 copy_to_target(struct popvault_user *puser,
 	       struct mailbox_transaction_context *t,
@@ -77,23 +162,54 @@ copy_to_target(struct popvault_user *puser,
 	struct mail_save_context *save;
 	struct mail *mail;
 	struct seq_range_iter iter;
+	ARRAY_TYPE(seq_range) resumed;
+	const char *guid;
 	unsigned int n = 0;
 	uint32_t uid;
 	int ret = 0;
 
+	t_array_init(&resumed, 4);
+	if (mark_moving(mailbox_transaction_get_mailbox(t), uids, &resumed,
+			error_r) < 0) {
+		e_error(puser->event, "%s", *error_r);
+		return -1;
+	}
 	if (open_move_target(user, target, &dest, error_r) < 0)
 		return -1;
 	dest_t = mailbox_transaction_begin(dest,
 		MAILBOX_TRANSACTION_FLAG_EXTERNAL, "popvault move");
-	mail = mail_alloc(t, 0, NULL);
+	mail = mail_alloc(t, MAIL_FETCH_GUID, NULL);
 	seq_range_array_iter_init(&iter, uids);
 	while (seq_range_array_iter_nth(&iter, n++, &uid)) {
 		if (!mail_set_uid(mail, uid)) {
 			/* expunged meanwhile by someone else: nothing to move */
 			continue;
 		}
+		if (mail_get_special(mail, MAIL_FETCH_GUID, &guid) < 0 ||
+		    *guid == '\0') {
+			*error_r = t_strdup_printf("Can't move uid %u to %s: "
+				"no GUID", uid, target);
+			ret = -1;
+			break;
+		}
+		if (seq_range_exists(&resumed, uid)) {
+			ret = target_has_guid(user, target, guid, error_r);
+			if (ret < 0)
+				break;
+			if (ret > 0) {
+				e_info(puser->event, "policy: uid %u guid %s "
+				       "is already in %s (an earlier move was "
+				       "cut short): not copied again",
+				       uid, guid, target);
+				seq_range_array_add(copied_uids, uid);
+				ret = 0;
+				continue;
+			}
+		}
 		save = mailbox_save_alloc(dest_t);
 		mailbox_save_copy_flags(save, mail);
+		/* the next move finds a cut-short copy by it */
+		mailbox_save_set_guid(save, guid);
 		if (mailbox_copy(&save, mail) < 0) {
 			*error_r = t_strdup_printf(
 				"Can't move uid %u to %s: %s", uid, target,

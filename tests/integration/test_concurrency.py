@@ -3,6 +3,7 @@ session lock, IMAP expunging under an open POP3 session, and a retention
 sweep while a POP3 session is open. Whatever the interleaving: no crash,
 no message lost, none moved or copied twice."""
 
+import re
 from collections import Counter
 
 from harness import User, dovecot
@@ -12,9 +13,26 @@ NO_LOCK = "pop3_lock_session = no\n"
 
 
 def all_subjects(dc, user):
-    """Counter of subjects over every mailbox of the user."""
+    """(inventory, Counter of subjects over every message of every
+    mailbox): imap_inventory() keys by subject, so duplicates are
+    counted over IMAP here."""
     inv = imap_inventory(dc, user)
-    return inv, Counter(s for box in inv.values() for s in box)
+    count = Counter()
+    c = dc.imap(user)
+    try:
+        for box in inv:
+            st, out = c.command('EXAMINE "%s"' % box)
+            assert " OK" in st, st
+            if re.search(rb"\* 0 EXISTS", out):
+                continue
+            st, out = c.command(
+                "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            assert " OK" in st, st
+            count.update(s.decode() for s in
+                         re.findall(rb"Subject: (\S+)", out))
+    finally:
+        c.logout()
+    return inv, count
 
 
 def assert_no_crash(dc):
@@ -127,4 +145,44 @@ def test_sweep_while_pop3_session_is_open():
         assert all(c == 1 for c in count.values()), inv
         assert sorted(inv.get("Expired", {})) == ["m1", "m2", "m3", "m4"], \
             inv
+        assert_no_crash(dc)
+
+
+def _cut_short_move(dc, user, mark):
+    """The state a kill between a move's two commits leaves: the message
+    in INBOX and its copy (same GUID) in Archive, INBOX's copy marked
+    when the move had begun."""
+    dc.doveadm("mailbox", "create", "-u", user, "Archive")
+    dc.doveadm("copy", "-u", user, "Archive", "mailbox", "INBOX", "all")
+    if mark:
+        dc.doveadm("flags", "add", "-u", user, "$PopvaultMoving",
+                   "mailbox", "INBOX", "all")
+
+
+def test_move_cut_short_is_not_copied_again():
+    # sdbox: a copy there is a new file with the same GUID (maildir's
+    # hardlink copy would collide on the GUID file name by itself)
+    users = [User("mv", fields={"popvault_after_retr": "move:Archive"}),
+             User("ctl", fields={"popvault_after_retr": "move:Archive"})]
+    with dovecot(users, mail_format="sdbox") as dc:
+        for u in ("mv", "ctl"):
+            deliver_numbered(dc, u, 2)
+        _cut_short_move(dc, "mv", mark=True)
+        # control: without the mark the same state is two distinct
+        # copies as far as popvault knows, and it copies again
+        _cut_short_move(dc, "ctl", mark=False)
+        for u in ("mv", "ctl"):
+            p = dc.pop3(u)
+            p.retr(1)
+            p.retr(2)
+            assert p.quit().startswith("+OK")
+        inv, count = all_subjects(dc, "mv")
+        assert not inv["INBOX"], inv
+        assert count == Counter({"m1": 1, "m2": 1}), inv
+        assert dc.wait_log(r"policy: uid 1 guid \S+ is already in Archive")
+        # the mark leaves with the source; copies never carry it
+        assert all("$PopvaultMoving" not in flags
+                   for flags in inv["Archive"].values()), inv
+        _, ctl = all_subjects(dc, "ctl")
+        assert ctl == Counter({"m1": 2, "m2": 2}), ctl
         assert_no_crash(dc)
