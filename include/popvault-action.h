@@ -5,6 +5,7 @@
 #include "popvault-settings.h"
 
 struct mail;
+struct mailbox;
 struct mailbox_transaction_context;
 struct popvault_user;
 
@@ -28,6 +29,22 @@ int popvault_action_apply(struct popvault_user *puser,
 			  const ARRAY_TYPE(seq_range) *uids,
 			  const struct popvault_action *action,
 			  const char *reason, const char **error_r);
+
+/* Finishes moves that a killed process cut short in box: a message still
+   marked POPVAULT_MOVING_KEYWORD whose copy (same GUID) is in one of the
+   user's move targets is expunged; one without a copy keeps its place and
+   loses the mark. recovered_r = messages expunged. Returns 0 / -1. */
+int popvault_action_recover(struct popvault_user *puser, struct mailbox *box,
+			    unsigned int *recovered_r, const char **error_r);
+
+/* TRUE when any of the user's actions moves mail. */
+bool popvault_action_moves(const struct popvault_settings *set);
+/* popvault_action_recover() on the user's INBOX, when any action moves.
+   Runs after every POP3 session (with the retention sweep) and at the
+   start of "doveadm popvault sweep". */
+int popvault_action_recover_inbox(struct popvault_user *puser,
+				  unsigned int *recovered_r,
+				  const char **error_r);
 
 /* TRUE when the mail has this keyword (case-insensitive, as IMAP). */
 bool popvault_mail_has_keyword(struct mail *mail, const char *name);

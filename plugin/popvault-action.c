@@ -124,9 +124,16 @@ target_has_guid(struct mail_user *user, const char *target,
 	struct mail *mail;
 	int ret;
 
+	enum mail_error error;
+
 	ns = mail_namespace_find(user->namespaces, target);
 	box = mailbox_alloc(ns->list, target, 0);
 	if (mailbox_sync(box, 0) < 0) {
+		(void)mailbox_get_last_error(box, &error);
+		if (error == MAIL_ERROR_NOTFOUND) {
+			mailbox_free(&box);
+			return 0;
+		}
 		*error_r = t_strdup_printf("Can't check move target %s: %s",
 			target, mailbox_get_last_internal_error(box, NULL));
 		mailbox_free(&box);
@@ -135,6 +142,7 @@ target_has_guid(struct mail_user *user, const char *target,
 	args = mail_search_build_init();
 	arg = mail_search_build_add(args, SEARCH_GUID);
 	arg->value.str = p_strdup(args->pool, guid);
+	mail_search_args_init(args, box, TRUE, NULL);
 	t = mailbox_transaction_begin(box, 0, "popvault move check");
 	ctx = mailbox_search_init(t, args, NULL, 0, NULL);
 	mail_search_args_unref(&args);
@@ -147,6 +155,40 @@ target_has_guid(struct mail_user *user, const char *target,
 	mailbox_transaction_rollback(&t);
 	mailbox_free(&box);
 	return ret;
+}
+
+/* A cut-short move may have gone to any of the user's targets (a DELE
+   moves to on_dele's, a RETR to after_retr's, a sweep to
+   expire_action's): look in the intended one (if not NULL) first, then
+   the others. Returns 1 with where_r, 0, or -1. */
+static int
+find_cut_short_copy(struct popvault_user *puser, struct mail_user *user,
+		    const char *target, const char *guid,
+		    const char **where_r, const char **error_r)
+{
+	const struct popvault_settings *set = &puser->set;
+	const char *targets[4];
+	unsigned int i, count = 0;
+	int ret;
+
+	if (target != NULL)
+		targets[count++] = target;
+	if (set->after_retr.kind == POPVAULT_ACTION_MOVE)
+		targets[count++] = set->after_retr.mailbox;
+	if (set->on_dele.kind == POPVAULT_ACTION_MOVE)
+		targets[count++] = set->on_dele.mailbox;
+	if (set->expire_action.kind == POPVAULT_ACTION_MOVE)
+		targets[count++] = set->expire_action.mailbox;
+	for (i = 0; i < count; i++) {
+		if (target != NULL && i > 0 && strcmp(targets[i], target) == 0)
+			continue;
+		ret = target_has_guid(user, targets[i], guid, error_r);
+		if (ret != 0) {
+			*where_r = targets[i];
+			return ret;
+		}
+	}
+	return 0;
 }
 
 static int
@@ -193,14 +235,17 @@ copy_to_target(struct popvault_user *puser,
 			break;
 		}
 		if (seq_range_exists(&resumed, uid)) {
-			ret = target_has_guid(user, target, guid, error_r);
+			const char *where;
+
+			ret = find_cut_short_copy(puser, user, target, guid,
+						  &where, error_r);
 			if (ret < 0)
 				break;
 			if (ret > 0) {
 				e_info(puser->event, "policy: uid %u guid %s "
 				       "is already in %s (an earlier move was "
 				       "cut short): not copied again",
-				       uid, guid, target);
+				       uid, guid, where);
 				seq_range_array_add(copied_uids, uid);
 				ret = 0;
 				continue;
@@ -296,4 +341,100 @@ bool popvault_mail_has_keyword(struct mail *mail, const char *name)
 			return TRUE;
 	}
 	return FALSE;
+}
+
+int popvault_action_recover(struct popvault_user *puser, struct mailbox *box,
+			    unsigned int *recovered_r, const char **error_r)
+{
+	struct mail_user *user = mail_storage_get_user(mailbox_get_storage(box));
+	const char *const names[] = { POPVAULT_MOVING_KEYWORD, NULL };
+	struct mailbox_transaction_context *t;
+	struct mail_search_args *args;
+	struct mail_search_context *ctx;
+	struct mail_keywords *kw;
+	struct mail *mail;
+	struct mail_search_arg *arg;
+	const char *guid, *where;
+	int ret = 0, found;
+
+	*recovered_r = 0;
+	args = mail_search_build_init();
+	arg = mail_search_build_add(args, SEARCH_KEYWORDS);
+	arg->value.str = p_strdup(args->pool, POPVAULT_MOVING_KEYWORD);
+	mail_search_args_init(args, box, TRUE, NULL);
+	t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+				      "popvault move recovery");
+	kw = mailbox_keywords_create_valid(box, names);
+	ctx = mailbox_search_init(t, args, NULL, MAIL_FETCH_GUID, NULL);
+	mail_search_args_unref(&args);
+	while (ret == 0 && mailbox_search_next(ctx, &mail)) T_BEGIN {
+		if (mail_get_special(mail, MAIL_FETCH_GUID, &guid) < 0 ||
+		    *guid == '\0') {
+			*error_r = t_strdup_printf("uid %u: no GUID", mail->uid);
+			ret = -1;
+		} else if ((found = find_cut_short_copy(puser, user, NULL,
+				guid, &where, error_r)) < 0) {
+			ret = -1;
+		} else if (found > 0 &&
+			   strcmp(where, mailbox_get_vname(box)) != 0) {
+			/* the copy is in place: finish the move */
+			e_info(puser->event, "policy: uid %u guid %s: finishing "
+			       "a move to %s that was cut short", mail->uid,
+			       guid, where);
+			mail_expunge(mail);
+			(*recovered_r)++;
+		} else {
+			/* the copy never happened: the message stays */
+			mail_update_keywords(mail, MODIFY_REMOVE, kw);
+		}
+		if (ret < 0)
+			*error_r = t_strdup(*error_r);
+	} T_END_PASS_STR_IF(ret < 0, error_r);
+	if (mailbox_search_deinit(&ctx) < 0 && ret == 0) {
+		*error_r = mailbox_get_last_internal_error(box, NULL);
+		ret = -1;
+	}
+	mailbox_keywords_unref(&kw);
+	if (ret < 0) {
+		mailbox_transaction_rollback(&t);
+		return -1;
+	}
+	if (mailbox_transaction_commit(&t) < 0) {
+		*error_r = mailbox_get_last_internal_error(box, NULL);
+		return -1;
+	}
+	return 0;
+}
+
+bool popvault_action_moves(const struct popvault_settings *set)
+{
+	return set->after_retr.kind == POPVAULT_ACTION_MOVE ||
+		set->on_dele.kind == POPVAULT_ACTION_MOVE ||
+		set->expire_action.kind == POPVAULT_ACTION_MOVE;
+}
+
+int popvault_action_recover_inbox(struct popvault_user *puser,
+				  unsigned int *recovered_r,
+				  const char **error_r)
+{
+	struct mail_namespace *ns;
+	struct mailbox *box;
+	int ret;
+
+	*recovered_r = 0;
+	if (!popvault_action_moves(&puser->set))
+		return 0;
+	ns = mail_namespace_find_inbox(puser->user->namespaces);
+	box = mailbox_alloc(ns->list, "INBOX", 0);
+	if (mailbox_sync(box, 0) < 0) {
+		*error_r = t_strdup_printf("Can't open INBOX: %s",
+			mailbox_get_last_internal_error(box, NULL));
+		mailbox_free(&box);
+		return -1;
+	}
+	ret = popvault_action_recover(puser, box, recovered_r, error_r);
+	if (ret < 0)
+		*error_r = t_strdup(*error_r);
+	mailbox_free(&box);
+	return ret;
 }

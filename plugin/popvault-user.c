@@ -5,6 +5,7 @@
 #include "mail-user.h"
 #include "mail-storage-settings.h"
 #include "popvault-user.h"
+#include "popvault-action.h"
 #include "popvault-retention.h"
 #include "popvault-dict.h"
 #include "popvault-ledger.h"
@@ -51,8 +52,15 @@ static void popvault_mail_user_deinit(struct mail_user *user)
 
 	/* like autoexpunge: after the POP3 client has been disconnected, so
 	   it never waits for this */
-	if (puser->sweep_after_session)
+	if (puser->sweep_after_session) {
+		unsigned int recovered;
+		const char *error;
+
+		if (popvault_action_recover_inbox(puser, &recovered,
+						  &error) < 0)
+			e_error(puser->event, "move recovery: %s", error);
 		popvault_retention_after_session(puser);
+	}
 	if (puser->ledger != NULL) {
 		const char *error;
 

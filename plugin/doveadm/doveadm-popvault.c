@@ -7,6 +7,7 @@
 #include "doveadm-mail.h"
 #include "popvault-user.h"
 #include "popvault-retention.h"
+#include "popvault-action.h"
 #include "popvault-ledger.h"
 #include "array.h"
 #include "hash.h"
@@ -160,9 +161,20 @@ cmd_popvault_sweep_run(struct doveadm_mail_cmd_context *_ctx,
 		.username = user->username, .dry_run = ctx->dry_run
 	};
 	struct popvault_sweep_stats stats;
+	unsigned int recovered;
 	const char *error;
 
-	if (puser == NULL || !popvault_retention_enabled(puser))
+	if (puser == NULL)
+		return 0;
+	/* moves a killed process cut short are finished first, so the
+	   sweep sees every message once */
+	if (!ctx->dry_run &&
+	    popvault_action_recover_inbox(puser, &recovered, &error) < 0) {
+		i_error("popvault sweep %s: %s", user->username, error);
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+		return -1;
+	}
+	if (!popvault_retention_enabled(puser))
 		return 0;
 	if (popvault_retention_sweep(puser, ctx->dry_run, sweep_report, &rctx,
 				     &stats, &error) < 0) {

@@ -4,6 +4,7 @@ sweep while a POP3 session is open. Whatever the interleaving: no crash,
 no message lost, none moved or copied twice."""
 
 import re
+import time
 from collections import Counter
 
 from harness import User, dovecot
@@ -185,4 +186,33 @@ def test_move_cut_short_is_not_copied_again():
                    for flags in inv["Archive"].values()), inv
         _, ctl = all_subjects(dc, "ctl")
         assert ctl == Counter({"m1": 2, "m2": 2}), ctl
+        assert_no_crash(dc)
+
+
+def test_cut_short_move_is_finished_after_the_next_session():
+    users = [User("rc", fields={"popvault_on_dele": "move:Archive"})]
+    with dovecot(users, mail_format="sdbox") as dc:
+        deliver_numbered(dc, "rc", 3)
+        # m1: copied, then the process died; m2: marked, died before the
+        # copy; m3: untouched
+        dc.doveadm("mailbox", "create", "-u", "rc", "Archive")
+        dc.doveadm("copy", "-u", "rc", "Archive", "mailbox", "INBOX",
+                   "header", "Subject", "m1")
+        for subject in ("m1", "m2"):
+            dc.doveadm("flags", "add", "-u", "rc", "$PopvaultMoving",
+                       "mailbox", "INBOX", "header", "Subject", subject)
+        p = dc.pop3("rc")
+        assert p.stat()[0] == 3
+        assert p.quit().startswith("+OK")
+        # the recovery runs after the client is gone
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            inv, count = all_subjects(dc, "rc")
+            if "m1" not in inv["INBOX"]:
+                break
+            time.sleep(0.2)
+        assert sorted(inv["INBOX"]) == ["m2", "m3"], inv
+        assert count == Counter({"m1": 1, "m2": 1, "m3": 1}), inv
+        assert "$PopvaultMoving" not in inv["INBOX"]["m2"], inv
+        dc.wait_log(r"uid 1 guid \S+: finishing a move to Archive")
         assert_no_crash(dc)
