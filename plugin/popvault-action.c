@@ -86,8 +86,9 @@ mark_moving(struct mailbox *box, const ARRAY_TYPE(seq_range) *uids,
 	unsigned int n = 0;
 	uint32_t uid;
 
-	t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
-				      "popvault move mark");
+	/* not EXTERNAL: that is for saves and copies only, and maildir
+	   would never put the keyword into the file name */
+	t = mailbox_transaction_begin(box, 0, "popvault move mark");
 	kw = mailbox_keywords_create_valid(box, names);
 	mail = mail_alloc(t, 0, NULL);
 	seq_range_array_iter_init(&iter, uids);
@@ -191,6 +192,33 @@ find_cut_short_copy(struct popvault_user *puser, struct mail_user *user,
 	return 0;
 }
 
+/* mailbox_save_copy_flags() without the move mark: the copy is where
+   the message ends up, and a marked copy would look like a move of its
+   own that was cut short. */
+static void save_copy_flags_unmarked(struct mail_save_context *save,
+				     struct mail *mail)
+{
+	const char *const *kw = mail_get_keywords(mail);
+	ARRAY_TYPE(const_string) keep;
+	struct mail_keywords *keywords = NULL;
+
+	t_array_init(&keep, 8);
+	for (; *kw != NULL; kw++) {
+		if (strcasecmp(*kw, POPVAULT_MOVING_KEYWORD) != 0)
+			array_push_back(&keep, kw);
+	}
+	if (array_count(&keep) > 0) {
+		array_append_zero(&keep);
+		keywords = mailbox_keywords_create_valid(
+			mailbox_transaction_get_mailbox(
+				mailbox_save_get_transaction(save)),
+			array_front(&keep));
+	}
+	mailbox_save_set_flags(save, mail_get_flags(mail), keywords);
+	if (keywords != NULL)
+		mailbox_keywords_unref(&keywords);
+}
+
 static int
 copy_to_target(struct popvault_user *puser,
 	       struct mailbox_transaction_context *t,
@@ -252,7 +280,7 @@ copy_to_target(struct popvault_user *puser,
 			}
 		}
 		save = mailbox_save_alloc(dest_t);
-		mailbox_save_copy_flags(save, mail);
+		save_copy_flags_unmarked(save, mail);
 		/* the next move finds a cut-short copy by it */
 		mailbox_save_set_guid(save, guid);
 		if (mailbox_copy(&save, mail) < 0) {
@@ -362,8 +390,7 @@ int popvault_action_recover(struct popvault_user *puser, struct mailbox *box,
 	arg = mail_search_build_add(args, SEARCH_KEYWORDS);
 	arg->value.str = p_strdup(args->pool, POPVAULT_MOVING_KEYWORD);
 	mail_search_args_init(args, box, TRUE, NULL);
-	t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
-				      "popvault move recovery");
+	t = mailbox_transaction_begin(box, 0, "popvault move recovery");
 	kw = mailbox_keywords_create_valid(box, names);
 	ctx = mailbox_search_init(t, args, NULL, MAIL_FETCH_GUID, NULL);
 	mail_search_args_unref(&args);
@@ -400,6 +427,11 @@ int popvault_action_recover(struct popvault_user *puser, struct mailbox *box,
 		return -1;
 	}
 	if (mailbox_transaction_commit(&t) < 0) {
+		*error_r = mailbox_get_last_internal_error(box, NULL);
+		return -1;
+	}
+	/* maildir removes expunged files only when it syncs */
+	if (*recovered_r > 0 && mailbox_sync(box, 0) < 0) {
 		*error_r = mailbox_get_last_internal_error(box, NULL);
 		return -1;
 	}
