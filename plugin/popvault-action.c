@@ -75,19 +75,31 @@ fail:
    looked for in the target (by GUID, which copies keep) before copying
    again. The common path costs one small index commit per move. */
 static int
-mark_moving(struct mailbox *box, const ARRAY_TYPE(seq_range) *uids,
+mark_moving(struct mailbox *src, const ARRAY_TYPE(seq_range) *uids,
 	    ARRAY_TYPE(seq_range) *resumed, const char **error_r)
 {
 	const char *const names[] = { POPVAULT_MOVING_KEYWORD, NULL };
 	struct mailbox_transaction_context *t;
 	struct mail_keywords *kw;
 	struct seq_range_iter iter;
+	struct mailbox *box;
 	struct mail *mail;
 	unsigned int n = 0;
 	uint32_t uid;
+	int ret = 0;
 
-	/* not EXTERNAL: that is for saves and copies only, and maildir
-	   would never put the keyword into the file name */
+	/* A mailbox of its own, synced after the commit: maildir writes a
+	   keyword into the file name only when it syncs, and the mark must
+	   be on disk before the copy starts. The caller's mailbox is in the
+	   middle of a commit and is not synced here. */
+	box = mailbox_alloc(mailbox_get_namespace(src)->list,
+			    mailbox_get_vname(src), 0);
+	if (mailbox_sync(box, 0) < 0) {
+		*error_r = t_strdup_printf("Can't mark messages for moving: %s",
+			mailbox_get_last_internal_error(box, NULL));
+		mailbox_free(&box);
+		return -1;
+	}
 	t = mailbox_transaction_begin(box, 0, "popvault move mark");
 	kw = mailbox_keywords_create_valid(box, names);
 	mail = mail_alloc(t, 0, NULL);
@@ -102,12 +114,13 @@ mark_moving(struct mailbox *box, const ARRAY_TYPE(seq_range) *uids,
 	}
 	mail_free(&mail);
 	mailbox_keywords_unref(&kw);
-	if (mailbox_transaction_commit(&t) < 0) {
+	if (mailbox_transaction_commit(&t) < 0 || mailbox_sync(box, 0) < 0) {
 		*error_r = t_strdup_printf("Can't mark messages for moving: %s",
 			mailbox_get_last_internal_error(box, NULL));
-		return -1;
+		ret = -1;
 	}
-	return 0;
+	mailbox_free(&box);
+	return ret;
 }
 
 /* 1 when the target already holds a message with this GUID (the copy of
