@@ -296,7 +296,7 @@ class Dovecot:
     def __init__(self, users, plugin=None, mail_format="maildir",
                  extra_conf="", userdb="passwd-file", mail_plugins=None,
                  with_popvault=True, debug=True, name="dc", ports=None,
-                 login_env=None):
+                 login_env=None, module_dir=None):
         self.users = {u.name: u for u in users}
         self.plugin = dict(plugin or {})
         self.mail_format = mail_format
@@ -312,6 +312,9 @@ class Dovecot:
         # popvault_login plugin settings for pop3-login, e.g.
         # {"POPVAULT_LOGIN_EXPIRE": "0:USER"}
         self.login_env = dict(login_env or {})
+        # popvault's .so files from an installed tree (e.g. an extracted
+        # .deb's /usr/lib/dovecot/modules) instead of the build tree
+        self.module_dir = module_dir
 
     # --- lifecycle -------------------------------------------------------
 
@@ -366,10 +369,15 @@ class Dovecot:
             if entry.endswith(".so") and entry != PLUGIN_SO:
                 os.symlink(os.path.join(SYSTEM_MODULEDIR, entry),
                            os.path.join(moddir, entry))
-        os.symlink(os.path.abspath(os.path.join(BUILD_DIR, ".libs", PLUGIN_SO)),
-                   os.path.join(moddir, PLUGIN_SO))
-        os.symlink(os.path.abspath(os.path.join(BUILD_DIR, ".libs",
-                                                LOGIN_PLUGIN_SO)),
+        if self.module_dir is not None:
+            plugin = os.path.join(self.module_dir, PLUGIN_SO)
+            login_plugin = os.path.join(self.module_dir, "login",
+                                        LOGIN_PLUGIN_SO)
+        else:
+            plugin = os.path.join(BUILD_DIR, ".libs", PLUGIN_SO)
+            login_plugin = os.path.join(BUILD_DIR, ".libs", LOGIN_PLUGIN_SO)
+        os.symlink(os.path.abspath(plugin), os.path.join(moddir, PLUGIN_SO))
+        os.symlink(os.path.abspath(login_plugin),
                    os.path.join(self.tmp, "login-modules", LOGIN_PLUGIN_SO))
 
     def home(self, user):
