@@ -418,10 +418,16 @@ int popvault_action_recover(struct popvault_user *puser, struct mailbox *box,
 		} else if (found > 0 &&
 			   strcmp(where, mailbox_get_vname(box)) != 0) {
 			/* the copy is in place: finish the move */
+			struct popvault_action finished = {
+				.kind = POPVAULT_ACTION_MOVE,
+				.mailbox = where,
+			};
+
 			e_info(puser->event, "policy: uid %u guid %s: finishing "
 			       "a move to %s that was cut short", mail->uid,
 			       guid, where);
 			mail_expunge(mail);
+			emit_action(puser, mail, &finished, "move_recovered");
 			(*recovered_r)++;
 		} else {
 			/* the copy never happened: the message stays */
