@@ -296,8 +296,11 @@ class Dovecot:
     def __init__(self, users, plugin=None, mail_format="maildir",
                  extra_conf="", userdb="passwd-file", mail_plugins=None,
                  with_popvault=True, debug=True, name="dc", ports=None,
-                 login_env=None, module_dir=None):
+                 login_env=None, module_dir=None, home_root=None):
         self.users = {u.name: u for u in users}
+        # a directory of homes shared with another instance (cluster
+        # tests); None: homes live in this instance's own directory
+        self.home_root = home_root
         self.plugin = dict(plugin or {})
         self.mail_format = mail_format
         self.extra_conf = extra_conf
@@ -360,6 +363,8 @@ class Dovecot:
             self.internal_user = me
             self.login_user = me
         os.chown(os.path.join(self.tmp, "home"), self.mail_uid, self.mail_gid)
+        if self.home_root is not None:
+            os.chown(self.home_root, self.mail_uid, self.mail_gid)
 
     def _modules(self):
         # Dovecot reads mail plugins from one directory: the system's
@@ -381,7 +386,8 @@ class Dovecot:
                    os.path.join(self.tmp, "login-modules", LOGIN_PLUGIN_SO))
 
     def home(self, user):
-        return os.path.join(self.tmp, "home", user)
+        root = self.home_root or os.path.join(self.tmp, "home")
+        return os.path.join(root, user)
 
     def _write_userdb(self):
         with open(os.path.join(self.tmp, "passwd"), "w") as f:

@@ -80,8 +80,17 @@ def test_login_delay_enforced():
         p.command("USER d")
         r = p.command("PASS pw-d")
         assert r.startswith("-ERR [LOGIN-DELAY]"), r
+        # the refusal is the whole answer: the connection just closes
+        try:
+            extra = p.readline()
+        except (EOFError, OSError):
+            extra = None
+        assert extra is None, extra
         p.close()
         dc.wait_log(r"pop3\(d\).*popvault: LOGIN-DELAY: login refused")
+        # refusing used to crash pop3 right after the reply was sent
+        dc.wait_log(r"pop3\(d\).*Disconnected")
+        assert "killed with signal" not in dc.log(), dc.log_tail(20)
         # other users are not delayed
         for _ in range(2):
             dc.pop3("free").quit()
