@@ -19,8 +19,6 @@
    unless popvault_pop3_hooked is TRUE. */
 #pragma weak pop3_client_created_hook_set
 #pragma weak pop3_clients
-#pragma weak client_send_line
-#pragma weak client_disconnect
 
 #define LAST_LOGIN_KEY "last-login"
 
@@ -39,6 +37,7 @@ static bool popvault_pop3_hooked;
    line (hundreds of writes per message), and a second layer cost 40 k
    instructions per 20 KB message (callgrind, docs/performance.md). */
 #define PLAIN_CAPA_REPLY "+OK\r\n" POP3_CAPABILITY_REPLY ".\r\n"
+#define LOGGED_IN_REPLY "+OK Logged in.\r\n"
 
 typedef ssize_t capa_sendv_func_t(struct ostream_private *stream,
 				  const struct const_iovec *iov,
@@ -49,6 +48,9 @@ struct popvault_capa_output {
 	capa_sendv_func_t *orig_sendv;
 	struct client *client;
 	const char *reply;
+	/* LOGIN-DELAY refused this session: the reply that replaces pop3's
+	   "+OK Logged in." (nothing else is written after it) */
+	const char *refusal;
 };
 
 /* one entry per POP3 client of this process (usually one); capa_first
@@ -90,8 +92,26 @@ capa_sendv_slow(const struct popvault_capa_output *co,
 {
 	const size_t plain_len = sizeof(PLAIN_CAPA_REPLY) - 1;
 	struct const_iovec reply_iov;
+	size_t total = 0;
+	unsigned int i;
 	ssize_t ret;
 
+	if (co->refusal != NULL) {
+		/* pop3 goes on to answer PASS with "+OK Logged in." and,
+		   when popvault refuses to open INBOX, with an error: the
+		   client gets the LOGIN-DELAY refusal instead and nothing
+		   else until pop3 closes the connection */
+		for (i = 0; i < iov_count; i++)
+			total += iov[i].iov_len;
+		if (iov_equals(iov, iov_count, LOGGED_IN_REPLY,
+			       sizeof(LOGGED_IN_REPLY) - 1)) {
+			reply_iov.iov_base = co->refusal;
+			reply_iov.iov_len = strlen(co->refusal);
+			if (co->orig_sendv(stream, &reply_iov, 1) < 0)
+				return -1;
+		}
+		return total;
+	}
 	if (!iov_equals(iov, iov_count, PLAIN_CAPA_REPLY, plain_len))
 		return co->orig_sendv(stream, iov, iov_count);
 
@@ -119,6 +139,8 @@ popvault_capa_sendv(struct ostream_private *stream,
 
 	if (unlikely(co->stream != stream))
 		co = capa_output_find(stream);
+	if (unlikely(co->refusal != NULL))
+		return capa_sendv_slow(co, stream, iov, iov_count);
 	if (co->client->cmd != NULL ||
 	    iov[0].iov_len > sizeof(PLAIN_CAPA_REPLY) - 1 ||
 	    (iov[0].iov_len > 0 &&
@@ -143,6 +165,17 @@ static void capa_output_destroyed(struct ostream_private *stream)
 			return;
 		}
 	}
+}
+
+static struct popvault_capa_output *capa_output_for(struct client *client)
+{
+	struct popvault_capa_output *co;
+
+	array_foreach_modifiable(&capa_outputs, co) {
+		if (co->client == client)
+			return co;
+	}
+	i_unreached();
 }
 
 static void capa_output_wrap(struct client *client, struct popvault_user *puser)
@@ -200,6 +233,7 @@ static void
 refuse_login(struct client *client, struct popvault_user *puser,
 	     unsigned int wait)
 {
+	struct popvault_capa_output *co = capa_output_for(client);
 	struct event_passthrough *e =
 		event_create_passthrough(puser->event)->
 		set_name("popvault_login_delay_refused")->
@@ -214,10 +248,15 @@ refuse_login(struct client *client, struct popvault_user *puser,
 	   refuses it) and nothing changes */
 	puser->pop3_login_refused = TRUE;
 	puser->sweep_after_session = FALSE;
-	client_send_line(client, "-ERR [LOGIN-DELAY] Minimum time between "
-			 "logins is %u seconds, try again in %u seconds",
-			 puser->set.login_delay, wait);
-	client_disconnect(client, "LOGIN-DELAY");
+	/* Not sent and disconnected here: pop3 sets up the client's input
+	   after this hook returns and crashed on the closed stream (found
+	   by the sanitizer run). pop3 answers PASS itself; the CAPA sendv
+	   hook puts this line in its place, and pop3 closes the session
+	   when INBOX can't be opened. */
+	co->refusal = p_strdup_printf(client->pool,
+		"-ERR [LOGIN-DELAY] Minimum time between logins is %u "
+		"seconds, try again in %u seconds\r\n",
+		puser->set.login_delay, wait);
 }
 
 static void popvault_pop3_client_created(struct client **clientp)
