@@ -9,6 +9,7 @@
 #include "popvault-retention.h"
 #include "popvault-action.h"
 #include "popvault-ledger.h"
+#include "popvault-progress.h"
 #include "array.h"
 #include "hash.h"
 #include "istream.h"
@@ -36,6 +37,8 @@
 struct popvault_cmd_context {
 	struct doveadm_mail_cmd_context ctx;
 	bool dry_run;
+	/* sweep -A: users done so far, on a terminal only */
+	struct popvault_progress *progress;
 };
 
 static const char *time_str(time_t t)
@@ -164,6 +167,14 @@ cmd_popvault_sweep_run(struct doveadm_mail_cmd_context *_ctx,
 	unsigned int recovered;
 	const char *error;
 
+	if (ctx->ctx.iterate_all_users) {
+		if (ctx->progress == NULL) {
+			ctx->progress = popvault_progress_begin(
+				ctx->dry_run ? "sweep -n" : "sweep", "all users",
+				0);
+		}
+		popvault_progress_step(ctx->progress);
+	}
 	if (puser == NULL)
 		return 0;
 	/* moves a killed process cut short are finished first, so the
@@ -209,6 +220,14 @@ cmd_popvault_sweep_parse_arg(struct doveadm_mail_cmd_context *_ctx, int c)
 	return TRUE;
 }
 
+static void cmd_popvault_sweep_deinit(struct doveadm_mail_cmd_context *_ctx)
+{
+	struct popvault_cmd_context *ctx =
+		container_of(_ctx, struct popvault_cmd_context, ctx);
+
+	popvault_progress_end(&ctx->progress);
+}
+
 static struct doveadm_mail_cmd_context *cmd_popvault_sweep_alloc(void)
 {
 	struct popvault_cmd_context *ctx;
@@ -218,6 +237,7 @@ static struct doveadm_mail_cmd_context *cmd_popvault_sweep_alloc(void)
 	ctx->ctx.v.parse_arg = cmd_popvault_sweep_parse_arg;
 	ctx->ctx.v.init = cmd_popvault_sweep_init;
 	ctx->ctx.v.run = cmd_popvault_sweep_run;
+	ctx->ctx.v.deinit = cmd_popvault_sweep_deinit;
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
 	return &ctx->ctx;
 }

@@ -7,8 +7,11 @@ libfaketime (+N days). popvault itself has no way to backdate anything."""
 
 import glob
 import os
+import pty
 import re
+import subprocess
 
+import harness
 from harness import User, dovecot
 from policy_util import (deliver_numbered, imap_inventory, pop3_listing,
                          pop3_session, subjects)
@@ -143,3 +146,33 @@ def test_session_sweep_skips_until_something_is_due():
         pop3_session(dc, "h")
         dc.wait_log(r"pop3\(h\).*policy: .*reason=retain_unread")
         assert pop3_listing(dc, "h") == []
+
+
+def test_sweep_all_users_progress_only_on_a_terminal():
+    users = [User("u%d" % i, fields={"popvault_retain_unread": "30d"})
+             for i in range(3)]
+    with dovecot(users) as dc:
+        # piped (cron, scripts): no progress line
+        rc, out, err = dc.doveadm("popvault", "sweep", "-A")
+        assert "popvault sweep" not in err, err
+        # on a terminal: done/total and rate on stderr
+        master, slave = pty.openpty()
+        p = subprocess.Popen([harness.DOVEADM, "-c", dc.config_path,
+                              "popvault", "sweep", "-A"],
+                             stdin=slave, stdout=slave, stderr=slave,
+                             env=harness.sanitizer_env())
+        os.close(slave)
+        p.wait(timeout=60)
+        text = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            text += chunk
+        os.close(master)
+        assert p.returncode == 0, text
+        assert re.search(rb"popvault sweep: all users: 3 \(\d+/s\)", text), \
+            text
