@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 import harness  # noqa: E402
 from harness import User, dovecot, make_message  # noqa: E402
 from crypt_util import crypt_dovecot, enc_fields  # noqa: E402
+from policy_util import list_mailboxes  # noqa: E402
 
 
 class Totals:
@@ -47,10 +48,7 @@ def inventory(dc, user):
     inv = {}
     c = dc.imap(user)
     try:
-        st, out = c.command('LIST "" "*"')
-        boxes = re.findall(rb'^\* LIST \([^)]*\) "[^"]*" "?([^"\r\n]+)"?\r$',
-                           out, re.M)
-        for box in (b.decode() for b in boxes):
+        for box in list_mailboxes(c):
             st, out = c.command('EXAMINE "%s"' % box)
             if " OK" not in st or re.search(rb"\* 0 EXISTS", out):
                 continue

@@ -12,17 +12,20 @@ def deliver_numbered(dc, user, n, prefix="m"):
                            for i in range(1, n + 1)])
 
 
+def list_mailboxes(c):
+    """Names of every mailbox, over a logged-in IMAP connection."""
+    status, out = c.command('LIST "" "*"')
+    assert " OK" in status, status
+    return [b.decode() for b in re.findall(
+        rb'^\* LIST \([^)]*\) "[^"]*" "?([^"\r\n]+)"?\r$', out, re.M)]
+
+
 def imap_inventory(dc, user):
     """{mailbox: {subject: set(flags)}} for every mailbox of the user."""
     c = dc.imap(user)
     try:
-        status, out = c.command('LIST "" "*"')
-        assert " OK" in status, status
-        boxes = re.findall(rb'^\* LIST \([^)]*\) "[^"]*" "?([^"\r\n]+)"?\r$',
-                           out, re.M)
         inv = {}
-        for box in boxes:
-            box = box.decode()
+        for box in list_mailboxes(c):
             status, out = c.command('EXAMINE "%s"' % box)
             assert " OK" in status, status
             count = int(re.search(rb"\* (\d+) EXISTS", out).group(1))

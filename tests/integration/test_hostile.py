@@ -9,7 +9,7 @@ import os
 import re
 
 from harness import User, dovecot, make_message
-from policy_util import append_dated
+from policy_util import append_dated, list_mailboxes
 from crypt_util import MAGIC, crypt_dovecot, enc_fields, fetch_one, \
     message_files
 
@@ -18,12 +18,8 @@ def full_inventory(dc, user):
     """{mailbox: [(uid, flags, sha256 of BODY[])]} over IMAP."""
     c = dc.imap(user)
     try:
-        st, out = c.command('LIST "" "*"')
-        assert " OK" in st, st
-        boxes = re.findall(rb'^\* LIST \([^)]*\) "[^"]*" "?([^"\r\n]+)"?\r$',
-                           out, re.M)
         inv = {}
-        for box in sorted(b.decode() for b in boxes):
+        for box in sorted(list_mailboxes(c)):
             st, out = c.command('EXAMINE "%s"' % box)
             assert " OK" in st, st
             msgs = []
