@@ -305,6 +305,12 @@ def op_sweep(totals, n_points, rnd, deadline):
                               0.15, faketime="+2d"):
                 n += 1
             clear_stale_locks(dc, "sw")
+            # a move the kill cut short is finished after the next POP3
+            # session (or sweep): check after one
+            q = dc.pop3("sw")
+            q.stat()
+            q.quit()
+            time.sleep(0.05)
             check(totals, "sweep", inv, inventory(dc, "sw"),
                   ("INBOX", "Expired"))
         totals.points["doveadm popvault sweep"] = n
