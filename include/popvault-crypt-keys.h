@@ -6,16 +6,45 @@
 /* A user's key store: <home>/.popvault/keys/ (see docs/encryption.md).
 
      current          the key id (16 hex digits) new mail is encrypted to
-     <key_id>.key     one file per key pair: public key in the clear, one
-                      or more "private <kind> ..." lines, each a wrapped
-                      copy of the private key (today: "master-v1")
+     <key_id>.key     one file per key pair: public key in the clear, and
+                      one "private <kind> ..." line per wrapped copy of
+                      the private key: master-v1 (master key),
+                      password-v1 (Argon2id of the user's password),
+                      recovery-v1 (sealed to a recovery public key)
+     recovery         the recovery public key new key pairs are sealed to
 
    Files are written to a temporary name, fsync()ed, then renamed (key
-   files) or linked (current, so two first deliveries racing agree on one
-   key pair), mode 0600 in a 0700 directory. */
+   files, rotation of current) or linked (the first current, so two first
+   deliveries racing agree on one key pair), mode 0600 in a 0700
+   directory. */
 
 #define POPVAULT_KEYS_SUBDIR ".popvault/keys"
 #define POPVAULT_MASTER_KEY_SIZE 32
+#define POPVAULT_RECOVERY_KEY_SIZE 32
+
+/* What may wrap or unwrap private keys; every member may be NULL.
+   Unwrapping tries master, then recovery, then password (the slow one). */
+struct popvault_key_secrets {
+	const unsigned char *master;		/* POPVAULT_MASTER_KEY_SIZE */
+	const char *password;
+	const unsigned char *recovery;		/* POPVAULT_RECOVERY_KEY_SIZE */
+};
+
+/* Argon2id cost for new password wraps (each wrap stores its own). */
+struct popvault_pwhash_params {
+	unsigned long long opslimit;
+	size_t memlimit;
+};
+/* The unit tests lower these; everything else keeps the defaults. */
+extern struct popvault_pwhash_params popvault_pwhash_params;
+
+struct popvault_key_info {
+	const char *key_id;
+	time_t created;
+	bool current;
+	bool master, password, recovery;
+};
+ARRAY_DEFINE_TYPE(popvault_key_info, struct popvault_key_info);
 
 /* setting is popvault_master_key: "<path" or "path". The file holds 32
    bytes as 64 hex digits or base64, surrounding whitespace ignored.
@@ -24,31 +53,74 @@ int popvault_master_key_read(const char *setting,
 			     unsigned char key_r[POPVAULT_MASTER_KEY_SIZE],
 			     const char **error_r);
 
+/* TRUE when keys_dir has a current key pair (-1 on an I/O error). */
+int popvault_keystore_exists(const char *keys_dir, const char **error_r);
+
 /* The public key new mail is encrypted to. When there is no current key
-   pair yet, creates one (needs master, else fails); created_r tells.
-   Returns 0, or -1 with error_r. */
+   pair yet, creates one wrapped with every secret given (needs master or
+   password, else fails); created_r tells. Returns 0, or -1 with error_r. */
 int popvault_keystore_get_current(const char *keys_dir, const char *username,
-				  const unsigned char *master,
+				  const struct popvault_key_secrets *secrets,
 				  unsigned char pk_r[POPVAULT_PK_SIZE],
 				  bool *created_r, const char **error_r);
 
-/* Creates a key pair file; when make_current, it becomes "current" unless
-   another process made one first (then that one wins, this key pair file
-   is removed and *pk_r is the winner's). Returns 0 / -1. */
+/* Creates the first key pair (generate). When another process made one
+   first, that one wins and *pk_r is the winner's. Returns 0 / -1. */
 int popvault_keystore_create(const char *keys_dir, const char *username,
-			     const unsigned char master[POPVAULT_MASTER_KEY_SIZE],
+			     const struct popvault_key_secrets *secrets,
 			     unsigned char pk_r[POPVAULT_PK_SIZE],
 			     const char **error_r);
 
-/* Unwraps every key pair in keys_dir with the master key and adds the
-   private keys to receiver. A key file that can't be read or unwrapped
-   fails the whole call (fail loudly: it is either tampering or a wrong
-   master key). count_r = number of keys added. Returns 0 / -1. */
+/* A new current key pair; the old ones stay so old mail stays readable.
+   secrets must unlock the current key pair (so a mistyped password never
+   locks the new one); a password-locked current key needs the password.
+   Returns 0 / -1. */
+int popvault_keystore_rotate(const char *keys_dir, const char *username,
+			     const struct popvault_key_secrets *secrets,
+			     unsigned char pk_r[POPVAULT_PK_SIZE],
+			     const char **error_r);
+
+/* Unwraps every key pair in keys_dir and adds the private keys to
+   receiver. A key file that can't be read or unwrapped fails the whole
+   call (fail loudly: it is tampering, a wrong master key or a stale
+   password). count_r = number of keys added. Returns 0 / -1. */
 int popvault_keystore_load_receiver(const char *keys_dir,
 				    const char *username,
-				    const unsigned char master[POPVAULT_MASTER_KEY_SIZE],
+				    const struct popvault_key_secrets *secrets,
 				    struct popvault_receiver *receiver,
 				    unsigned int *count_r,
 				    const char **error_r);
+
+/* Wraps every private key with new_password (one Argon2id salt for all),
+   replacing the old password wraps. secrets unlock them (old password,
+   recovery key or master). Resumable: a key already wrapped with
+   new_password is accepted. Returns 0 / -1. */
+int popvault_keystore_set_password(const char *keys_dir, const char *username,
+				   const struct popvault_key_secrets *secrets,
+				   const char *new_password,
+				   const char **error_r);
+
+/* Creates a recovery key pair, seals every private key to it, replaces
+   the previous recovery key (its seals are removed last) and returns the
+   recovery secret (shown once, never stored). secrets unlock the keys.
+   Returns 0 / -1. */
+int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
+				   const struct popvault_key_secrets *secrets,
+				   unsigned char recovery_r[POPVAULT_RECOVERY_KEY_SIZE],
+				   const char **recovery_id_r,
+				   const char **error_r);
+
+/* Every key pair, oldest first; recovery_id_r is NULL without one. */
+int popvault_keystore_list(const char *keys_dir, pool_t pool,
+			   ARRAY_TYPE(popvault_key_info) *keys_r,
+			   const char **recovery_id_r, const char **error_r);
+
+/* "pvrk1-xxxxxxxx-...": 32 bytes in 8 groups of hex; the parser also
+   takes it without the prefix or dashes. */
+const char *
+popvault_recovery_key_format(const unsigned char key[POPVAULT_RECOVERY_KEY_SIZE]);
+int popvault_recovery_key_parse(const char *text,
+				unsigned char key_r[POPVAULT_RECOVERY_KEY_SIZE],
+				const char **error_r);
 
 #endif

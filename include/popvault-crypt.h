@@ -17,6 +17,13 @@ int popvault_crypt_user_created(struct mail_user *user,
 				const char **error_r);
 void popvault_crypt_user_deinit(struct popvault_user *puser);
 
+/* A POP3 login in password mode (popvault_key_password set) unlocks the
+   keys at once, so a password that does not unlock them refuses the
+   login instead of failing messages one by one (docs/encryption.md).
+   -1 when they did not unlock (logged, event popvault_crypt_unlock_failed);
+   0 otherwise, also when there is nothing to unlock. */
+int popvault_crypt_pop3_unlock(struct popvault_user *puser);
+
 void popvault_crypt_init(struct module *module);
 void popvault_crypt_deinit(void);
 

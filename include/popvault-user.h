@@ -19,8 +19,9 @@ struct popvault_user {
 
 	/* a POP3 session ran: sweep retention once the client is gone */
 	bool sweep_after_session;
-	/* LOGIN-DELAY refused this POP3 login: INBOX must not be opened */
-	bool pop3_login_refused;
+	/* LOGIN-DELAY or locked keys refused this POP3 login: INBOX must
+	   not be opened; the cause, for pop3's log line */
+	const char *pop3_login_refused;
 	/* encryption state; NULL when encryption is off (popvault-crypt.h) */
 	struct popvault_crypt_user *crypt;
 };

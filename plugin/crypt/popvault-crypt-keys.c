@@ -1,6 +1,7 @@
 /* Copyright (c) 2026 popvault authors, see the included COPYING file */
 
 #include "lib.h"
+#include "array.h"
 #include "str.h"
 #include "buffer.h"
 #include "hex-binary.h"
@@ -11,6 +12,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <unistd.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -18,24 +20,87 @@
 
 #define KEYFILE_MAGIC "popvault-keypair 1"
 #define KEYFILE_SUFFIX ".key"
+#define KEY_ID_HEX_LEN (POPVAULT_KEY_ID_SIZE * 2)
 #define CURRENT_NAME "current"
+#define RECOVERY_NAME "recovery"
+#define RECOVERY_MAGIC "popvault-recovery 1"
+#define RECOVERY_TEXT_PREFIX "pvrk1-"
 #define WRAP_KIND_MASTER "master-v1"
+#define WRAP_KIND_PASSWORD "password-v1"
+#define WRAP_KIND_RECOVERY "recovery-v1"
+#define PWHASH_ALG_NAME "argon2id13"
 #define WRAP_INFO "popvault v1 master-wrap"
 #define WRAP_SALT_SIZE 16
+#define PW_SALT_SIZE crypto_pwhash_SALTBYTES
 #define WRAP_NONCE_SIZE crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define WRAP_KEY_SIZE crypto_aead_xchacha20poly1305_ietf_KEYBYTES
 #define WRAP_CT_SIZE (POPVAULT_SK_SIZE + \
 		      crypto_aead_xchacha20poly1305_ietf_ABYTES)
+#define SEALED_SIZE (POPVAULT_SK_SIZE + crypto_box_SEALBYTES)
+/* a key pair is sealed to the current recovery key, and for a moment
+   while it is replaced, to the previous one too */
+#define RECOVERY_WRAPS_MAX 4
 /* key files and the master key file are tiny; refuse anything large */
 #define SMALL_FILE_MAX 65536
+
+/* RFC 9106's second recommended Argon2id setting (t=3, 64 MiB), single
+   lane as libsodium computes it: 106 ms on the 2-core CI machine
+   (docs/encryption.md), well inside Dovecot's default 256 MiB
+   vsz_limit. The cost is paid once per POP3 login or IMAP session that
+   reads encrypted mail, never on delivery. */
+struct popvault_pwhash_params popvault_pwhash_params = {
+	.opslimit = 3,
+	.memlimit = 64 * 1024 * 1024,
+};
+
+struct password_wrap {
+	unsigned long long opslimit;
+	size_t memlimit;
+	unsigned char salt[PW_SALT_SIZE];
+	unsigned char nonce[WRAP_NONCE_SIZE];
+	unsigned char ct[WRAP_CT_SIZE];
+};
+
+struct recovery_wrap {
+	unsigned char id[POPVAULT_KEY_ID_SIZE];
+	unsigned char sealed[SEALED_SIZE];
+};
 
 struct keyfile {
 	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
 	unsigned char pk[POPVAULT_PK_SIZE];
-	/* the master-v1 wrap, when present */
+	time_t created;
+
 	bool have_master_wrap;
 	unsigned char salt[WRAP_SALT_SIZE];
 	unsigned char nonce[WRAP_NONCE_SIZE];
 	unsigned char ct[WRAP_CT_SIZE];
+
+	bool have_password_wrap;
+	struct password_wrap pw;
+
+	unsigned int recovery_count;
+	struct recovery_wrap recovery[RECOVERY_WRAPS_MAX];
+
+	/* lines of kinds this version does not know, kept on rewrite */
+	const char *other_lines;
+};
+
+/* Argon2id is the slow part of unlocking: every key file wrapped with
+   the same salt and cost (set_password uses one salt for all) shares
+   one derivation per call. */
+struct pw_kek_cache {
+	bool valid;
+	const char *password;
+	unsigned long long opslimit;
+	size_t memlimit;
+	unsigned char salt[PW_SALT_SIZE];
+	unsigned char kek[WRAP_KEY_SIZE];
+};
+
+struct recovery_pub {
+	unsigned char id[POPVAULT_KEY_ID_SIZE];
+	unsigned char pk[POPVAULT_PK_SIZE];
 };
 
 static int read_small_file(const char *path, string_t *str,
@@ -113,13 +178,16 @@ int popvault_master_key_read(const char *setting,
 	return ret;
 }
 
+
+/* ---- wrapping ---- */
+
 /* KEK = HKDF-SHA256(salt, master, "popvault v1 master-wrap" 0 user 0
    key_id_hex) */
 static void wrap_kek(const unsigned char master[POPVAULT_MASTER_KEY_SIZE],
 		     const unsigned char salt[WRAP_SALT_SIZE],
 		     const char *username,
 		     const unsigned char key_id[POPVAULT_KEY_ID_SIZE],
-		     unsigned char kek_r[crypto_aead_xchacha20poly1305_ietf_KEYBYTES])
+		     unsigned char kek_r[WRAP_KEY_SIZE])
 {
 	string_t *info = t_str_new(128);
 
@@ -131,22 +199,255 @@ static void wrap_kek(const unsigned char master[POPVAULT_MASTER_KEY_SIZE],
 	popvault_hkdf_sha256(salt, WRAP_SALT_SIZE,
 			     master, POPVAULT_MASTER_KEY_SIZE,
 			     str_data(info), str_len(info), kek_r,
-			     crypto_aead_xchacha20poly1305_ietf_KEYBYTES);
+			     WRAP_KEY_SIZE);
 }
 
 /* AAD binds the wrap to the file format, the user and the public key. */
-static buffer_t *wrap_aad(const char *username,
-			  const unsigned char key_id[POPVAULT_KEY_ID_SIZE],
-			  const unsigned char pk[POPVAULT_PK_SIZE])
+static buffer_t *wrap_aad(const char *username, const struct keyfile *kf)
 {
 	buffer_t *aad = t_buffer_create(128);
 
 	buffer_append(aad, KEYFILE_MAGIC, strlen(KEYFILE_MAGIC) + 1);
 	buffer_append(aad, username, strlen(username) + 1);
-	buffer_append(aad, key_id, POPVAULT_KEY_ID_SIZE);
-	buffer_append(aad, pk, POPVAULT_PK_SIZE);
+	buffer_append(aad, kf->key_id, POPVAULT_KEY_ID_SIZE);
+	buffer_append(aad, kf->pk, POPVAULT_PK_SIZE);
 	return aad;
 }
+
+/* ... and a password wrap also to its kind and cost: lowering the cost
+   in the file makes it fail instead of easing a guess. */
+static buffer_t *password_aad(const char *username, const struct keyfile *kf)
+{
+	buffer_t *aad = wrap_aad(username, kf);
+	const char *params = t_strdup_printf(WRAP_KIND_PASSWORD " "
+		PWHASH_ALG_NAME " %llu %zu", kf->pw.opslimit,
+		kf->pw.memlimit / 1024);
+
+	buffer_append(aad, params, strlen(params) + 1);
+	return aad;
+}
+
+static void pw_kek_cache_clear(struct pw_kek_cache *cache)
+{
+	sodium_memzero(cache, sizeof(*cache));
+}
+
+static int
+pw_kek_get(struct pw_kek_cache *cache, const char *password,
+	   unsigned long long opslimit, size_t memlimit,
+	   const unsigned char salt[PW_SALT_SIZE], const char **error_r)
+{
+	if (cache->valid && strcmp(cache->password, password) == 0 &&
+	    cache->opslimit == opslimit && cache->memlimit == memlimit &&
+	    memcmp(cache->salt, salt, PW_SALT_SIZE) == 0)
+		return 0;
+	pw_kek_cache_clear(cache);
+	/* the cost comes from a file: a huge one must not exhaust memory */
+	if (opslimit < crypto_pwhash_OPSLIMIT_MIN || opslimit > 64 ||
+	    memlimit < crypto_pwhash_MEMLIMIT_MIN ||
+	    memlimit > 1024 * 1024 * 1024) {
+		*error_r = "unsupported Argon2id cost";
+		return -1;
+	}
+	if (crypto_pwhash(cache->kek, sizeof(cache->kek), password,
+			  strlen(password), salt, opslimit, memlimit,
+			  crypto_pwhash_ALG_ARGON2ID13) != 0) {
+		*error_r = t_strdup_printf("Argon2id with %zu MiB failed "
+			"(out of memory: vsz_limit?)", memlimit >> 20);
+		return -1;
+	}
+	cache->valid = TRUE;
+	cache->password = password;
+	cache->opslimit = opslimit;
+	cache->memlimit = memlimit;
+	memcpy(cache->salt, salt, PW_SALT_SIZE);
+	return 0;
+}
+
+static void keyfile_wrap_master(struct keyfile *kf, const char *username,
+				const unsigned char *master,
+				const unsigned char sk[POPVAULT_SK_SIZE])
+{
+	unsigned char kek[WRAP_KEY_SIZE];
+	buffer_t *aad = wrap_aad(username, kf);
+
+	randombytes_buf(kf->salt, sizeof(kf->salt));
+	randombytes_buf(kf->nonce, sizeof(kf->nonce));
+	wrap_kek(master, kf->salt, username, kf->key_id, kek);
+	crypto_aead_xchacha20poly1305_ietf_encrypt(kf->ct, NULL, sk,
+		POPVAULT_SK_SIZE, aad->data, aad->used, NULL, kf->nonce, kek);
+	sodium_memzero(kek, sizeof(kek));
+	kf->have_master_wrap = TRUE;
+}
+
+/* Wraps with the cache's salt and cost when it holds this password, so
+   every key of a user shares one Argon2id at unlock. */
+static int keyfile_wrap_password(struct keyfile *kf, const char *username,
+				 const char *password,
+				 struct pw_kek_cache *cache,
+				 const unsigned char sk[POPVAULT_SK_SIZE],
+				 const char **error_r)
+{
+	unsigned char salt[PW_SALT_SIZE];
+	buffer_t *aad;
+
+	if (!cache->valid || strcmp(cache->password, password) != 0) {
+		randombytes_buf(salt, sizeof(salt));
+		if (pw_kek_get(cache, password,
+			       popvault_pwhash_params.opslimit,
+			       popvault_pwhash_params.memlimit, salt,
+			       error_r) < 0)
+			return -1;
+	}
+	kf->pw.opslimit = cache->opslimit;
+	kf->pw.memlimit = cache->memlimit;
+	memcpy(kf->pw.salt, cache->salt, PW_SALT_SIZE);
+	randombytes_buf(kf->pw.nonce, sizeof(kf->pw.nonce));
+	aad = password_aad(username, kf);
+	crypto_aead_xchacha20poly1305_ietf_encrypt(kf->pw.ct, NULL, sk,
+		POPVAULT_SK_SIZE, aad->data, aad->used, NULL, kf->pw.nonce,
+		cache->kek);
+	kf->have_password_wrap = TRUE;
+	return 0;
+}
+
+static void keyfile_seal_recovery(struct keyfile *kf,
+				  const struct recovery_pub *rp,
+				  const unsigned char sk[POPVAULT_SK_SIZE])
+{
+	struct recovery_wrap *wrap = NULL;
+	unsigned int i;
+
+	for (i = 0; i < kf->recovery_count; i++) {
+		if (memcmp(kf->recovery[i].id, rp->id, sizeof(rp->id)) == 0)
+			wrap = &kf->recovery[i];
+	}
+	if (wrap == NULL) {
+		if (kf->recovery_count == RECOVERY_WRAPS_MAX) {
+			/* the oldest gives way */
+			memmove(kf->recovery, kf->recovery + 1,
+				sizeof(kf->recovery[0]) *
+				(RECOVERY_WRAPS_MAX - 1));
+			kf->recovery_count--;
+		}
+		wrap = &kf->recovery[kf->recovery_count++];
+	}
+	memcpy(wrap->id, rp->id, sizeof(wrap->id));
+	/* the sealed key carries no AAD: after opening, the key must
+	   match this file's public key (keyfile_unwrap_sk) */
+	crypto_box_seal(wrap->sealed, sk, POPVAULT_SK_SIZE, rp->pk);
+}
+
+static bool keyfile_open_master(const struct keyfile *kf, const char *username,
+				const unsigned char *master,
+				unsigned char sk_r[POPVAULT_SK_SIZE])
+{
+	unsigned char kek[WRAP_KEY_SIZE];
+	buffer_t *aad = wrap_aad(username, kf);
+	int ret;
+
+	wrap_kek(master, kf->salt, username, kf->key_id, kek);
+	ret = crypto_aead_xchacha20poly1305_ietf_decrypt(sk_r, NULL, NULL,
+		kf->ct, sizeof(kf->ct), aad->data, aad->used, kf->nonce, kek);
+	sodium_memzero(kek, sizeof(kek));
+	return ret == 0;
+}
+
+/* 1 = opened, 0 = not sealed to this recovery key or seal broken */
+static bool keyfile_open_recovery(const struct keyfile *kf,
+				  const unsigned char *recovery,
+				  unsigned char sk_r[POPVAULT_SK_SIZE])
+{
+	unsigned char rpk[POPVAULT_PK_SIZE], rid[POPVAULT_KEY_ID_SIZE];
+	unsigned int i;
+
+	if (crypto_scalarmult_base(rpk, recovery) != 0)
+		return FALSE;
+	popvault_key_id(rpk, rid);
+	for (i = 0; i < kf->recovery_count; i++) {
+		if (memcmp(kf->recovery[i].id, rid, sizeof(rid)) == 0) {
+			return crypto_box_seal_open(sk_r,
+				kf->recovery[i].sealed, SEALED_SIZE, rpk,
+				recovery) == 0;
+		}
+	}
+	return FALSE;
+}
+
+/* Unwraps kf's private key with the first secret that opens it: master,
+   recovery, then password (Argon2id, the slow one). */
+static int keyfile_unwrap_sk(const struct keyfile *kf, const char *path,
+			     const char *username,
+			     const struct popvault_key_secrets *secrets,
+			     struct pw_kek_cache *cache,
+			     unsigned char sk_r[POPVAULT_SK_SIZE],
+			     const char **error_r)
+{
+	unsigned char check_pk[POPVAULT_PK_SIZE];
+	ARRAY_TYPE(const_string) why;
+	const char *reason, *error;
+	buffer_t *aad;
+
+	t_array_init(&why, 4);
+	if (secrets->master != NULL) {
+		if (!kf->have_master_wrap)
+			reason = "it has no master-key wrap";
+		else if (keyfile_open_master(kf, username, secrets->master,
+					     sk_r))
+			goto opened;
+		else
+			reason = "the master key does not unwrap it (wrong "
+				"master key, another user's file, or damaged)";
+		array_push_back(&why, &reason);
+	}
+	if (secrets->recovery != NULL) {
+		if (keyfile_open_recovery(kf, secrets->recovery, sk_r))
+			goto opened;
+		reason = "it is not sealed to this recovery key";
+		array_push_back(&why, &reason);
+	}
+	if (secrets->password != NULL) {
+		if (!kf->have_password_wrap)
+			reason = "it is not password-locked";
+		else if (pw_kek_get(cache, secrets->password,
+				    kf->pw.opslimit, kf->pw.memlimit,
+				    kf->pw.salt, &error) < 0)
+			reason = error;
+		else {
+			aad = password_aad(username, kf);
+			if (crypto_aead_xchacha20poly1305_ietf_decrypt(sk_r,
+				NULL, NULL, kf->pw.ct, sizeof(kf->pw.ct),
+				aad->data, aad->used, kf->pw.nonce,
+				cache->kek) == 0)
+				goto opened;
+			reason = "the password does not unlock it (a wrong "
+				"password, or the password was changed in the "
+				"passdb without doveadm popvault key "
+				"password)";
+		}
+		array_push_back(&why, &reason);
+	}
+	if (array_count(&why) == 0) {
+		reason = "no master key (popvault_master_key), password "
+			"(popvault_key_password) or recovery key given";
+		array_push_back(&why, &reason);
+	}
+	array_append_zero(&why);
+	*error_r = t_strdup_printf("%s: can't unwrap the private key: %s",
+		path, t_strarray_join(array_front(&why), "; "));
+	return -1;
+opened:
+	if (crypto_scalarmult_base(check_pk, sk_r) != 0 ||
+	    memcmp(check_pk, kf->pk, sizeof(check_pk)) != 0) {
+		sodium_memzero(sk_r, POPVAULT_SK_SIZE);
+		*error_r = t_strdup_printf("%s: the private key does not "
+					   "match the public key", path);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- key files ---- */
 
 static int hex_field(const char *hex, unsigned char *out, size_t size)
 {
@@ -159,12 +460,55 @@ static int hex_field(const char *hex, unsigned char *out, size_t size)
 	return 0;
 }
 
+static int keyfile_parse_private(struct keyfile *kf,
+				 const char *const *f, bool *known_r)
+{
+	unsigned int count = str_array_length(f);
+	uintmax_t mem_kib;
+
+	*known_r = TRUE;
+	if (strcmp(f[1], WRAP_KIND_MASTER) == 0) {
+		if (count != 5 || kf->have_master_wrap ||
+		    hex_field(f[2], kf->salt, WRAP_SALT_SIZE) < 0 ||
+		    hex_field(f[3], kf->nonce, WRAP_NONCE_SIZE) < 0 ||
+		    hex_field(f[4], kf->ct, WRAP_CT_SIZE) < 0)
+			return -1;
+		kf->have_master_wrap = TRUE;
+	} else if (strcmp(f[1], WRAP_KIND_PASSWORD) == 0) {
+		if (count != 8 || kf->have_password_wrap ||
+		    strcmp(f[2], PWHASH_ALG_NAME) != 0 ||
+		    str_to_ullong(f[3], &kf->pw.opslimit) < 0 ||
+		    str_to_uintmax(f[4], &mem_kib) < 0 ||
+		    mem_kib > SIZE_MAX / 1024 ||
+		    hex_field(f[5], kf->pw.salt, PW_SALT_SIZE) < 0 ||
+		    hex_field(f[6], kf->pw.nonce, WRAP_NONCE_SIZE) < 0 ||
+		    hex_field(f[7], kf->pw.ct, WRAP_CT_SIZE) < 0)
+			return -1;
+		kf->pw.memlimit = mem_kib * 1024;
+		kf->have_password_wrap = TRUE;
+	} else if (strcmp(f[1], WRAP_KIND_RECOVERY) == 0) {
+		struct recovery_wrap *wrap;
+
+		if (count != 4 || kf->recovery_count == RECOVERY_WRAPS_MAX)
+			return -1;
+		wrap = &kf->recovery[kf->recovery_count];
+		if (hex_field(f[2], wrap->id, POPVAULT_KEY_ID_SIZE) < 0 ||
+		    hex_field(f[3], wrap->sealed, SEALED_SIZE) < 0)
+			return -1;
+		kf->recovery_count++;
+	} else {
+		*known_r = FALSE;
+	}
+	return 0;
+}
+
 static int keyfile_parse(const char *path, const char *text,
 			 struct keyfile *kf_r, const char **error_r)
 {
 	const char *const *lines = t_strsplit(text, "\n");
 	unsigned char check_id[POPVAULT_KEY_ID_SIZE];
-	bool have_id = FALSE, have_pk = FALSE;
+	string_t *other = t_str_new(64);
+	bool have_id = FALSE, have_pk = FALSE, known;
 	unsigned int i;
 
 	i_zero(kf_r);
@@ -186,17 +530,18 @@ static int keyfile_parse(const char *path, const char *text,
 			if (hex_field(f[1], kf_r->pk, POPVAULT_PK_SIZE) < 0)
 				break;
 			have_pk = TRUE;
-		} else if (strcmp(f[0], "private") == 0 && f[1] != NULL &&
-			   strcmp(f[1], WRAP_KIND_MASTER) == 0) {
-			if (str_array_length(f) != 5 ||
-			    hex_field(f[2], kf_r->salt, WRAP_SALT_SIZE) < 0 ||
-			    hex_field(f[3], kf_r->nonce, WRAP_NONCE_SIZE) < 0 ||
-			    hex_field(f[4], kf_r->ct, WRAP_CT_SIZE) < 0)
+		} else if (strcmp(f[0], "created") == 0 && f[1] != NULL) {
+			if (str_to_time(f[1], &kf_r->created) < 0)
 				break;
-			kf_r->have_master_wrap = TRUE;
+		} else if (strcmp(f[0], "private") == 0 && f[1] != NULL) {
+			if (keyfile_parse_private(kf_r, f, &known) < 0)
+				break;
+			if (!known)
+				str_printfa(other, "%s\n", lines[i]);
+		} else {
+			/* written by a later version: kept on rewrite */
+			str_printfa(other, "%s\n", lines[i]);
 		}
-		/* other lines (created, later wrap kinds) are for other
-		   readers and are ignored here */
 	}
 	if (lines[i] != NULL) {
 		*error_r = t_strdup_printf("%s: invalid line %u", path, i + 1);
@@ -213,15 +558,53 @@ static int keyfile_parse(const char *path, const char *text,
 					   "public key", path);
 		return -1;
 	}
+	kf_r->other_lines = str_c(other);
 	return 0;
+}
+
+static string_t *keyfile_format(const struct keyfile *kf)
+{
+	string_t *str = t_str_new(1024);
+	unsigned int i;
+
+	str_printfa(str, KEYFILE_MAGIC"\nkey_id %s\ncreated %ld\npublic %s\n",
+		    binary_to_hex(kf->key_id, sizeof(kf->key_id)),
+		    (long)kf->created, binary_to_hex(kf->pk, sizeof(kf->pk)));
+	if (kf->have_master_wrap) {
+		str_printfa(str, "private "WRAP_KIND_MASTER" %s %s %s\n",
+			    binary_to_hex(kf->salt, sizeof(kf->salt)),
+			    binary_to_hex(kf->nonce, sizeof(kf->nonce)),
+			    binary_to_hex(kf->ct, sizeof(kf->ct)));
+	}
+	if (kf->have_password_wrap) {
+		str_printfa(str, "private "WRAP_KIND_PASSWORD" "
+			    PWHASH_ALG_NAME" %llu %zu %s %s %s\n",
+			    kf->pw.opslimit, kf->pw.memlimit / 1024,
+			    binary_to_hex(kf->pw.salt, sizeof(kf->pw.salt)),
+			    binary_to_hex(kf->pw.nonce, sizeof(kf->pw.nonce)),
+			    binary_to_hex(kf->pw.ct, sizeof(kf->pw.ct)));
+	}
+	for (i = 0; i < kf->recovery_count; i++) {
+		str_printfa(str, "private "WRAP_KIND_RECOVERY" %s %s\n",
+			    binary_to_hex(kf->recovery[i].id,
+					  POPVAULT_KEY_ID_SIZE),
+			    binary_to_hex(kf->recovery[i].sealed,
+					  SEALED_SIZE));
+	}
+	str_append(str, kf->other_lines == NULL ? "" : kf->other_lines);
+	return str;
+}
+
+static const char *keyfile_path(const char *keys_dir, const char *id_hex)
+{
+	return t_strconcat(keys_dir, "/", id_hex, KEYFILE_SUFFIX, NULL);
 }
 
 static int keyfile_read(const char *keys_dir, const char *key_id_hex,
 			struct keyfile *kf_r, const char **error_r)
 {
-	const char *path = t_strconcat(keys_dir, "/", key_id_hex,
-				       KEYFILE_SUFFIX, NULL);
-	string_t *str = t_str_new(512);
+	const char *path = keyfile_path(keys_dir, key_id_hex);
+	string_t *str = t_str_new(1024);
 	int ret;
 
 	if ((ret = read_small_file(path, str, error_r)) <= 0) {
@@ -290,6 +673,38 @@ static int keys_dir_create(const char *keys_dir, const char **error_r)
 	return 0;
 }
 
+/* Replaces path's content atomically: temporary file, rename, and the
+   directory fsynced so the rename survives a crash. */
+static int replace_file(const char *dir, const char *name,
+			const void *data, size_t size, const char **error_r)
+{
+	const char *path = t_strconcat(dir, "/", name, NULL);
+	const char *tmp = write_tmp(dir, name, data, size, error_r);
+
+	if (tmp == NULL)
+		return -1;
+	if (rename(tmp, path) < 0) {
+		*error_r = t_strdup_printf("rename(%s, %s) failed: %m",
+					   tmp, path);
+		i_unlink(tmp);
+		return -1;
+	}
+	return fsync_dir(dir, error_r);
+}
+
+static int keyfile_write(const char *keys_dir, const struct keyfile *kf,
+			 const char **error_r)
+{
+	const char *id_hex = binary_to_hex(kf->key_id, sizeof(kf->key_id));
+	string_t *str = keyfile_format(kf);
+	int ret;
+
+	ret = replace_file(keys_dir, t_strconcat(id_hex, KEYFILE_SUFFIX, NULL),
+			   str_data(str), str_len(str), error_r);
+	sodium_memzero(str_c_modifiable(str), str_len(str));
+	return ret;
+}
+
 /* Returns 1 and the key id when "current" exists, 0 when it doesn't. */
 static int read_current(const char *keys_dir, const char **key_id_hex_r,
 			const char **error_r)
@@ -311,55 +726,139 @@ static int read_current(const char *keys_dir, const char **key_id_hex_r,
 	return 1;
 }
 
+int popvault_keystore_exists(const char *keys_dir, const char **error_r)
+{
+	const char *id_hex;
+
+	return read_current(keys_dir, &id_hex, error_r);
+}
+
+/* Returns 1 with the recovery public key, 0 when there is none. */
+static int read_recovery_pub(const char *keys_dir, struct recovery_pub *rp_r,
+			     const char **error_r)
+{
+	const char *path = t_strconcat(keys_dir, "/" RECOVERY_NAME, NULL);
+	string_t *str = t_str_new(256);
+	const char *const *lines;
+	unsigned char check[POPVAULT_KEY_ID_SIZE];
+	bool have_id = FALSE, have_pk = FALSE;
+	int ret;
+
+	if ((ret = read_small_file(path, str, error_r)) <= 0)
+		return ret;
+	lines = t_strsplit(str_c(str), "\n");
+	if (lines[0] == NULL || strcmp(lines[0], RECOVERY_MAGIC) != 0) {
+		*error_r = t_strdup_printf("%s: not a recovery key file", path);
+		return -1;
+	}
+	for (; *lines != NULL; lines++) {
+		if (str_begins(*lines, "key_id ")) {
+			have_id = hex_field(*lines + 7, rp_r->id,
+					    sizeof(rp_r->id)) == 0;
+		} else if (str_begins(*lines, "public ")) {
+			have_pk = hex_field(*lines + 7, rp_r->pk,
+					    sizeof(rp_r->pk)) == 0;
+		}
+	}
+	if (have_pk)
+		popvault_key_id(rp_r->pk, check);
+	if (!have_id || !have_pk || memcmp(check, rp_r->id, sizeof(check)) != 0) {
+		*error_r = t_strdup_printf("%s: invalid recovery key file",
+					   path);
+		return -1;
+	}
+	return 1;
+}
+
+/* The key ids of every key file, sorted. */
+static int keystore_key_ids(const char *keys_dir,
+			    ARRAY_TYPE(const_string) *ids,
+			    const char **error_r)
+{
+	struct dirent *d;
+	const char *name;
+	size_t len;
+	DIR *dir;
+
+	dir = opendir(keys_dir);
+	if (dir == NULL) {
+		if (errno == ENOENT)
+			return 0;
+		*error_r = t_strdup_printf("opendir(%s) failed: %m", keys_dir);
+		return -1;
+	}
+	while ((d = readdir(dir)) != NULL) {
+		name = d->d_name;
+		len = strlen(name);
+		if (name[0] == '.' ||
+		    len != KEY_ID_HEX_LEN + strlen(KEYFILE_SUFFIX) ||
+		    strcmp(name + KEY_ID_HEX_LEN, KEYFILE_SUFFIX) != 0)
+			continue;
+		name = t_strndup(name, KEY_ID_HEX_LEN);
+		array_push_back(ids, &name);
+	}
+	if (closedir(dir) < 0) {
+		*error_r = t_strdup_printf("closedir(%s) failed: %m", keys_dir);
+		return -1;
+	}
+	array_sort(ids, i_strcmp_p);
+	return 0;
+}
+
+/* Writes a new key pair file wrapped with every secret given (and sealed
+   to the recovery key when the store has one). */
+static int keypair_new(const char *keys_dir, const char *username,
+		       const struct popvault_key_secrets *secrets,
+		       struct pw_kek_cache *cache, struct keyfile *kf_r,
+		       const char **error_r)
+{
+	unsigned char sk[POPVAULT_SK_SIZE];
+	struct recovery_pub rp;
+	int ret;
+
+	if (secrets->master == NULL && secrets->password == NULL) {
+		*error_r = "no master key (popvault_master_key) or password "
+			"to lock a new key pair with";
+		return -1;
+	}
+	if ((ret = read_recovery_pub(keys_dir, &rp, error_r)) < 0 ||
+	    keys_dir_create(keys_dir, error_r) < 0)
+		return -1;
+
+	i_zero(kf_r);
+	popvault_keypair_generate(kf_r->pk, sk);
+	popvault_key_id(kf_r->pk, kf_r->key_id);
+	kf_r->created = time(NULL);
+	if (secrets->master != NULL)
+		keyfile_wrap_master(kf_r, username, secrets->master, sk);
+	if (secrets->password != NULL &&
+	    keyfile_wrap_password(kf_r, username, secrets->password, cache,
+				  sk, error_r) < 0) {
+		sodium_memzero(sk, sizeof(sk));
+		return -1;
+	}
+	if (ret > 0)
+		keyfile_seal_recovery(kf_r, &rp, sk);
+	sodium_memzero(sk, sizeof(sk));
+	return keyfile_write(keys_dir, kf_r, error_r);
+}
+
 int popvault_keystore_create(const char *keys_dir, const char *username,
-			     const unsigned char master[POPVAULT_MASTER_KEY_SIZE],
+			     const struct popvault_key_secrets *secrets,
 			     unsigned char pk_r[POPVAULT_PK_SIZE],
 			     const char **error_r)
 {
-	unsigned char sk[POPVAULT_SK_SIZE], pk[POPVAULT_PK_SIZE];
-	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
-	unsigned char salt[WRAP_SALT_SIZE], nonce[WRAP_NONCE_SIZE];
-	unsigned char ct[WRAP_CT_SIZE];
-	unsigned char kek[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
-	const char *id_hex, *key_path, *tmp, *cur_path, *winner;
-	buffer_t *aad;
-	string_t *str;
+	struct pw_kek_cache cache;
 	struct keyfile kf;
+	const char *id_hex, *tmp, *cur_path, *winner;
+	int ret;
 
-	if (keys_dir_create(keys_dir, error_r) < 0)
+	i_zero(&cache);
+	ret = keypair_new(keys_dir, username, secrets, &cache, &kf, error_r);
+	pw_kek_cache_clear(&cache);
+	if (ret < 0)
 		return -1;
-
-	popvault_keypair_generate(pk, sk);
-	popvault_key_id(pk, key_id);
-	id_hex = binary_to_hex(key_id, sizeof(key_id));
-	randombytes_buf(salt, sizeof(salt));
-	randombytes_buf(nonce, sizeof(nonce));
-	wrap_kek(master, salt, username, key_id, kek);
-	aad = wrap_aad(username, key_id, pk);
-	crypto_aead_xchacha20poly1305_ietf_encrypt(ct, NULL, sk, sizeof(sk),
-		aad->data, aad->used, NULL, nonce, kek);
-	sodium_memzero(sk, sizeof(sk));
-	sodium_memzero(kek, sizeof(kek));
-
-	str = t_str_new(512);
-	str_printfa(str, KEYFILE_MAGIC"\nkey_id %s\ncreated %ld\n"
-		    "public %s\nprivate "WRAP_KIND_MASTER" %s %s %s\n",
-		    id_hex, (long)time(NULL), binary_to_hex(pk, sizeof(pk)),
-		    binary_to_hex(salt, sizeof(salt)),
-		    binary_to_hex(nonce, sizeof(nonce)),
-		    binary_to_hex(ct, sizeof(ct)));
-
-	key_path = t_strconcat(keys_dir, "/", id_hex, KEYFILE_SUFFIX, NULL);
-	tmp = write_tmp(keys_dir, t_strconcat(id_hex, KEYFILE_SUFFIX, NULL),
-			str_data(str), str_len(str), error_r);
-	if (tmp == NULL)
-		return -1;
-	if (rename(tmp, key_path) < 0) {
-		*error_r = t_strdup_printf("rename(%s, %s) failed: %m",
-					   tmp, key_path);
-		i_unlink(tmp);
-		return -1;
-	}
+	id_hex = binary_to_hex(kf.key_id, sizeof(kf.key_id));
 
 	/* link() fails with EEXIST when another process made its key pair
 	   current first: then that one wins and ours is removed. */
@@ -377,7 +876,7 @@ int popvault_keystore_create(const char *keys_dir, const char *username,
 				tmp, cur_path, strerror(link_errno));
 			return -1;
 		}
-		i_unlink(key_path);
+		i_unlink(keyfile_path(keys_dir, id_hex));
 		if (read_current(keys_dir, &winner, error_r) <= 0 ||
 		    keyfile_read(keys_dir, winner, &kf, error_r) < 0)
 			return -1;
@@ -385,12 +884,12 @@ int popvault_keystore_create(const char *keys_dir, const char *username,
 		return fsync_dir(keys_dir, error_r);
 	}
 	i_unlink(tmp);
-	memcpy(pk_r, pk, POPVAULT_PK_SIZE);
+	memcpy(pk_r, kf.pk, POPVAULT_PK_SIZE);
 	return fsync_dir(keys_dir, error_r);
 }
 
 int popvault_keystore_get_current(const char *keys_dir, const char *username,
-				  const unsigned char *master,
+				  const struct popvault_key_secrets *secrets,
 				  unsigned char pk_r[POPVAULT_PK_SIZE],
 				  bool *created_r, const char **error_r)
 {
@@ -408,96 +907,320 @@ int popvault_keystore_get_current(const char *keys_dir, const char *username,
 		memcpy(pk_r, kf.pk, POPVAULT_PK_SIZE);
 		return 0;
 	}
-	if (master == NULL) {
-		*error_r = "no key pair yet and no master key to create one";
+	if (secrets->master == NULL && secrets->password == NULL) {
+		*error_r = "no key pair yet, and no master key to create one "
+			"(with popvault_key_password it is created at the "
+			"user's first login, or by doveadm popvault key "
+			"generate)";
 		return -1;
 	}
-	if (popvault_keystore_create(keys_dir, username, master, pk_r,
+	if (popvault_keystore_create(keys_dir, username, secrets, pk_r,
 				     error_r) < 0)
 		return -1;
 	*created_r = TRUE;
 	return 0;
 }
 
-static int
-keyfile_unwrap(const struct keyfile *kf, const char *path,
-	       const char *username,
-	       const unsigned char master[POPVAULT_MASTER_KEY_SIZE],
-	       struct popvault_receiver *receiver, const char **error_r)
+int popvault_keystore_rotate(const char *keys_dir, const char *username,
+			     const struct popvault_key_secrets *secrets,
+			     unsigned char pk_r[POPVAULT_PK_SIZE],
+			     const char **error_r)
 {
-	unsigned char kek[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
 	unsigned char sk[POPVAULT_SK_SIZE];
-	buffer_t *aad;
+	struct pw_kek_cache cache;
+	struct keyfile cur, kf;
+	const char *id_hex;
 	int ret;
 
-	if (!kf->have_master_wrap) {
-		*error_r = t_strdup_printf("%s: no master-wrapped private key",
-					   path);
+	if ((ret = read_current(keys_dir, &id_hex, error_r)) <= 0) {
+		if (ret == 0)
+			*error_r = "no key pair yet (doveadm popvault key generate)";
 		return -1;
 	}
-	wrap_kek(master, kf->salt, username, kf->key_id, kek);
-	aad = wrap_aad(username, kf->key_id, kf->pk);
-	ret = crypto_aead_xchacha20poly1305_ietf_decrypt(sk, NULL, NULL,
-		kf->ct, sizeof(kf->ct), aad->data, aad->used, kf->nonce, kek);
-	sodium_memzero(kek, sizeof(kek));
-	if (ret != 0) {
-		*error_r = t_strdup_printf("%s: can't unwrap the private key "
-			"(wrong master key, another user's file, or damaged)",
-			path);
+	if (keyfile_read(keys_dir, id_hex, &cur, error_r) < 0)
+		return -1;
+	if (cur.have_password_wrap && secrets->password == NULL) {
+		*error_r = "the current key pair is password-locked: give the "
+			"password, so that the new one is locked with it too";
 		return -1;
 	}
-	ret = popvault_receiver_add_key(receiver, sk);
+	/* proves the secrets before anything is written, and leaves the
+	   password's derivation in the cache for the new key's wrap */
+	i_zero(&cache);
+	ret = keyfile_unwrap_sk(&cur, keyfile_path(keys_dir, id_hex), username,
+				secrets, &cache, sk, error_r);
 	sodium_memzero(sk, sizeof(sk));
-	if (ret < 0) {
-		*error_r = t_strdup_printf("%s: invalid private key", path);
+	if (ret == 0)
+		ret = keypair_new(keys_dir, username, secrets, &cache, &kf,
+				  error_r);
+	pw_kek_cache_clear(&cache);
+	if (ret < 0)
 		return -1;
-	}
+	id_hex = binary_to_hex(kf.key_id, sizeof(kf.key_id));
+	if (replace_file(keys_dir, CURRENT_NAME,
+			 t_strconcat(id_hex, "\n", NULL), strlen(id_hex) + 1,
+			 error_r) < 0)
+		return -1;
+	memcpy(pk_r, kf.pk, POPVAULT_PK_SIZE);
 	return 0;
 }
 
 int popvault_keystore_load_receiver(const char *keys_dir,
 				    const char *username,
-				    const unsigned char master[POPVAULT_MASTER_KEY_SIZE],
+				    const struct popvault_key_secrets *secrets,
 				    struct popvault_receiver *receiver,
 				    unsigned int *count_r,
 				    const char **error_r)
 {
+	unsigned char sk[POPVAULT_SK_SIZE];
+	ARRAY_TYPE(const_string) ids;
+	struct pw_kek_cache cache;
 	struct keyfile kf;
-	struct dirent *d;
-	DIR *dir;
-	const char *name, *path;
-	size_t len;
+	const char *id;
 	int ret = 0;
 
 	*count_r = 0;
-	dir = opendir(keys_dir);
-	if (dir == NULL) {
-		if (errno == ENOENT)
-			return 0;
-		*error_r = t_strdup_printf("opendir(%s) failed: %m", keys_dir);
+	t_array_init(&ids, 8);
+	if (keystore_key_ids(keys_dir, &ids, error_r) < 0)
+		return -1;
+	i_zero(&cache);
+	array_foreach_elem(&ids, id) {
+		if (keyfile_read(keys_dir, id, &kf, error_r) < 0 ||
+		    keyfile_unwrap_sk(&kf, keyfile_path(keys_dir, id),
+				      username, secrets, &cache, sk,
+				      error_r) < 0) {
+			ret = -1;
+			break;
+		}
+		ret = popvault_receiver_add_key(receiver, sk);
+		sodium_memzero(sk, sizeof(sk));
+		if (ret < 0) {
+			*error_r = t_strdup_printf("%s: invalid private key",
+				keyfile_path(keys_dir, id));
+			break;
+		}
+		(*count_r)++;
+	}
+	pw_kek_cache_clear(&cache);
+	sodium_memzero(&kf, sizeof(kf));
+	return ret;
+}
+
+int popvault_keystore_set_password(const char *keys_dir, const char *username,
+				   const struct popvault_key_secrets *secrets,
+				   const char *new_password,
+				   const char **error_r)
+{
+	const struct popvault_key_secrets resume = { .password = new_password };
+	unsigned char sk[POPVAULT_SK_SIZE];
+	ARRAY_TYPE(const_string) ids;
+	struct pw_kek_cache old_cache, new_cache, resume_cache;
+	struct keyfile kf;
+	const char *id, *path, *error;
+	int ret = 0;
+
+	t_array_init(&ids, 8);
+	if (keystore_key_ids(keys_dir, &ids, error_r) < 0)
+		return -1;
+	if (array_count(&ids) == 0) {
+		*error_r = "no key pair yet (doveadm popvault key generate)";
 		return -1;
 	}
-	while (ret == 0 && (d = readdir(dir)) != NULL) {
-		name = d->d_name;
-		len = strlen(name);
-		if (name[0] == '.' || len != POPVAULT_KEY_ID_SIZE * 2 +
-		    strlen(KEYFILE_SUFFIX) ||
-		    strcmp(name + POPVAULT_KEY_ID_SIZE * 2,
-			   KEYFILE_SUFFIX) != 0)
-			continue;
-		path = t_strconcat(keys_dir, "/", name, NULL);
-		if (keyfile_read(keys_dir, t_strndup(name, len -
-				 strlen(KEYFILE_SUFFIX)), &kf, error_r) < 0 ||
-		    keyfile_unwrap(&kf, path, username, master, receiver,
-				   error_r) < 0)
+	i_zero(&old_cache); i_zero(&new_cache); i_zero(&resume_cache);
+	array_foreach_elem(&ids, id) {
+		path = keyfile_path(keys_dir, id);
+		if (keyfile_read(keys_dir, id, &kf, error_r) < 0) {
 			ret = -1;
-		else
-			(*count_r)++;
+			break;
+		}
+		if (keyfile_unwrap_sk(&kf, path, username, secrets,
+				      &old_cache, sk, error_r) < 0 &&
+		    (!kf.have_password_wrap ||
+		     keyfile_unwrap_sk(&kf, path, username, &resume,
+				       &resume_cache, sk, &error) < 0)) {
+			/* not done by an earlier, interrupted run either */
+			ret = -1;
+			break;
+		}
+		ret = keyfile_wrap_password(&kf, username, new_password,
+					    &new_cache, sk, error_r);
+		sodium_memzero(sk, sizeof(sk));
+		if (ret < 0 || (ret = keyfile_write(keys_dir, &kf, error_r)) < 0)
+			break;
+	}
+	pw_kek_cache_clear(&old_cache);
+	pw_kek_cache_clear(&new_cache);
+	pw_kek_cache_clear(&resume_cache);
+	sodium_memzero(&kf, sizeof(kf));
+	return ret;
+}
+
+static int recovery_drop_others(const char *keys_dir,
+				const ARRAY_TYPE(const_string) *ids,
+				const struct recovery_pub *rp,
+				const char **error_r)
+{
+	struct keyfile kf;
+	unsigned int i, n;
+	const char *id;
+
+	array_foreach_elem(ids, id) {
+		if (keyfile_read(keys_dir, id, &kf, error_r) < 0)
+			return -1;
+		for (i = n = 0; i < kf.recovery_count; i++) {
+			if (memcmp(kf.recovery[i].id, rp->id,
+				   sizeof(rp->id)) == 0)
+				kf.recovery[n++] = kf.recovery[i];
+		}
+		if (n == kf.recovery_count)
+			continue;
+		kf.recovery_count = n;
+		if (keyfile_write(keys_dir, &kf, error_r) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
+				   const struct popvault_key_secrets *secrets,
+				   unsigned char recovery_r[POPVAULT_RECOVERY_KEY_SIZE],
+				   const char **recovery_id_r,
+				   const char **error_r)
+{
+	unsigned char sk[POPVAULT_SK_SIZE];
+	ARRAY_TYPE(const_string) ids;
+	struct pw_kek_cache cache;
+	struct recovery_pub rp;
+	struct keyfile kf;
+	const char *id, *text;
+	int ret = 0;
+
+	t_array_init(&ids, 8);
+	if (keys_dir_create(keys_dir, error_r) < 0 ||
+	    keystore_key_ids(keys_dir, &ids, error_r) < 0)
+		return -1;
+	crypto_box_keypair(rp.pk, recovery_r);
+	popvault_key_id(rp.pk, rp.id);
+
+	/* Seal every key to the new recovery key first, then publish it,
+	   and only then drop the old seals: killed anywhere, every key
+	   still opens with the old recovery key or the new one. */
+	i_zero(&cache);
+	array_foreach_elem(&ids, id) {
+		if (keyfile_read(keys_dir, id, &kf, error_r) < 0 ||
+		    keyfile_unwrap_sk(&kf, keyfile_path(keys_dir, id),
+				      username, secrets, &cache, sk,
+				      error_r) < 0) {
+			ret = -1;
+			break;
+		}
+		keyfile_seal_recovery(&kf, &rp, sk);
+		sodium_memzero(sk, sizeof(sk));
+		if ((ret = keyfile_write(keys_dir, &kf, error_r)) < 0)
+			break;
+	}
+	pw_kek_cache_clear(&cache);
+	sodium_memzero(&kf, sizeof(kf));
+	if (ret < 0) {
+		sodium_memzero(recovery_r, POPVAULT_RECOVERY_KEY_SIZE);
+		return -1;
+	}
+	*recovery_id_r = binary_to_hex(rp.id, sizeof(rp.id));
+	text = t_strdup_printf(RECOVERY_MAGIC"\nkey_id %s\ncreated %ld\n"
+			       "public %s\n", *recovery_id_r, (long)time(NULL),
+			       binary_to_hex(rp.pk, sizeof(rp.pk)));
+	if (replace_file(keys_dir, RECOVERY_NAME, text, strlen(text),
+			 error_r) < 0 ||
+	    recovery_drop_others(keys_dir, &ids, &rp, error_r) < 0) {
+		sodium_memzero(recovery_r, POPVAULT_RECOVERY_KEY_SIZE);
+		return -1;
+	}
+	return 0;
+}
+
+static int key_info_cmp(const struct popvault_key_info *a,
+			const struct popvault_key_info *b)
+{
+	if (a->created != b->created)
+		return a->created < b->created ? -1 : 1;
+	return strcmp(a->key_id, b->key_id);
+}
+
+int popvault_keystore_list(const char *keys_dir, pool_t pool,
+			   ARRAY_TYPE(popvault_key_info) *keys_r,
+			   const char **recovery_id_r, const char **error_r)
+{
+	ARRAY_TYPE(const_string) ids;
+	struct popvault_key_info *info;
+	struct recovery_pub rp;
+	struct keyfile kf;
+	const char *id, *current = "";
+	int ret;
+
+	*recovery_id_r = NULL;
+	t_array_init(&ids, 8);
+	if (keystore_key_ids(keys_dir, &ids, error_r) < 0 ||
+	    read_current(keys_dir, &current, error_r) < 0 ||
+	    (ret = read_recovery_pub(keys_dir, &rp, error_r)) < 0)
+		return -1;
+	if (ret > 0) {
+		*recovery_id_r = p_strdup(pool, binary_to_hex(rp.id,
+							      sizeof(rp.id)));
+	}
+	array_foreach_elem(&ids, id) {
+		if (keyfile_read(keys_dir, id, &kf, error_r) < 0)
+			return -1;
+		info = array_append_space(keys_r);
+		info->key_id = p_strdup(pool, id);
+		info->created = kf.created;
+		info->current = strcmp(id, current) == 0;
+		info->master = kf.have_master_wrap;
+		info->password = kf.have_password_wrap;
+		info->recovery = ret > 0 && kf.recovery_count > 0 &&
+			memcmp(kf.recovery[kf.recovery_count - 1].id, rp.id,
+			       sizeof(rp.id)) == 0;
 		sodium_memzero(&kf, sizeof(kf));
 	}
-	if (closedir(dir) < 0 && ret == 0) {
-		*error_r = t_strdup_printf("closedir(%s) failed: %m", keys_dir);
-		ret = -1;
+	array_sort(keys_r, key_info_cmp);
+	return 0;
+}
+
+const char *
+popvault_recovery_key_format(const unsigned char key[POPVAULT_RECOVERY_KEY_SIZE])
+{
+	const char *hex = binary_to_hex(key, POPVAULT_RECOVERY_KEY_SIZE);
+	string_t *str = t_str_new(128);
+	unsigned int i;
+
+	str_append(str, RECOVERY_TEXT_PREFIX);
+	for (i = 0; i < POPVAULT_RECOVERY_KEY_SIZE * 2; i += 8) {
+		if (i > 0)
+			str_append_c(str, '-');
+		str_append_data(str, hex + i, 8);
 	}
-	return ret;
+	return str_c(str);
+}
+
+int popvault_recovery_key_parse(const char *text,
+				unsigned char key_r[POPVAULT_RECOVERY_KEY_SIZE],
+				const char **error_r)
+{
+	string_t *hex = t_str_new(80);
+	int ret;
+
+	text = t_str_trim(text, " \t\r\n");
+	if (str_begins(text, RECOVERY_TEXT_PREFIX))
+		text += strlen(RECOVERY_TEXT_PREFIX);
+	for (; *text != '\0'; text++) {
+		if (*text != '-' && *text != ' ')
+			str_append_c(hex, *text);
+	}
+	ret = hex_field(str_c(hex), key_r, POPVAULT_RECOVERY_KEY_SIZE);
+	sodium_memzero(str_c_modifiable(hex), str_len(hex));
+	if (ret < 0) {
+		*error_r = "not a recovery key (pvrk1- followed by 64 hex "
+			"digits)";
+		return -1;
+	}
+	return 0;
 }

@@ -130,6 +130,37 @@ static int crypt_user_load_master(struct popvault_crypt_user *cuser,
 	return 0;
 }
 
+/* What this process may lock and unlock the user's keys with: the master
+   key when configured (read on first use), and popvault_key_password
+   (empty, so unset, where the passdb gave no password: LMTP, doveadm). */
+static int crypt_user_secrets(struct popvault_crypt_user *cuser,
+			      struct popvault_key_secrets *secrets_r,
+			      const char **error_r)
+{
+	i_zero(secrets_r);
+	if (cuser->set->master_key != NULL) {
+		if (crypt_user_load_master(cuser, error_r) < 0)
+			return -1;
+		secrets_r->master = cuser->master;
+	}
+	secrets_r->password = cuser->set->key_password;
+	return 0;
+}
+
+static void crypt_log_key_created(struct popvault_crypt_user *cuser,
+				  const unsigned char pk[POPVAULT_PK_SIZE])
+{
+	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
+	const char *hex;
+
+	popvault_key_id(pk, key_id);
+	hex = binary_to_hex(key_id, sizeof(key_id));
+	e_info(event_create_passthrough(cuser->event)->
+	       set_name("popvault_crypt_key_created")->
+	       add_str("key_id", hex)->event(),
+	       "crypt: created key pair %s in %s", hex, cuser->keys_dir);
+}
+
 static struct sender_cache_entry *
 sender_cache_get(const char *key, const unsigned char pk[POPVAULT_PK_SIZE],
 		 enum popvault_cipher cipher)
@@ -171,6 +202,7 @@ static struct popvault_sender *
 crypt_user_get_sender(struct popvault_crypt_user *cuser, const char **error_r)
 {
 	unsigned char pk[POPVAULT_PK_SIZE], key_id[POPVAULT_KEY_ID_SIZE];
+	struct popvault_key_secrets secrets;
 	enum popvault_cipher cipher;
 	const char *error, *key;
 	bool created;
@@ -181,25 +213,19 @@ crypt_user_get_sender(struct popvault_crypt_user *cuser, const char **error_r)
 		*error_r = cuser->sender_error;
 		return NULL;
 	}
-	/* The master key is only needed (and only read) here when the user
-	   has no key pair yet; delivery otherwise needs the public key. */
-	if (popvault_keystore_get_current(cuser->keys_dir,
-					  cuser->user->username,
-					  cuser->master_loaded ?
-					  cuser->master : NULL,
+	/* Delivery needs only the public key; a secret is used here only
+	   when the user has no key pair yet. */
+	if (crypt_user_secrets(cuser, &secrets, &error) < 0 ||
+	    popvault_keystore_get_current(cuser->keys_dir,
+					  cuser->user->username, &secrets,
 					  pk, &created, &error) < 0) {
 		cuser->sender_error = p_strdup(cuser->user->pool, error);
 		*error_r = cuser->sender_error;
 		return NULL;
 	}
 	popvault_key_id(pk, key_id);
-	if (created) {
-		e_info(event_create_passthrough(cuser->event)->
-		       set_name("popvault_crypt_key_created")->
-		       add_str("key_id", binary_to_hex(key_id, sizeof(key_id)))->
-		       event(), "crypt: created key pair %s in %s",
-		       binary_to_hex(key_id, sizeof(key_id)), cuser->keys_dir);
-	}
+	if (created)
+		crypt_log_key_created(cuser, pk);
 	cipher = cuser->set->cipher == POPVAULT_CIPHER_SETTING_XCHACHA20POLY1305 ?
 		POPVAULT_CIPHER_XCHACHA20POLY1305 : POPVAULT_CIPHER_AES256GCM;
 	key = t_strdup_printf("%s\t%s\t%d", cuser->user->username,
@@ -217,6 +243,7 @@ static struct popvault_receiver *
 crypt_user_get_receiver(struct popvault_crypt_user *cuser,
 			const char **error_r)
 {
+	struct popvault_key_secrets secrets;
 	struct popvault_receiver *receiver;
 	unsigned int count;
 	const char *error = NULL;
@@ -228,10 +255,10 @@ crypt_user_get_receiver(struct popvault_crypt_user *cuser,
 		return NULL;
 	}
 	receiver = popvault_receiver_create();
-	if (crypt_user_load_master(cuser, &error) < 0 ||
+	if (crypt_user_secrets(cuser, &secrets, &error) < 0 ||
 	    popvault_keystore_load_receiver(cuser->keys_dir,
 					    cuser->user->username,
-					    cuser->master, receiver, &count,
+					    &secrets, receiver, &count,
 					    &error) < 0) {
 		popvault_receiver_free(&receiver);
 		cuser->receiver_error = p_strdup_printf(cuser->user->pool,
@@ -390,8 +417,12 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 	e_debug(cuser->event, "crypt: decrypting mailbox %s uid %u (%s)",
 		mailbox_get_vname(mail->box), mail->uid,
 		pmail->get_stream_reason == NULL ? "" : pmail->get_stream_reason);
-	if ((receiver = crypt_user_get_receiver(cuser, &error)) == NULL)
-		return crypt_mail_fail(mail, error);
+	if ((receiver = crypt_user_get_receiver(cuser, &error)) == NULL) {
+		/* logged once by the unlock; not the message's fault */
+		mail_storage_set_error(mail->box->storage, MAIL_ERROR_TEMP,
+			"The mailbox's encryption keys did not unlock");
+		return -1;
+	}
 
 	input = i_stream_create_popvault_decrypt(*stream, receiver);
 	i_stream_set_name(input, t_strdup_printf("popvault(%s)",
@@ -618,6 +649,41 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 
 /* ---- user ---- */
 
+/* Password mode: the key pair is made at the first login that brings the
+   password, so mail delivered from then on is locked with it. A failure
+   (disk full) is logged and the login goes on: deliveries keep failing
+   closed (451) until a later login or doveadm popvault key generate. */
+static void crypt_user_first_login(struct popvault_crypt_user *cuser)
+{
+	unsigned char pk[POPVAULT_PK_SIZE];
+	struct popvault_key_secrets secrets;
+	const char *error;
+	bool created;
+	int ret;
+
+	if ((ret = popvault_keystore_exists(cuser->keys_dir, &error)) == 0 &&
+	    (ret = crypt_user_secrets(cuser, &secrets, &error)) == 0) {
+		ret = popvault_keystore_get_current(cuser->keys_dir,
+			cuser->user->username, &secrets, pk, &created, &error);
+		if (ret == 0 && created)
+			crypt_log_key_created(cuser, pk);
+	}
+	if (ret < 0) {
+		e_error(cuser->event, "crypt: user %s: can't create the key "
+			"pair at first login: %s", cuser->user->username,
+			error);
+	}
+}
+
+int popvault_crypt_pop3_unlock(struct popvault_user *puser)
+{
+	const char *error;
+
+	if (puser->crypt == NULL || puser->set.key_password == NULL)
+		return 0;
+	return crypt_user_get_receiver(puser->crypt, &error) == NULL ? -1 : 0;
+}
+
 int popvault_crypt_user_created(struct mail_user *user,
 				struct popvault_user *puser,
 				const char **error_r)
@@ -632,10 +698,6 @@ int popvault_crypt_user_created(struct mail_user *user,
 		e_debug(puser->event, "crypt: off (no popvault_encrypt, "
 			"popvault_require_encrypted or popvault_master_key)");
 		return 0;
-	}
-	if (set->encrypt && set->master_key == NULL) {
-		*error_r = "popvault_encrypt=yes needs popvault_master_key";
-		return -1;
 	}
 	if (mail_user_get_home(user, &home) <= 0 || home[0] != '/') {
 		*error_r = "encryption needs the user's home directory "
@@ -656,7 +718,7 @@ int popvault_crypt_user_created(struct mail_user *user,
 	cuser->set = &puser->set;
 	cuser->keys_dir = p_strconcat(user->pool, home,
 				      "/" POPVAULT_KEYS_SUBDIR, NULL);
-	if (set->encrypt) {
+	if (set->encrypt && set->master_key != NULL) {
 		/* Fail closed: with the master key missing, refuse the user
 		   (LMTP 451, nothing stored) rather than find out later. */
 		if (crypt_user_load_master(cuser, &error) < 0) {
@@ -665,6 +727,8 @@ int popvault_crypt_user_created(struct mail_user *user,
 		}
 	}
 	puser->crypt = cuser;
+	if (set->encrypt && set->key_password != NULL)
+		crypt_user_first_login(cuser);
 	e_debug(puser->event, "crypt: encrypt=%s require_encrypted=%s "
 		"keys=%s", set->encrypt ? "yes" : "no",
 		set->require_encrypted ? "yes" : "no", cuser->keys_dir);

@@ -322,10 +322,11 @@ static int popvault_pop3_open(struct mailbox *box)
 {
 	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(box);
 
-	if (pbox->puser->pop3_login_refused) {
+	if (pbox->puser->pop3_login_refused != NULL) {
 		mail_storage_set_error(box->storage, MAIL_ERROR_PERM,
-			"popvault: LOGIN-DELAY refused this login, "
-			"INBOX not opened");
+			t_strdup_printf("popvault: %s refused this login, "
+				"INBOX not opened",
+				pbox->puser->pop3_login_refused));
 		return -1;
 	}
 	return pbox->module_ctx.super.open(box);

@@ -10,6 +10,7 @@
 #include "popvault-user.h"
 #include "popvault-capa.h"
 #include "popvault-dict.h"
+#include "popvault-crypt.h"
 #include "popvault-pop3.h"
 
 /* One module serves every mail process ("mail_plugins = $mail_plugins
@@ -99,7 +100,7 @@ capa_sendv_slow(const struct popvault_capa_output *co,
 	if (co->refusal != NULL) {
 		/* pop3 goes on to answer PASS with "+OK Logged in." and,
 		   when popvault refuses to open INBOX, with an error: the
-		   client gets the LOGIN-DELAY refusal instead and nothing
+		   client gets the refusal instead and nothing
 		   else until pop3 closes the connection */
 		for (i = 0; i < iov_count; i++)
 			total += iov[i].iov_len;
@@ -229,11 +230,27 @@ static bool login_delay_refuse(struct popvault_user *puser,
 	return FALSE;
 }
 
+/* Answers the login with reply instead of pop3's "+OK Logged in." and
+   keeps INBOX closed: nothing of the mailbox changes. Not sent and
+   disconnected here: pop3 sets up the client's input after this hook
+   returns and crashed on the closed stream (found by the sanitizer run).
+   pop3 answers PASS itself; the CAPA sendv hook puts this line in its
+   place, and pop3 closes the session when INBOX can't be opened. */
 static void
 refuse_login(struct client *client, struct popvault_user *puser,
-	     unsigned int wait)
+	     const char *cause, const char *reply)
 {
 	struct popvault_capa_output *co = capa_output_for(client);
+
+	puser->pop3_login_refused = cause;
+	puser->sweep_after_session = FALSE;
+	co->refusal = p_strconcat(client->pool, reply, "\r\n", NULL);
+}
+
+static void
+refuse_login_delay(struct client *client, struct popvault_user *puser,
+		   unsigned int wait)
+{
 	struct event_passthrough *e =
 		event_create_passthrough(puser->event)->
 		set_name("popvault_login_delay_refused")->
@@ -244,19 +261,11 @@ refuse_login(struct client *client, struct popvault_user *puser,
 	e_info(e->event(), "LOGIN-DELAY: login refused, last login less than "
 	       "%u s ago; next login allowed in %u s",
 	       puser->set.login_delay, wait);
-	/* RFC 2449 8.1.1: the mailbox is not opened (popvault's INBOX hook
-	   refuses it) and nothing changes */
-	puser->pop3_login_refused = TRUE;
-	puser->sweep_after_session = FALSE;
-	/* Not sent and disconnected here: pop3 sets up the client's input
-	   after this hook returns and crashed on the closed stream (found
-	   by the sanitizer run). pop3 answers PASS itself; the CAPA sendv
-	   hook puts this line in its place, and pop3 closes the session
-	   when INBOX can't be opened. */
-	co->refusal = p_strdup_printf(client->pool,
+	/* RFC 2449 8.1.1: the mailbox is not opened and nothing changes */
+	refuse_login(client, puser, "LOGIN-DELAY", t_strdup_printf(
 		"-ERR [LOGIN-DELAY] Minimum time between logins is %u "
-		"seconds, try again in %u seconds\r\n",
-		puser->set.login_delay, wait);
+		"seconds, try again in %u seconds",
+		puser->set.login_delay, wait));
 }
 
 static void popvault_pop3_client_created(struct client **clientp)
@@ -269,8 +278,13 @@ static void popvault_pop3_client_created(struct client **clientp)
 		e_debug(puser->event, "pop3 session started");
 		capa_output_wrap(client, puser);
 		if (login_delay_refuse(puser, &wait))
-			refuse_login(client, puser, wait);
-		else
+			refuse_login_delay(client, puser, wait);
+		else if (popvault_crypt_pop3_unlock(puser) < 0) {
+			/* the log line and event come from the unlock */
+			refuse_login(client, puser, "locked encryption keys",
+				"-ERR [SYS/TEMP] The mailbox is encrypted and "
+				"its keys did not unlock; nothing was changed");
+		} else
 			puser->sweep_after_session = TRUE;
 	}
 
