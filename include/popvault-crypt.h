@@ -37,6 +37,16 @@ int popvault_crypt_mail_was_encrypted(struct mail *mail, bool *encrypted_r);
 /* TRUE when new mail of the user is stored encrypted. */
 bool popvault_crypt_user_encrypts(struct mail_user *user);
 
+/* For doveadm popvault key: the user's key store and the secrets this
+   process has for it (master key when configured, popvault_key_password
+   when set). -1 when encryption is off for the user or the master key
+   can't be read. */
+struct popvault_key_secrets;
+int popvault_crypt_user_key_store(struct mail_user *user,
+				  const char **keys_dir_r,
+				  struct popvault_key_secrets *secrets_r,
+				  const char **error_r);
+
 /* Marks a message whose damage was found only mid-reply. */
 #define POPVAULT_DAMAGED_KEYWORD "$PopvaultDamaged"
 

@@ -675,6 +675,23 @@ static void crypt_user_first_login(struct popvault_crypt_user *cuser)
 	}
 }
 
+int popvault_crypt_user_key_store(struct mail_user *user,
+				  const char **keys_dir_r,
+				  struct popvault_key_secrets *secrets_r,
+				  const char **error_r)
+{
+	struct popvault_crypt_user *cuser = crypt_user(user);
+
+	if (cuser == NULL) {
+		*error_r = "encryption is off for this user (no "
+			"popvault_encrypt, popvault_require_encrypted or "
+			"popvault_master_key)";
+		return -1;
+	}
+	*keys_dir_r = cuser->keys_dir;
+	return crypt_user_secrets(cuser, secrets_r, error_r);
+}
+
 int popvault_crypt_pop3_unlock(struct popvault_user *puser)
 {
 	const char *error;

@@ -101,10 +101,13 @@ def make_message(subject="test", body="Hello.\r\n", sender="sender@example.com",
 
 
 class User:
-    def __init__(self, name, password=None, fields=None):
+    def __init__(self, name, password=None, fields=None, passdb_fields=None):
         self.name = name
         self.password = password or "pw-" + name
         self.fields = dict(fields or {})
+        # passdb extra fields, expanded by the auth process at login
+        # (e.g. userdb_popvault_key_password=%w)
+        self.passdb_fields = dict(passdb_fields or {})
 
 
 class LineClient:
@@ -392,7 +395,9 @@ class Dovecot:
     def _write_userdb(self):
         with open(os.path.join(self.tmp, "passwd"), "w") as f:
             for u in self.users.values():
-                f.write("%s:{PLAIN}%s::::::\n" % (u.name, u.password))
+                f.write("%s:{PLAIN}%s::::::%s\n" % (
+                    u.name, u.password, " ".join(
+                        "%s=%s" % kv for kv in u.passdb_fields.items())))
         if self.userdb == "sqlite":
             self._write_sqlite()
             return
