@@ -716,6 +716,18 @@ int popvault_crypt_user_created(struct mail_user *user,
 			"popvault_require_encrypted or popvault_master_key)");
 		return 0;
 	}
+	/* A login that could create or unlock keys but has nothing to do
+	   it with is a misconfiguration; LMTP and doveadm never get the
+	   login password, so there it only fails when a key is needed. */
+	if (set->encrypt && set->master_key == NULL &&
+	    set->key_password == NULL &&
+	    (strcmp(user->service, "pop3") == 0 ||
+	     strcmp(user->service, "imap") == 0)) {
+		*error_r = "popvault_encrypt=yes needs popvault_master_key or "
+			"popvault_key_password (e.g. "
+			"userdb_popvault_key_password=%w from the passdb)";
+		return -1;
+	}
 	if (mail_user_get_home(user, &home) <= 0 || home[0] != '/') {
 		*error_r = "encryption needs the user's home directory "
 			"(the key store lives there)";

@@ -341,8 +341,11 @@ def test_missing_master_key_fails_closed():
         dc.wait_log(r"lmtp\(\d+\).*rcpt nokey: Failed to initialize user: "
                     r"popvault: user nokey: crypt: master key "
                     r"open\(/nonexistent/popvault.key\) failed: No such file")
-        dc.wait_log(r"popvault: user nosetting: popvault_encrypt=yes "
-                    r"needs popvault_master_key")
+        dc.wait_log(r"lmtp\(nosetting\).*user nosetting mailbox INBOX: not "
+                    r"saving: no key pair yet, and no master key to create")
+        dc.wait_log(r"pop3\(\d+\): Error: popvault: user nosetting: "
+                    r"popvault_encrypt=yes needs popvault_master_key or "
+                    r"popvault_key_password")
 
 
 def test_append_and_doveadm_save_encrypt():
