@@ -75,8 +75,16 @@ struct popvault_epoch_cache {
    session), and EVP_CIPHER_CTX_free() cleanses it. */
 #define RECEIVER_SPARE_CTX_MAX 4
 
+/* Key rotation adds a key pair per rotation; a receiver holds them all
+   in its own locked pages, so there is a fixed upper bound. */
+#define RECEIVER_KEYS_MAX 256
+
 struct popvault_receiver {
-	ARRAY(struct popvault_receiver_key) keys;
+	/* sodium_allocarray(): the private keys sit in their own pages,
+	   mlock()ed (kept out of swap where the system allows), guarded,
+	   and wiped by sodium_free() */
+	struct popvault_receiver_key *keys;
+	unsigned int keys_count;
 	struct popvault_epoch_cache cache[POPVAULT_RECEIVER_CACHE_SIZE];
 	uint64_t use_counter;
 	uint64_t x25519_count;
@@ -740,26 +748,27 @@ struct popvault_receiver *popvault_receiver_create(void)
 	if (popvault_crypto_init() < 0)
 		return NULL;
 	receiver = i_new(struct popvault_receiver, 1);
-	i_array_init(&receiver->keys, 4);
+	receiver->keys = sodium_allocarray(RECEIVER_KEYS_MAX,
+					   sizeof(*receiver->keys));
+	if (receiver->keys == NULL)
+		i_fatal_status(FATAL_OUTOFMEM, "sodium_allocarray() failed: %m");
 	return receiver;
 }
 
 void popvault_receiver_free(struct popvault_receiver **_receiver)
 {
 	struct popvault_receiver *receiver = *_receiver;
-	struct popvault_receiver_key *key;
 
 	if (receiver == NULL)
 		return;
 	*_receiver = NULL;
-	array_foreach_modifiable(&receiver->keys, key)
-		sodium_memzero(key, sizeof(*key));
-	array_free(&receiver->keys);
 	/* frees (and cleanses) the last key schedules */
 	while (receiver->spare_ctx_count > 0) {
 		EVP_CIPHER_CTX_free(
 			receiver->spare_ctx[--receiver->spare_ctx_count]);
 	}
+	sodium_free(receiver->keys);
+	/* the epoch cache holds derived secrets */
 	sodium_memzero(receiver, sizeof(*receiver));
 	i_free(receiver);
 }
@@ -767,17 +776,18 @@ void popvault_receiver_free(struct popvault_receiver **_receiver)
 int popvault_receiver_add_key(struct popvault_receiver *receiver,
 			      const unsigned char sk[POPVAULT_SK_SIZE])
 {
-	struct popvault_receiver_key key;
+	struct popvault_receiver_key *key;
 
-	i_zero(&key);
-	memcpy(key.sk, sk, sizeof(key.sk));
-	if (crypto_scalarmult_base(key.pk, key.sk) != 0) {
-		sodium_memzero(&key, sizeof(key));
+	if (receiver->keys_count == RECEIVER_KEYS_MAX)
+		return -1;
+	key = &receiver->keys[receiver->keys_count];
+	memcpy(key->sk, sk, sizeof(key->sk));
+	if (crypto_scalarmult_base(key->pk, key->sk) != 0) {
+		sodium_memzero(key, sizeof(*key));
 		return -1;
 	}
-	popvault_key_id(key.pk, key.key_id);
-	array_push_back(&receiver->keys, &key);
-	sodium_memzero(&key, sizeof(key));
+	popvault_key_id(key->pk, key->key_id);
+	receiver->keys_count++;
 	return 0;
 }
 
@@ -838,7 +848,8 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 			   struct popvault_msg_cipher **mc_r,
 			   const char **error_r)
 {
-	const struct popvault_receiver_key *key, *found = NULL;
+	const struct popvault_receiver_key *found = NULL;
+	unsigned int i;
 	struct popvault_msg_cipher *wrap;
 	unsigned char secret[HASH_SIZE], kek[POPVAULT_DK_SIZE];
 	unsigned char dk[POPVAULT_DK_SIZE];
@@ -851,10 +862,10 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 					   error);
 		return -1;
 	}
-	array_foreach(&receiver->keys, key) {
-		if (memcmp(key->key_id, hdr_r->key_id,
-			   sizeof(key->key_id)) == 0) {
-			found = key;
+	for (i = 0; i < receiver->keys_count; i++) {
+		if (memcmp(receiver->keys[i].key_id, hdr_r->key_id,
+			   sizeof(hdr_r->key_id)) == 0) {
+			found = &receiver->keys[i];
 			break;
 		}
 	}
