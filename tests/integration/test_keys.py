@@ -3,7 +3,10 @@ fail-closed delivery before that, a wrong or changed password that reads
 nothing and changes nothing, recovery-key password reset, rotation with
 old and new mail readable, and the doveadm popvault key commands."""
 
+import ctypes
+import ctypes.util
 import hashlib
+import json
 import os
 import re
 import stat
@@ -73,6 +76,32 @@ def key_list(dc, user):
     assert rows[0] == ["user", "key_id", "created", "current", "locked_by"], \
         rows
     return rows[1:]
+
+
+def private_keys_via_recovery(dc, user, recovery):
+    """Opens the user's recovery-v1 seals with libsodium (ctypes): the
+    private keys in the clear, so the test can look for them on disk."""
+    sodium = ctypes.CDLL(ctypes.util.find_library("sodium") or
+                         "libsodium.so.23")
+    assert sodium.sodium_init() >= 0
+    rsk = bytes.fromhex(recovery[len("pvrk1-"):].replace("-", ""))
+    rpk = ctypes.create_string_buffer(32)
+    assert sodium.crypto_scalarmult_base(rpk, rsk) == 0
+    keys = []
+    for name in key_files(dc, user):
+        with open(os.path.join(keys_dir(dc, user), name)) as f:
+            text = f.read()
+        m = re.search(r"^private recovery-v1 \S+ ([0-9a-f]+)$", text, re.M)
+        sealed = bytes.fromhex(m.group(1))
+        sk = ctypes.create_string_buffer(32)
+        assert sodium.crypto_box_seal_open(
+            sk, sealed, ctypes.c_ulonglong(len(sealed)), rpk.raw, rsk) == 0
+        # it is the key pair's private key: it derives the public key
+        pk = ctypes.create_string_buffer(32)
+        assert sodium.crypto_scalarmult_base(pk, sk.raw) == 0
+        assert re.search(r"^public %s$" % pk.raw.hex(), text, re.M), name
+        keys.append(sk.raw)
+    return keys
 
 
 def pop3_read_all(dc, user, originals):
@@ -216,13 +245,17 @@ def test_password_mode_end_to_end():
         # no password or recovery key in the mail store, the key store,
         # mail_temp_dir or the log (the harness's own passdb file holds
         # the passwords, as a passdb does)
-        secrets = [PW_A, PW_B, recovery, recovery.replace("-", "")[5:]]
+        secrets = [s.encode() for s in
+                   (PW_A, PW_B, recovery, recovery.replace("-", "")[5:])]
+        sks = private_keys_via_recovery(dc, "alice", recovery)
+        assert len(sks) == 2
+        secrets += sks + [sk.hex().encode() for sk in sks]
         for path in [dc.log_path] + list(all_files(dc.home("alice"),
                                                    dc.mail_temp_dir)):
             with open(path, "rb") as f:
                 data = f.read()
             for s in secrets:
-                assert s.encode() not in data, (s, path)
+                assert s not in data, (s, path)
 
 
 def test_generate_before_first_login_and_dual_mode():
@@ -264,6 +297,11 @@ def test_master_mode_generate_and_list_all():
         dc.doveadm("popvault", "key", "generate", "-u", "dave")
         rows = key_list(dc, "dave")
         assert [r[3:] for r in rows] == [["yes", "master"]], rows
+        _, out, _ = dc.doveadm("-f", "json", "popvault", "key", "list",
+                               "-u", "dave")
+        (entry,) = json.loads(out)
+        assert entry["key_id"] == rows[0][1] and \
+            entry["locked_by"] == "master", entry
         # master mode rotates without a password; old mail stays readable
         m1 = make_message("before")
         dc.deliver("dave", m1)
