@@ -927,6 +927,7 @@ int popvault_keystore_rotate(const char *keys_dir, const char *username,
 			     const char **error_r)
 {
 	unsigned char sk[POPVAULT_SK_SIZE];
+	struct popvault_key_secrets unlock;
 	struct pw_kek_cache cache;
 	struct keyfile cur, kf;
 	const char *id_hex;
@@ -944,11 +945,18 @@ int popvault_keystore_rotate(const char *keys_dir, const char *username,
 			"password, so that the new one is locked with it too";
 		return -1;
 	}
-	/* proves the secrets before anything is written, and leaves the
-	   password's derivation in the cache for the new key's wrap */
+	/* Proves the secrets before anything is written, and leaves the
+	   password's derivation in the cache for the new key's wrap. The
+	   password itself must open the current key: with the master key
+	   tried first, a mistyped password would lock the new key pair. */
+	unlock = *secrets;
+	if (secrets->password != NULL && cur.have_password_wrap) {
+		i_zero(&unlock);
+		unlock.password = secrets->password;
+	}
 	i_zero(&cache);
 	ret = keyfile_unwrap_sk(&cur, keyfile_path(keys_dir, id_hex), username,
-				secrets, &cache, sk, error_r);
+				&unlock, &cache, sk, error_r);
 	sodium_memzero(sk, sizeof(sk));
 	if (ret == 0)
 		ret = keypair_new(keys_dir, username, secrets, &cache, &kf,

@@ -125,9 +125,10 @@ static void test_keystore_password(void)
 	ARRAY_TYPE(popvault_key_info) infos;
 	const struct popvault_key_info *info;
 	unsigned char pk[POPVAULT_PK_SIZE], pk2[POPVAULT_PK_SIZE];
+	unsigned char pk3[POPVAULT_PK_SIZE];
 	unsigned char master[POPVAULT_MASTER_KEY_SIZE];
 	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
-	const char *error, *rid;
+	const char *error, *rid, *dual;
 	bool created;
 
 	test_begin("popvault key store: password, rotation");
@@ -170,6 +171,21 @@ static void test_keystore_password(void)
 		new_pw.password, &error) == 0);
 	test_assert(load_count(keys, "p", &new_pw, &error) == 2);
 	test_assert(load_count(keys, "p", &right, &error) == 0);
+
+	/* master key and password: the master key opens the current key,
+	   yet a mistyped password must not lock the new one */
+	dual = t_strconcat(tmpdir, "/dual/.popvault/keys", NULL);
+	right.master = master;
+	test_assert(popvault_keystore_get_current(dual, "p", &right, pk3,
+						  &created, &error) == 0);
+	wrong.master = master;
+	test_assert(popvault_keystore_rotate(dual, "p", &wrong, pk3,
+					     &error) < 0 &&
+		    strstr(error, "password does not unlock") != NULL);
+	test_assert(popvault_keystore_rotate(dual, "p", &right, pk3,
+					     &error) == 0);
+	right.master = NULL;
+	test_assert(load_count(dual, "p", &right, &error) == 2);
 
 	t_array_init(&infos, 4);
 	test_assert(popvault_keystore_list(keys, pool_datastack_create(),
