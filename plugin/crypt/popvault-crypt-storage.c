@@ -684,8 +684,8 @@ int popvault_crypt_user_key_store(struct mail_user *user,
 
 	if (cuser == NULL) {
 		*error_r = "encryption is off for this user (no "
-			"popvault_encrypt, popvault_require_encrypted or "
-			"popvault_master_key)";
+			"popvault_encrypt, popvault_require_encrypted, "
+			"popvault_master_key or popvault_key_password)";
 		return -1;
 	}
 	*keys_dir_r = cuser->keys_dir;
@@ -710,10 +710,13 @@ int popvault_crypt_user_created(struct mail_user *user,
 	struct popvault_crypt_user *cuser;
 	const char *home, *error;
 
+	/* any key setting turns the read side on: a password-mode user
+	   whose new mail is no longer encrypted still reads the old */
 	if (!set->encrypt && !set->require_encrypted &&
-	    set->master_key == NULL) {
+	    set->master_key == NULL && set->key_password == NULL) {
 		e_debug(puser->event, "crypt: off (no popvault_encrypt, "
-			"popvault_require_encrypted or popvault_master_key)");
+			"popvault_require_encrypted, popvault_master_key or "
+			"popvault_key_password)");
 		return 0;
 	}
 	/* A login that could create or unlock keys but has nothing to do

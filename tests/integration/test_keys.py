@@ -242,6 +242,18 @@ def test_password_mode_end_to_end():
         dc.doveadm("-o", "plugin/popvault_key_password=" + PW_B,
                    "popvault", "verify", "-u", "alice")
 
+        # encryption turned off for new mail: the password still opens
+        # the old mail, new mail is stored as it comes
+        dc.update_user("alice", popvault_encrypt="no")
+        time.sleep(1.1)
+        before = set(message_files(dc, "alice"))
+        originals.append(make_message("plain again"))
+        dc.deliver("alice", originals[-1])
+        (plain,) = set(message_files(dc, "alice")) - before
+        with open(plain, "rb") as f:
+            assert not f.read().startswith(MAGIC)
+        pop3_read_all(dc, "alice", originals)
+
         # no password or recovery key in the mail store, the key store,
         # mail_temp_dir or the log (the harness's own passdb file holds
         # the passwords, as a passdb does)
