@@ -93,7 +93,9 @@ def test_deb_builds_installs_and_applies_a_policy():
                   DOCDIR + "/examples/90-popvault.conf",
                   DOCDIR + "/examples/91-popvault-metrics.conf",
                   DOCDIR + "/settings.md", DOCDIR + "/events.md"):
-            assert f in files, (f, listing)
+            # dh_compress gzips documents over 4 KiB
+            assert f in files or (f.endswith(".md") and f + ".gz" in files), \
+                (f, listing)
         # installed, not enabled: nothing lands in /etc/dovecot
         assert not [f for f in files if f.startswith("etc/")], listing
         assert not [f for f in files if f.endswith(".la")], listing
