@@ -108,9 +108,9 @@ def test_disk_full_during_encrypted_delivery():
             # 512 KiB cannot fit in 64 KiB: the save fails part-way
             r = _lmtp(dc, _message("too big", 512 * 1024))
             assert r.startswith("4"), r
-            log = dc.log()[log_at:]
-            assert re.search(r"lmtp\(%s\).*No space left on device" % USER,
-                             log), log[-3000:]
+            # (the log process writes asynchronously: wait for the line)
+            dc.wait_log(r"lmtp\(%s\).*No space left on device" % USER,
+                        since=log_at)
             # no partial message: nothing new stored, maildir tmp/ empty,
             # and no plaintext anywhere on the full filesystem
             assert _state(dc) == state
@@ -168,12 +168,11 @@ def test_mail_temp_dir_unwritable():
             log_at = dc.log_size()
             r_lmtp = _lmtp(dc, big[0])
             r_imap = _imap_append(dc, big[1])
-            log = dc.log()[log_at:]
-        # the fault was hit: Dovecot tried the temp dir and said why it
-        # could not (LMTP then keeps the data in memory and goes on)
-        assert re.search(r"lmtp\(\d+\): Error: .*%s.* failed: Read-only "
-                         r"file system" % re.escape(dc.mail_temp_dir), log), \
-            log[-3000:]
+            # the fault was hit: Dovecot tried the temp dir and said why
+            # it could not (LMTP then keeps the data in memory, goes on)
+            dc.wait_log(r"lmtp\(\d+\): Error: .*%s.* failed: Read-only "
+                        r"file system" % re.escape(dc.mail_temp_dir),
+                        since=log_at)
         accepted = []
         for r, m, ok in ((r_lmtp, big[0], "250"), (r_imap, big[1], "a1 OK")):
             if r.startswith(ok):
@@ -213,13 +212,11 @@ def test_master_key_unreadable():
             r = p.command("PASS " + dc.users[USER].password)
             assert r.startswith("-ERR [SYS/TEMP]"), r
             p.close()
-            log = dc.log()[log_at:]
             for proc in ("lmtp", "pop3"):
-                assert re.search(
-                    r"%s\(.*popvault: user %s: crypt: master key "
-                    r"open\(%s\) failed: Permission denied"
-                    % (proc, USER, re.escape(dc.master_key)), log), \
-                    (proc, log[-3000:])
+                dc.wait_log(r"%s\(.*popvault: user %s: crypt: master key "
+                            r"open\(%s\) failed: Permission denied"
+                            % (proc, USER, re.escape(dc.master_key)),
+                            since=log_at)
             assert _state(dc) == state
         finally:
             os.chmod(dc.master_key, 0o600)
