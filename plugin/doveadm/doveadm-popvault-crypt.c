@@ -25,6 +25,8 @@
 #include "str.h"
 #include "seq-range-array.h"
 #include "istream.h"
+#include "hostpid.h"
+#include "mkdir-parents.h"
 #include "mail-namespace.h"
 #include "mail-search-build.h"
 #include "mail-storage-private.h"
@@ -33,6 +35,10 @@
 #include "index-pop3-uidl.h"
 
 #include <dirent.h>
+#include <signal.h>
+#include <limits.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include "mailbox-list-iter.h"
 #include "doveadm-print.h"
 #include "doveadm-mail.h"
@@ -76,6 +82,7 @@ struct crypt_tool_msg {
 	const char *guid;
 	bool encrypted;
 	uoff_t vsize;
+	time_t received;
 	/* a target-form message already matched with a source */
 	bool paired;
 };
@@ -92,11 +99,14 @@ struct crypt_tool_box {
 	/* encrypt: the copies must be encrypted; decrypt: plaintext */
 	bool target_encrypted;
 	bool maildir;
+	/* mdbox: copies get a GUID of their own (see crypt_tool_save_copy()) */
+	bool mdbox;
 
 	ARRAY(struct crypt_tool_msg *) sources;
 	/* target-form messages by key: "<guid>"; "dup\t<guid>\t<pop3 uidl>"
 	   (crypt_tool_dedup()); maildir only, "size <vsize>" for those
-	   without a stored POP3 UIDL (crypt_tool_find_copies()) */
+	   without a stored POP3 UIDL; mdbox only, "rd <received> <vsize>"
+	   (crypt_tool_find_copies()) */
 	HASH_TABLE(const char *, ARRAY_TYPE(crypt_tool_msg_p) *) targets;
 
 	unsigned int done, skipped, failed;
@@ -260,8 +270,14 @@ static uint32_t crypt_tool_save_copy(struct crypt_tool_box *bctx,
 	mailbox_save_copy_flags(save, src);
 	mailbox_save_set_received_date(save, received, 0);
 	mailbox_save_set_save_date(save, saved);
-	/* same GUID: the copy stays recognisable as this message */
-	mailbox_save_set_guid(save, guid);
+	/* Same GUID: the copy stays recognisable as this message. Not on
+	   mdbox: after a killed append it rebuilds its storage and links
+	   mailbox records to stored messages by GUID, and a copy and its
+	   original sharing one then read as each other (seen: a fresh copy
+	   read back as the plaintext). There the copy is found by received
+	   date, size and identical bytes instead. */
+	if (!bctx->mdbox)
+		mailbox_save_set_guid(save, guid);
 	mailbox_save_set_pop3_uidl(save, uidl);
 	if (order[0] != '\0' && str_to_uint(order, &pop3_order) == 0)
 		mailbox_save_set_pop3_order(save, pop3_order);
@@ -438,17 +454,21 @@ static void crypt_tool_find_copies(struct crypt_tool_box *bctx,
 {
 	ARRAY_TYPE(crypt_tool_msg_p) *list;
 	struct crypt_tool_msg *msg;
-	const char *keys[2];
+	const char *keys[3];
 	unsigned int i;
 
 	keys[0] = src->guid[0] == '\0' ? NULL : src->guid;
 	keys[1] = t_strdup_printf("size %"PRIuUOFF_T, src->vsize);
+	/* mdbox: a rebuild brings back originals expunged but not purged,
+	   with new UIDs above their copies' */
+	keys[2] = !bctx->mdbox ? NULL : t_strdup_printf("rd %ld %"PRIuUOFF_T,
+		(long)src->received, src->vsize);
 	for (i = 0; i < N_ELEMENTS(keys); i++) {
 		if (keys[i] == NULL ||
 		    (list = hash_table_lookup(bctx->targets, keys[i])) == NULL)
 			continue;
 		array_foreach_elem(list, msg) {
-			if (!msg->paired && (i == 0 || msg->uid > src->uid))
+			if (!msg->paired && (i != 1 || msg->uid > src->uid))
 				array_push_back(copies, &msg);
 		}
 	}
@@ -613,7 +633,8 @@ static int crypt_tool_scan(struct crypt_tool_box *bctx)
 	args = mail_search_build_init();
 	mail_search_build_add_all(args);
 	sctx = mailbox_search_init(t, args, NULL, MAIL_FETCH_GUID |
-				   MAIL_FETCH_VIRTUAL_SIZE, NULL);
+				   MAIL_FETCH_VIRTUAL_SIZE |
+				   MAIL_FETCH_RECEIVED_DATE, NULL);
 	mail_search_args_unref(&args);
 	while (mailbox_search_next(sctx, &mail)) T_BEGIN {
 		if (bctx->cmd->op == CRYPT_TOOL_VERIFY) {
@@ -637,6 +658,8 @@ static int crypt_tool_scan(struct crypt_tool_box *bctx)
 			msg->encrypted = encrypted;
 			if (mail_get_virtual_size(mail, &msg->vsize) < 0)
 				msg->vsize = UOFF_T_MAX;
+			if (mail_get_received_date(mail, &msg->received) < 0)
+				msg->received = (time_t)-1;
 			if (encrypted != bctx->target_encrypted)
 				array_push_back(&bctx->sources, &msg);
 			else {
@@ -649,6 +672,13 @@ static int crypt_tool_scan(struct crypt_tool_box *bctx)
 					crypt_tool_add_target(bctx,
 						t_strdup_printf("dup\t%s\t%s",
 							msg->guid, uidl), msg);
+				}
+				if (bctx->mdbox && msg->received != (time_t)-1 &&
+				    msg->vsize != UOFF_T_MAX) {
+					crypt_tool_add_target(bctx,
+						t_strdup_printf("rd %ld %"PRIuUOFF_T,
+							(long)msg->received,
+							msg->vsize), msg);
 				}
 				if (bctx->maildir && uidl[0] == '\0') {
 					crypt_tool_add_target(bctx,
@@ -797,6 +827,7 @@ static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 				 (cmd->op == CRYPT_TOOL_VERIFY ?
 				  MAILBOX_FLAG_READONLY : 0));
 	bctx.maildir = strcmp(bctx.box->storage->name, "maildir") == 0;
+	bctx.mdbox = strcmp(bctx.box->storage->name, "mdbox") == 0;
 	if (mailbox_open(bctx.box) < 0 ||
 	    mailbox_sync(bctx.box, 0) < 0) {
 		(void)mailbox_get_last_error(bctx.box, &mail_error);
@@ -923,6 +954,127 @@ static int crypt_tool_purge(struct mail_storage *storage)
 	return mail_storage_purge(storage);
 }
 
+ARRAY_DEFINE_TYPE(crypt_tool_ns, struct mail_namespace *);
+
+/* A kill -9 inside an mdbox append leaves the storage inconsistent: the
+   map no longer matches the m.* files, purges fail, and copies appended
+   before a repair may not read back as written. Dovecot's repair is what
+   "doveadm force-resync" does (open, then sync with FORCE_RESYNC and
+   FIX_INCONSISTENT: a storage rebuild). It brings back messages that
+   were expunged but not purged, i.e. originals a killed run had already
+   replaced; the scan pairs them with their copies like any other. */
+static int crypt_tool_mdbox_repair(struct crypt_tool_cmd_context *cmd,
+				   struct mail_user *user,
+				   const ARRAY_TYPE(const_string) *vnames,
+				   const ARRAY_TYPE(crypt_tool_ns) *namespaces)
+{
+	struct mail_namespace *ns;
+	struct mailbox *box;
+	const char *vname;
+	unsigned int i;
+	int ret = 0;
+
+	e_warning(user->event, "popvault %s: user %s: an earlier run was "
+		  "interrupted: repairing the mdbox storage first",
+		  crypt_tool_names[cmd->op], user->username);
+	for (i = 0; i < array_count(vnames) && ret == 0; i++) {
+		ns = array_idx_elem(namespaces, i);
+		vname = array_idx_elem(vnames, i);
+		box = mailbox_alloc(ns->list, vname,
+				    MAILBOX_FLAG_IGNORE_ACLS);
+		if (mailbox_open(box) < 0 ||
+		    mailbox_sync(box, MAILBOX_SYNC_FLAG_FORCE_RESYNC |
+				 MAILBOX_SYNC_FLAG_FIX_INCONSISTENT) < 0) {
+			e_error(user->event, "popvault %s: user %s mailbox "
+				"%s: repair failed: %s",
+				crypt_tool_names[cmd->op], user->username,
+				vname, mailbox_get_last_internal_error(box,
+								       NULL));
+			ret = -1;
+		}
+		mailbox_free(&box);
+	}
+	return ret;
+}
+
+/* TRUE for the temporary file of an mdbox writer on this host that no
+   longer runs: ".temp.<time>.P<pid>Q<n>M<usecs>.<hostname>" (dbox-file.c),
+   left by a killed append or purge. A live writer's file is never one. */
+static bool crypt_tool_temp_is_stale(const char *name)
+{
+	const char *p = strstr(name, ".P"), *host;
+	pid_t pid;
+	uintmax_t n = 0;
+
+	if (p == NULL)
+		return FALSE;
+	for (p += 2; *p >= '0' && *p <= '9'; p++)
+		n = n * 10 + (*p - '0');
+	if (*p != 'Q' || n == 0 || n > INT_MAX)
+		return FALSE;
+	host = strchr(strchr(p, 'M') == NULL ? p : strchr(p, 'M'), '.');
+	if (host == NULL || strcmp(host + 1, my_hostname) != 0)
+		return FALSE;
+	pid = (pid_t)n;
+	return kill(pid, 0) < 0 && errno == ESRCH;
+}
+
+/* What a killed run and the repair leave in mdbox's storage directory,
+   each holding copies of messages, plaintext included: m.<n>.broken
+   (the repair's copy of a damaged file, made before fixing it) and the
+   temporary files of dead writers (Dovecot itself only removes those
+   after 36 hours). Removed once a run converted and read back every
+   message. */
+static void crypt_tool_remove_leftovers(struct crypt_tool_cmd_context *cmd,
+					struct mail_user *user,
+					struct mail_namespace *ns)
+{
+	const char *root, *dir, *path;
+	struct dirent *d;
+	size_t len;
+	DIR *dirp;
+
+	if (!mailbox_list_get_root_path(ns->list, MAILBOX_LIST_PATH_TYPE_DIR,
+					&root))
+		return;
+	/* mdbox keeps its m.* files in <root>/storage */
+	dir = t_strconcat(root, "/storage", NULL);
+	if ((dirp = opendir(dir)) == NULL)
+		return;
+	while ((d = readdir(dirp)) != NULL) {
+		len = strlen(d->d_name);
+		if (!(str_begins(d->d_name, "m.") && len > 7 &&
+		      strcmp(d->d_name + len - 7, ".broken") == 0) &&
+		    !(str_begins(d->d_name, ".temp.") &&
+		      crypt_tool_temp_is_stale(d->d_name)))
+			continue;
+		path = t_strconcat(dir, "/", d->d_name, NULL);
+		if (unlink(path) < 0 && errno != ENOENT) {
+			e_error(user->event, "popvault %s: user %s: "
+				"unlink(%s) failed: %m",
+				crypt_tool_names[cmd->op], user->username,
+				path);
+		} else {
+			e_warning(user->event, "popvault %s: user %s: removed "
+				  "%s, left by an interrupted write or repair",
+				  crypt_tool_names[cmd->op], user->username,
+				  path);
+		}
+	}
+	(void)closedir(dirp);
+}
+
+/* ~/.popvault/crypt-tool-running exists while encrypt or decrypt works
+   on the user's mail: found at the start, the last run was killed. */
+static const char *crypt_tool_running_path(struct mail_user *user)
+{
+	const char *home;
+
+	if (mail_user_get_home(user, &home) <= 0)
+		return NULL;
+	return t_strconcat(home, "/.popvault/crypt-tool-running", NULL);
+}
+
 static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 			  struct mail_user *user)
 {
@@ -936,10 +1088,10 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 	struct mailbox_list_iterate_context *iter;
 	const struct mailbox_info *info;
 	struct popvault_progress *progress;
-	ARRAY(struct mail_namespace *) namespaces;
+	ARRAY_TYPE(crypt_tool_ns) namespaces;
 	ARRAY_TYPE(const_string) vnames;
 	struct mail_namespace *ns;
-	const char *vname, *error;
+	const char *vname, *error, *running;
 	unsigned int i;
 	int ret = 0;
 
@@ -982,6 +1134,38 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 		doveadm_mail_failed_error(_ctx, MAIL_ERROR_NOTFOUND);
 		return -1;
 	}
+	running = cmd->op == CRYPT_TOOL_VERIFY ? NULL :
+		crypt_tool_running_path(user);
+	if (running != NULL) {
+		bool interrupted = access(running, F_OK) == 0;
+		int fd;
+
+		if (interrupted &&
+		    strcmp(user->namespaces->storage->name, "mdbox") == 0) {
+			/* this process's view of the storage predates the
+			   rebuild, and purges from it keep failing: the next
+			   run, a fresh process, converts */
+			if (crypt_tool_mdbox_repair(cmd, user, &vnames,
+						    &namespaces) == 0) {
+				i_unlink_if_exists(running);
+				e_error(user->event, "popvault %s: user %s: "
+					"mdbox storage repaired after an "
+					"interrupted run; run the command "
+					"again to finish",
+					crypt_tool_names[cmd->op],
+					user->username);
+			}
+			doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+			return -1;
+		}
+		if (!interrupted) {
+			(void)mkdir_parents(t_strdup_until(running,
+				strrchr(running, '/')), 0700);
+			fd = open(running, O_WRONLY | O_CREAT, 0600);
+			if (fd != -1)
+				i_close_fd(&fd);
+		}
+	}
 	progress = popvault_progress_begin(crypt_tool_names[cmd->op],
 					   user->username, 0);
 	for (i = 0; i < array_count(&vnames); i++) {
@@ -1004,6 +1188,11 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 		}
 	}
 	popvault_progress_end(&progress);
+	if (ret == 0 && cmd->op != CRYPT_TOOL_VERIFY &&
+	    strcmp(user->namespaces->storage->name, "mdbox") == 0)
+		crypt_tool_remove_leftovers(cmd, user, user->namespaces);
+	if (ret == 0 && running != NULL)
+		i_unlink_if_exists(running);
 	if (ret < 0) {
 		doveadm_mail_failed_error(_ctx,
 			cmd->op == CRYPT_TOOL_VERIFY && !cmd->temp_failure ?

@@ -262,6 +262,19 @@ def _all_encrypted(dc):
         assert MAGIC in data, path
 
 
+def _rerun(dc, mail_format, op, opts=()):
+    """The run after killed ones. On mdbox, the first run after an
+    interrupted one repairs the storage and asks for one more (exit 75,
+    "run the command again"): its own view of the storage predates the
+    repair (docs/encryption.md)."""
+    rc, out, err = _tool(dc, op, opts=opts, check=False)
+    if mail_format == "mdbox" and rc == 75 and \
+            "run the command again to finish" in err:
+        rc, out, err = _tool(dc, op, opts=opts, check=False)
+    assert rc == 0, (rc, out, err)
+    return rc, out, err
+
+
 def _roundtrip(mail_format, kills, window_kill=False):
     rnd = random.Random(mail_format)
     user = User(USER, fields=_fields(False))
@@ -286,10 +299,14 @@ def _roundtrip(mail_format, kills, window_kill=False):
                     break
             assert caught, "never caught a run between copy and expunge"
         reported = _killed_runs(dc, "encrypt", kills, rnd)
-        rc, out, err = _tool(dc, "encrypt")
-        # a kill during a dbox save leaves files the index doesn't know:
-        # the run says so and resyncs; anything else is a failure
-        expected = ("message files outside the index", "Rebuilding index")
+        rc, out, err = _rerun(dc, mail_format, "encrypt")
+        # a kill during a dbox save leaves files the index doesn't know
+        # (sdbox) or an inconsistent storage (mdbox): Dovecot and the run
+        # say so and repair; anything else is a failure
+        expected = ("message files outside the index", "Rebuilding index",
+                    "rebuilding indexes", "fscking index file",
+                    "Inconsistency in map index", "Deleting corrupted cache",
+                    "left by an interrupted write or repair")
         unexpected = [l for l in err.splitlines()
                       if re.search(r"Error|Warning|Panic", l) and
                       not any(e in l for e in expected)]
@@ -322,7 +339,7 @@ def _roundtrip(mail_format, kills, window_kill=False):
             opts = ()
             _set_encrypt(dc, False)
         _killed_runs(dc, "decrypt", kills // 2, rnd, opts=opts)
-        _tool(dc, "decrypt", opts=opts)
+        _rerun(dc, mail_format, "decrypt", opts=opts)
         for path in _mail_files(dc):
             with open(path, "rb") as f:
                 assert MAGIC not in f.read(), path
@@ -339,9 +356,8 @@ def test_encrypt_maildir_killed_between_copy_and_expunge():
     _roundtrip("maildir", 0, window_kill=True)
 
 
-def test_encrypt_decrypt_mdbox():
-    # no kills: see docs/encryption.md on mdbox and kill -9
-    _roundtrip("mdbox", 0)
+def test_encrypt_decrypt_mdbox_killed():
+    _roundtrip("mdbox", 3)
 
 
 def test_encrypt_decrypt_sdbox():
