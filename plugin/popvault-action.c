@@ -142,7 +142,12 @@ target_has_guid(struct mail_user *user, const char *target,
 
 	ns = mail_namespace_find(user->namespaces, target);
 	box = mailbox_alloc(ns->list, target, 0);
-	if (mailbox_sync(box, 0) < 0) {
+	/* A full resync, not the quick one: the process whose move was cut
+	   short may have died between writing the target's maildir files
+	   and dovecot-uidlist (seen: "N1" above records 1-3) and its index,
+	   and a quick sync then trusted the index and missed the copy. This
+	   runs only when a cut-short move is suspected. */
+	if (mailbox_sync(box, MAILBOX_SYNC_FLAG_FORCE_RESYNC) < 0) {
 		(void)mailbox_get_last_error(box, &error);
 		if (error == MAIL_ERROR_NOTFOUND) {
 			mailbox_free(&box);
@@ -431,6 +436,9 @@ int popvault_action_recover(struct popvault_user *puser, struct mailbox *box,
 			(*recovered_r)++;
 		} else {
 			/* the copy never happened: the message stays */
+			e_info(puser->event, "policy: uid %u guid %s: a move "
+			       "was cut short before its copy; the message "
+			       "stays", mail->uid, guid);
 			mail_update_keywords(mail, MODIFY_REMOVE, kw);
 		}
 		if (ret < 0)
