@@ -32,6 +32,22 @@ from crypt_util import crypt_dovecot, enc_fields  # noqa: E402
 from policy_util import list_mailboxes  # noqa: E402
 
 
+class KillDelay:
+    """Random kill delays in [0, limit), the limit adapting to the
+    process: shorter after a miss (it had finished), longer after a hit,
+    so about half the tries land while it runs, anywhere in its life."""
+
+    def __init__(self, limit, low, high):
+        self.limit, self.low, self.high = limit, low, high
+
+    def draw(self, rnd):
+        return rnd.uniform(0, self.limit)
+
+    def hit(self, alive):
+        self.limit = min(self.high, max(self.low, self.limit *
+                                        (1.15 if alive else 0.85)))
+
+
 class Totals:
     def __init__(self):
         self.points = {}
@@ -147,16 +163,27 @@ def op_pop3(totals, n_points, rnd, deadline):
     with dovecot(users, debug=False,
                  extra_conf="mail_fsync = always\n") as dc:
         n = 0
+        # the inventory after a user's last point is the one before its
+        # next, unless mail was delivered or archives emptied meanwhile
+        last = {}
+        delay = KillDelay(0.03, 0.001, 0.1)
         while n < n_points and time.time() < deadline:
             for u in users:
-                inv = inventory(dc, u.name)
-                inbox = sum(1 for p in inv.values()
-                            for b, _ in p if b == "INBOX")
-                if inbox < 6:
+                inv = last.get(u.name) or inventory(dc, u.name)
+                boxes = [b for p in inv.values() for b, _ in p]
+                if boxes.count("INBOX") < 6:
                     dc.deliver_many(u.name, [make_message(
                         "f%d" % rnd.randrange(10**9),
-                        body="x" * rnd.randrange(100, 60000) + "\r\n")
+                        body="x" * rnd.randrange(100, 20000) + "\r\n")
                         for _ in range(8)])
+                    inv = None
+                if len(boxes) - boxes.count("INBOX") > 40:
+                    # checked already: keep the inventories small
+                    for box in ("Archive", "Trash"):
+                        dc.doveadm("expunge", "-u", u.name, "mailbox", box,
+                                   "all", check=False)
+                    inv = None
+                if inv is None:
                     inv = inventory(dc, u.name)
                 p = dc.pop3(u.name)
                 count = p.stat()[0]
@@ -164,7 +191,8 @@ def op_pop3(totals, n_points, rnd, deadline):
                 dele = rnd.sample(range(1, count + 1), min(2, count))
                 # what this session may legitimately remove for good
                 asked = set()
-                for i in set(retr) | set(dele):
+                for i in (set(retr) | set(dele)
+                          if u.name == "pdelete" else ()):
                     r, lines = p.multi("TOP %d 0" % i)
                     for l in lines or ():
                         if l.lower().startswith("message-id: "):
@@ -172,8 +200,9 @@ def op_pop3(totals, n_points, rnd, deadline):
                 cmds = "".join("RETR %d\r\n" % i for i in retr) + \
                     "".join("DELE %d\r\n" % i for i in dele) + "QUIT\r\n"
                 p.send(cmds)
-                time.sleep(rnd.uniform(0, 0.03))
+                time.sleep(delay.draw(rnd))
                 k = kill_children(dc, "pop3")
+                delay.hit(k > 0)
                 p.close()
                 wait_gone(dc, "pop3")
                 clear_stale_locks(dc, u.name)
@@ -182,10 +211,11 @@ def op_pop3(totals, n_points, rnd, deadline):
                 q = dc.pop3(u.name)
                 q.stat()
                 q.quit()
-                time.sleep(0.05)
+                wait_gone(dc, "pop3")
                 if k:
                     n += 1
                 after = inventory(dc, u.name)
+                last[u.name] = after
                 # delete/expunge may remove what the session asked for;
                 # everything else stays somewhere allowed
                 vanish = asked if u.name == "pdelete" else set()
@@ -260,9 +290,9 @@ def harness_files(dc, user):
                 yield os.path.join(d, name)
 
 
-def doveadm_killed(dc, args, rnd, max_delay, faketime=None):
-    """Runs doveadm and kills it after a random delay; TRUE if it was
-    still running when killed."""
+def doveadm_killed(dc, args, rnd, delay, faketime=None):
+    """Runs doveadm and kills it after a random delay (a KillDelay);
+    TRUE if it was still running when killed."""
     env = harness.sanitizer_env() or dict(os.environ)
     if faketime:
         env = dict(env, LD_PRELOAD=harness.FAKETIME_LIB, FAKETIME=faketime,
@@ -271,11 +301,12 @@ def doveadm_killed(dc, args, rnd, max_delay, faketime=None):
     p = subprocess.Popen([harness.DOVEADM, "-c", dc.config_path] + args,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env=env)
-    time.sleep(rnd.uniform(0, max_delay))
+    time.sleep(delay.draw(rnd))
     alive = p.poll() is None
     if alive:
         p.kill()
     p.wait()
+    delay.hit(alive)
     return alive
 
 
@@ -294,6 +325,7 @@ def op_sweep(totals, n_points, rnd, deadline):
                                 "popvault_expire_action": "move:Expired"})]
     with dovecot(users, debug=False) as dc:
         n = 0
+        delay = KillDelay(0.15, 0.01, 1.0)
         while n < n_points and time.time() < deadline:
             inv = inventory(dc, "sw")
             if sum(1 for p in inv.values() for b, _ in p
@@ -302,7 +334,7 @@ def op_sweep(totals, n_points, rnd, deadline):
                     "s%d" % rnd.randrange(10**9)) for _ in range(30)])
                 inv = inventory(dc, "sw")
             if doveadm_killed(dc, ["popvault", "sweep", "-u", "sw"], rnd,
-                              0.15, faketime="+2d"):
+                              delay, faketime="+2d"):
                 n += 1
             clear_stale_locks(dc, "sw")
             # a move the kill cut short is finished after the next POP3
@@ -323,9 +355,13 @@ def plant_plaintext(dc, user, rnd, count):
     doveadm save per message took most of this operation's time)."""
     new = os.path.join(dc.home(user), "Maildir", "new")
     os.makedirs(new, exist_ok=True)
+    planted = {}
     for _ in range(count):
         msg = make_message("e%d" % rnd.randrange(10**9),
                            body="y" * 3000 + "\r\n")
+        mid = re.search(rb"Message-ID: (<[^>]+>)", msg).group(1).decode()
+        # as inventory() sees it: IMAP sends CRLF line ends
+        planted[mid] = [("INBOX", hashlib.sha256(msg).hexdigest())]
         name = "%d.M%dP%d.plant" % (time.time(), rnd.randrange(10**9),
                                    os.getpid())
         path = os.path.join(new, name)
@@ -335,6 +371,7 @@ def plant_plaintext(dc, user, rnd, count):
         os.chown(path, dc.mail_uid, dc.mail_gid)
     for d in (dc.home(user), os.path.join(dc.home(user), "Maildir"), new):
         os.chown(d, dc.mail_uid, dc.mail_gid)
+    return planted
 
 
 def op_encrypt(totals, n_points, rnd, deadline):
@@ -344,15 +381,19 @@ def op_encrypt(totals, n_points, rnd, deadline):
     users = [User("en", fields=enc_fields())]
     with crypt_dovecot(users, debug=False) as dc:
         n = 0
+        inv = {}
+        delay = KillDelay(0.4, 0.01, 2.0)
         while n < n_points and time.time() < deadline:
-            plant_plaintext(dc, "en", rnd, 6)
-            inv = inventory(dc, "en")
+            # before = the last check's inventory and what is planted now
+            inv = dict(inv, **plant_plaintext(dc, "en", rnd, 6))
             if doveadm_killed(dc, ["popvault", "encrypt", "-u", "en"], rnd,
-                              0.4):
+                              delay):
                 n += 1
             clear_stale_locks(dc, "en")
             dc.doveadm("popvault", "encrypt", "-u", "en")
-            check(totals, "encrypt", inv, inventory(dc, "en"), ("INBOX",))
+            after = inventory(dc, "en")
+            check(totals, "encrypt", inv, after, ("INBOX",))
+            inv = after
         for path in harness_files(dc, "en"):
             with open(path, "rb") as f:
                 if b"yyyyyyyy" in f.read():

@@ -72,13 +72,23 @@ def require_binaries():
                            % plugin)
 
 
+# ports handed out by this process: the kernel may give a just-released
+# port again, and two listeners of one config on one port fail start-up
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", 0))
-        except OSError as e:
-            raise HarnessError("cannot bind a port on 127.0.0.1: %s" % e)
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", 0))
+            except OSError as e:
+                raise HarnessError("cannot bind a port on 127.0.0.1: %s" % e)
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise HarnessError("no unused port on 127.0.0.1")
 
 
 def make_message(subject="test", body="Hello.\r\n", sender="sender@example.com",
