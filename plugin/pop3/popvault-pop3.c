@@ -3,6 +3,7 @@
 #include "lib.h"
 #include "ioloop.h"
 #include "array.h"
+#include "istream-private.h"
 #include "ostream-private.h"
 #include "mail-user.h"
 #include "pop3-common.h"
@@ -36,13 +37,21 @@ static bool popvault_pop3_hooked;
    The check sits in the client's own ostream as a replaced sendv vfunc,
    not in an ostream layer of its own: pop3 writes a message body line by
    line (hundreds of writes per message), and a second layer cost 40 k
-   instructions per 20 KB message (callgrind, docs/performance.md). */
+   instructions per 20 KB message (callgrind, docs/performance.md).
+
+   Even the replaced vfunc cost 13 k per message, so it is armed only
+   while it can matter. A multi-line reply (RETR, TOP, LIST, UIDL)
+   disarms it unless a CAPA command is waiting in the client's input
+   (pipelined behind it, not yet parsed); any new input from the client
+   arms it again: the client's istream has its read vfunc replaced too,
+   which costs nothing that matters (commands are few and short). */
 #define PLAIN_CAPA_REPLY "+OK\r\n" POP3_CAPABILITY_REPLY ".\r\n"
 #define LOGGED_IN_REPLY "+OK Logged in.\r\n"
 
 typedef ssize_t capa_sendv_func_t(struct ostream_private *stream,
 				  const struct const_iovec *iov,
 				  unsigned int iov_count);
+typedef ssize_t capa_read_func_t(struct istream_private *stream);
 
 struct popvault_capa_output {
 	struct ostream_private *stream;
@@ -52,19 +61,28 @@ struct popvault_capa_output {
 	/* LOGIN-DELAY refused this session: the reply that replaces pop3's
 	   "+OK Logged in." (nothing else is written after it) */
 	const char *refusal;
+
+	/* the client's istream (NULL once destroyed) and its read */
+	struct istream_private *in_stream;
+	capa_read_func_t *orig_read;
+	/* capa_input_waiting() scans each input byte once: up to here
+	   (an absolute input offset; scan_mid_line when not at a line
+	   start), and where the last CAPA line began (UOFF_T_MAX: none) */
+	uoff_t scanned, last_capa;
+	bool scan_mid_line;
 };
 
 /* one entry per POP3 client of this process (usually one); capa_first
    caches the first for the per-write lookup */
 static ARRAY(struct popvault_capa_output) capa_outputs;
-static const struct popvault_capa_output *capa_first;
+static struct popvault_capa_output *capa_first;
 
-static const struct popvault_capa_output *
+static struct popvault_capa_output *
 capa_output_find(const struct ostream_private *stream)
 {
-	const struct popvault_capa_output *co;
+	struct popvault_capa_output *co;
 
-	array_foreach(&capa_outputs, co) {
+	array_foreach_modifiable(&capa_outputs, co) {
 		if (co->stream == stream)
 			return co;
 	}
@@ -87,7 +105,7 @@ static bool iov_equals(const struct const_iovec *iov, unsigned int iov_count,
 }
 
 static ssize_t __attribute__((noinline))
-capa_sendv_slow(const struct popvault_capa_output *co,
+capa_sendv_slow(struct popvault_capa_output *co,
 		struct ostream_private *stream,
 		const struct const_iovec *iov, unsigned int iov_count)
 {
@@ -128,6 +146,50 @@ capa_sendv_slow(const struct popvault_capa_output *co,
 	return plain_len;
 }
 
+/* TRUE when a line of the client's input that pop3 has not parsed yet
+   is a CAPA command. Pipelining clients send hundreds of commands at
+   once, so every byte is looked at once only, not at every reply. */
+static bool capa_input_waiting(struct popvault_capa_output *co)
+{
+	const struct istream_private *in = co->in_stream;
+	const unsigned char *buf, *nl;
+	uoff_t base;
+	size_t i;
+
+	if (in == NULL)
+		return FALSE;
+	/* buffer[skip] is at input offset v_offset, always a line start:
+	   pop3 consumes whole lines */
+	base = in->istream.v_offset;
+	buf = in->buffer;
+	if (co->scanned <= base) {
+		i = in->skip;
+		co->scan_mid_line = FALSE;
+	} else {
+		i = in->skip + (co->scanned - base);
+	}
+	while (i < in->pos) {
+		if (co->scan_mid_line) {
+			nl = memchr(buf + i, '\n', in->pos - i);
+			if (nl == NULL) {
+				i = in->pos;
+				break;
+			}
+			i = nl - buf + 1;
+			co->scan_mid_line = FALSE;
+			continue;
+		}
+		if (in->pos - i < 4)
+			break; /* decided when the rest arrives */
+		if ((buf[i] | 0x20) == 'c' && (buf[i + 1] | 0x20) == 'a' &&
+		    (buf[i + 2] | 0x20) == 'p' && (buf[i + 3] | 0x20) == 'a')
+			co->last_capa = base + (i - in->skip);
+		co->scan_mid_line = TRUE;
+	}
+	co->scanned = base + (i - in->skip);
+	return co->last_capa != UOFF_T_MAX && co->last_capa >= base;
+}
+
 /* Runs for every line of every message sent, so the common case is a
    handful of instructions: no locals, the slow path out of line. pop3
    sends each reply as one iovec; a first iovec that is longer than the
@@ -136,18 +198,52 @@ static ssize_t
 popvault_capa_sendv(struct ostream_private *stream,
 		    const struct const_iovec *iov, unsigned int iov_count)
 {
-	const struct popvault_capa_output *co = capa_first;
+	struct popvault_capa_output *co = capa_first;
 
 	if (unlikely(co->stream != stream))
 		co = capa_output_find(stream);
 	if (unlikely(co->refusal != NULL))
 		return capa_sendv_slow(co, stream, iov, iov_count);
-	if (co->client->cmd != NULL ||
-	    iov[0].iov_len > sizeof(PLAIN_CAPA_REPLY) - 1 ||
+	if (co->client->cmd != NULL) {
+		/* a multi-line reply: nothing needs the hook until the
+		   client sends a CAPA, unless one is waiting already */
+		if (!capa_input_waiting(co))
+			stream->sendv = co->orig_sendv;
+		return co->orig_sendv(stream, iov, iov_count);
+	}
+	if (iov[0].iov_len > sizeof(PLAIN_CAPA_REPLY) - 1 ||
 	    (iov[0].iov_len > 0 &&
 	     ((const char *)iov[0].iov_base)[0] != '+'))
 		return co->orig_sendv(stream, iov, iov_count);
 	return capa_sendv_slow(co, stream, iov, iov_count);
+}
+
+static ssize_t capa_input_read(struct istream_private *stream)
+{
+	struct popvault_capa_output *co = NULL, *c;
+	ssize_t ret;
+
+	array_foreach_modifiable(&capa_outputs, c) {
+		if (c->in_stream == stream)
+			co = c;
+	}
+	i_assert(co != NULL);
+	ret = co->orig_read(stream);
+	if (ret > 0) {
+		/* pop3 parses these lines only after this returns */
+		co->stream->sendv = popvault_capa_sendv;
+	}
+	return ret;
+}
+
+static void capa_input_destroyed(struct istream_private *stream)
+{
+	struct popvault_capa_output *co;
+
+	array_foreach_modifiable(&capa_outputs, co) {
+		if (co->in_stream == stream)
+			co->in_stream = NULL;
+	}
 }
 
 static void capa_output_destroyed(struct ostream_private *stream)
@@ -159,10 +255,12 @@ static void capa_output_destroyed(struct ostream_private *stream)
 		if (co->stream == stream) {
 			/* anything written while closing goes straight on */
 			stream->sendv = co->orig_sendv;
+			if (co->in_stream != NULL)
+				co->in_stream->read = co->orig_read;
 			idx = array_foreach_idx(&capa_outputs, co);
 			array_delete(&capa_outputs, idx, 1);
 			capa_first = array_is_empty(&capa_outputs) ? NULL :
-				array_front(&capa_outputs);
+				array_front_modifiable(&capa_outputs);
 			return;
 		}
 	}
@@ -193,10 +291,16 @@ static void capa_output_wrap(struct client *client, struct popvault_user *puser)
 	co->reply = p_strconcat(client->pool, "+OK\r\n",
 		POP3_CAPABILITY_REPLY, popvault_capa_lines(&puser->set),
 		".\r\n", NULL);
-	capa_first = array_front(&capa_outputs);
+	co->in_stream = client->input->real_stream;
+	co->orig_read = co->in_stream->read;
+	co->last_capa = UOFF_T_MAX;
+	co->in_stream->read = capa_input_read;
+	capa_first = array_front_modifiable(&capa_outputs);
 	stream->sendv = popvault_capa_sendv;
 	o_stream_add_destroy_callback(client->output, capa_output_destroyed,
 				      stream);
+	i_stream_add_destroy_callback(client->input, capa_input_destroyed,
+				      co->in_stream);
 }
 
 /* ---- LOGIN-DELAY ---- */

@@ -65,6 +65,30 @@ def test_capa_text_in_bodies_and_pipelining_untouched():
         p.quit()
 
 
+def test_capa_after_multiline_replies_and_split_command():
+    # the CAPA hook disarms itself during multi-line replies and must be
+    # armed again by the next command, also when it arrives in pieces
+    users = [User("q", fields={"popvault_retain_downloaded": "14d"})]
+    with dovecot(users) as dc:
+        dc.deliver_many("q", [make_message("m%d" % i, body="x" * 9000)
+                              for i in range(2)])
+        p = dc.pop3("q")
+        expect = DOVECOT_CAPA + ["EXPIRE 14"]
+        for first in ("RETR 1", "LIST", "UIDL", "TOP 2 5"):
+            r, lines = p.multi(first)
+            assert r.startswith("+OK"), r
+            r, lines = p.multi("CAPA")
+            assert lines == expect, (first, lines)
+        # a multi-line reply while half a CAPA line has arrived
+        p.send("RETR 2\r\nCA")
+        assert p.readline().startswith("+OK")
+        p.read_multiline()
+        p.send("PA\r\n")
+        assert p.readline().startswith("+OK")
+        assert p.read_multiline() == expect
+        p.quit()
+
+
 def test_login_delay_enforced():
     users = [User("d", fields={"popvault_login_delay": "2s",
                                "popvault_after_retr": "delete"}),
