@@ -1,12 +1,14 @@
 #ifndef POPVAULT_CONTAINER_H
 #define POPVAULT_CONTAINER_H
 
-/* PVLT v1 encrypted-message container: format + crypto.
+/* PVLT encrypted-message container: format + crypto.
    See docs/encryption.md for the byte layout and the security argument.
    Depends only on Dovecot's lib (buffer_t etc.), libsodium and libcrypto. */
 
 #define POPVAULT_MAGIC_SIZE 8
-#define POPVAULT_VERSION 1
+/* the version written; POPVAULT_VERSION_V1 stays readable */
+#define POPVAULT_VERSION 2
+#define POPVAULT_VERSION_V1 1
 #define POPVAULT_KEY_ID_SIZE 8
 #define POPVAULT_PK_SIZE 32
 #define POPVAULT_SK_SIZE 32
@@ -45,6 +47,8 @@ struct popvault_header {
 	uint8_t flags;
 	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
 	unsigned char eph_pk[POPVAULT_PK_SIZE];
+	/* random; v1: HKDF salt of the message's KEK, v2: the key wrap's
+	   nonce under the epoch's KEK */
 	unsigned char salt[POPVAULT_SALT_SIZE];
 	unsigned char wrapped_dk[POPVAULT_WRAPPED_DK_SIZE];
 };

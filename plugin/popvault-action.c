@@ -2,7 +2,7 @@
 
 #include "lib.h"
 #include "array.h"
-#include "mail-storage.h"
+#include "mail-storage-private.h"
 #include "mail-namespace.h"
 #include "mail-search-build.h"
 #include "popvault-user.h"
@@ -380,10 +380,19 @@ int popvault_action_apply(struct popvault_user *puser,
 
 bool popvault_mail_has_keyword(struct mail *mail, const char *name)
 {
-	const char *const *kw;
+	const ARRAY_TYPE(keyword_indexes) *kw_indexes;
+	const unsigned int *kw_idx;
+	unsigned int idx;
 
-	for (kw = mail_get_keywords(mail); *kw != NULL; kw++) {
-		if (strcasecmp(*kw, name) == 0)
+	/* A keyword that no message of the mailbox has ever carried is not
+	   in the index at all (the lookup ignores case, as IMAP does): most
+	   mail is answered without building the message's keyword names,
+	   which every POP3 RETR of encrypted mail would otherwise pay. */
+	if (!mail_index_keyword_lookup(mail->box->index, name, &idx))
+		return FALSE;
+	kw_indexes = mail_get_keyword_indexes(mail);
+	array_foreach(kw_indexes, kw_idx) {
+		if (*kw_idx == idx)
 			return TRUE;
 	}
 	return FALSE;

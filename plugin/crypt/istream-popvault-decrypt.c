@@ -1,4 +1,4 @@
-/* popvault: decrypting istream (PVLT v1). */
+/* popvault: decrypting istream (PVLT v1 and v2). */
 
 #include "lib.h"
 #include "istream-private.h"

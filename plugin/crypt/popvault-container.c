@@ -1,4 +1,5 @@
-/* popvault: PVLT v1 container format and crypto (libsodium + libcrypto). */
+/* popvault: PVLT container format and crypto (libsodium + libcrypto).
+   Writes v2, reads v1 and v2; docs/encryption.md has both layouts. */
 
 #include "lib.h"
 #include "array.h"
@@ -11,12 +12,26 @@
 #include <openssl/evp.h>
 
 #define HASH_SIZE 32
-#define AAD_SIZE (HASH_SIZE + 1)
+/* v1 chunk AAD: SHA-256(header) || final flag */
+#define AAD_V1_SIZE (HASH_SIZE + 1)
+/* v2 chunk AAD: header || final flag */
+#define AAD_V2_SIZE (POPVAULT_HEADER_SIZE + 1)
 #define GCM_NONCE_SIZE 12
 #define XCHACHA_NONCE_SIZE 24
+#define NONCE_MAX_SIZE XCHACHA_NONCE_SIZE
 
+/* The epoch secret is the same in both versions. v1 derives a KEK per
+   message from it and the header's salt; v2 derives one KEK per epoch
+   and uses the header's salt as the key wrap's random nonce. */
 #define INFO_EPOCH "popvault v1 epoch"
 #define INFO_KEK "popvault v1 kek"
+#define INFO_KEK_V2 "popvault v2 epoch kek"
+
+/* v2 wraps every data key of an epoch under one KEK with a random
+   nonce: AES-GCM allows 2^32 random 96-bit nonces per key (NIST SP
+   800-38D); the sender stays far below that whatever the rotation is
+   set to. */
+#define EPOCH_MAX_MESSAGES_LIMIT (1U << 20)
 
 /* 0x89 is not a valid first byte of an RFC 5322 header line (8-bit, and not
    printable US-ASCII), so no legacy plaintext message can start with it. */
@@ -29,8 +44,10 @@ struct popvault_msg_cipher {
 	uint8_t chunk_log2;
 	bool encrypt;
 	unsigned char key[POPVAULT_DK_SIZE];
-	/* SHA-256 of the header || final_flag */
-	unsigned char aad[AAD_SIZE];
+	/* the chunk AAD (see AAD_V1_SIZE, AAD_V2_SIZE); its last byte is
+	   the final-chunk flag */
+	unsigned char aad[AAD_V2_SIZE];
+	unsigned int aad_size;
 	EVP_CIPHER_CTX *evp; /* AES-GCM only */
 	/* the receiver whose spare contexts evp goes back to, or NULL */
 	struct popvault_receiver *owner;
@@ -49,7 +66,8 @@ struct popvault_sender {
 	unsigned int epoch_messages;
 	time_t epoch_started;
 	unsigned char eph_pk[POPVAULT_PK_SIZE];
-	unsigned char epoch_secret[HASH_SIZE];
+	/* keyed with the epoch's v2 KEK: wraps each message's data key */
+	struct popvault_msg_cipher *epoch_wrap;
 };
 
 struct popvault_receiver_key {
@@ -64,6 +82,10 @@ struct popvault_epoch_cache {
 	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
 	unsigned char eph_pk[POPVAULT_PK_SIZE];
 	unsigned char epoch_secret[HASH_SIZE];
+	unsigned char kek_v2[POPVAULT_DK_SIZE];
+	/* keyed with kek_v2 for the cipher of the first v2 message read
+	   from this epoch, so that unwrapping costs no key schedule */
+	struct popvault_msg_cipher *wrap_v2;
 };
 
 /* Spare AES-GCM decryption contexts kept by a receiver. Reading a
@@ -225,7 +247,8 @@ int popvault_header_parse(const unsigned char *data, size_t size,
 	p += sizeof(hdr_r->wrapped_dk);
 	i_assert((size_t)(p - data) == POPVAULT_HEADER_SIZE);
 
-	if (hdr_r->version != POPVAULT_VERSION) {
+	if (hdr_r->version != POPVAULT_VERSION &&
+	    hdr_r->version != POPVAULT_VERSION_V1) {
 		*error_r = "unsupported version";
 		return -1;
 	}
@@ -388,22 +411,55 @@ derive_kek(const unsigned char epoch_secret[HASH_SIZE],
 			     kek_r, POPVAULT_DK_SIZE);
 }
 
+static void
+derive_kek_v2(const unsigned char epoch_secret[HASH_SIZE],
+	      unsigned char kek_r[POPVAULT_DK_SIZE])
+{
+	popvault_hkdf_sha256(NULL, 0, epoch_secret, HASH_SIZE,
+			     (const unsigned char *)INFO_KEK_V2,
+			     strlen(INFO_KEK_V2), kek_r, POPVAULT_DK_SIZE);
+}
+
 /* ---- AEAD primitives ---- */
 
-static void make_nonce(uint64_t idx, unsigned char *nonce, size_t nonce_size)
+static size_t nonce_size(uint8_t cipher)
 {
+	return cipher == POPVAULT_CIPHER_XCHACHA20POLY1305 ?
+		XCHACHA_NONCE_SIZE : GCM_NONCE_SIZE;
+}
+
+/* chunk nonce: the chunk index, big-endian, zero-padded on the left */
+static void make_nonce(uint8_t cipher, uint64_t idx,
+		       unsigned char nonce[NONCE_MAX_SIZE])
+{
+	size_t size = nonce_size(cipher);
 	unsigned int i;
 
-	memset(nonce, 0, nonce_size - 8);
+	memset(nonce, 0, size - 8);
 	for (i = 0; i < 8; i++)
-		nonce[nonce_size - 1 - i] = (unsigned char)(idx >> (8 * i));
+		nonce[size - 1 - i] = (unsigned char)(idx >> (8 * i));
+}
+
+/* The key wrap's nonce. v1: chunk index 0 (the KEK was unique per
+   message). v2: the header's random salt, its first 12 bytes for
+   AES-GCM, all 16 zero-padded to 24 for XChaCha20-Poly1305. */
+static void make_wrap_nonce(const struct popvault_header *hdr,
+			    unsigned char nonce[NONCE_MAX_SIZE])
+{
+	if (hdr->version == POPVAULT_VERSION_V1) {
+		make_nonce(hdr->cipher, 0, nonce);
+		return;
+	}
+	memset(nonce, 0, NONCE_MAX_SIZE);
+	memcpy(nonce, hdr->salt, I_MIN(sizeof(hdr->salt),
+				       nonce_size(hdr->cipher)));
 }
 
 static struct popvault_msg_cipher *
 msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 		  const unsigned char key[POPVAULT_DK_SIZE],
 		  const unsigned char header[POPVAULT_HEADER_SIZE],
-		  struct popvault_receiver *owner)
+		  uint8_t version, struct popvault_receiver *owner)
 {
 	struct popvault_msg_cipher *mc;
 	int ret;
@@ -414,10 +470,18 @@ msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 	mc->chunk_log2 = chunk_log2;
 	mc->encrypt = encrypt;
 	memcpy(mc->key, key, sizeof(mc->key));
-	if (header != NULL) {
+	if (header == NULL)
+		;
+	else if (version == POPVAULT_VERSION_V1) {
 		struct pv_bytes part = { header, POPVAULT_HEADER_SIZE };
 
 		pv_sha256_parts(&part, 1, mc->aad);
+		mc->aad_size = AAD_V1_SIZE;
+	} else {
+		/* GHASH/Poly1305 over 117 bytes costs far less than
+		   hashing the header per message did */
+		memcpy(mc->aad, header, POPVAULT_HEADER_SIZE);
+		mc->aad_size = AAD_V2_SIZE;
 	}
 
 	if (cipher == POPVAULT_CIPHER_AES256GCM && owner != NULL &&
@@ -486,27 +550,23 @@ uint8_t popvault_msg_cipher_chunk_log2(const struct popvault_msg_cipher *mc)
 }
 
 static int
-aead_seal(struct popvault_msg_cipher *mc, uint64_t idx,
+aead_seal(struct popvault_msg_cipher *mc,
+	  const unsigned char nonce[NONCE_MAX_SIZE],
 	  const unsigned char *aad, size_t aad_size,
 	  const unsigned char *in, size_t size, unsigned char *out)
 {
 	if (mc->cipher == POPVAULT_CIPHER_XCHACHA20POLY1305) {
-		unsigned char nonce[XCHACHA_NONCE_SIZE];
-
-		make_nonce(idx, nonce, sizeof(nonce));
 		if (crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
 			out, out + size, NULL, in, size, aad, aad_size,
 			NULL, nonce, mc->key) != 0)
 			return -1;
 		return 0;
 	} else {
-		unsigned char nonce[GCM_NONCE_SIZE];
 		int len;
 
 		i_assert(mc->encrypt);
 		if (size > INT_MAX)
 			return -1;
-		make_nonce(idx, nonce, sizeof(nonce));
 		if (EVP_EncryptInit_ex(mc->evp, NULL, NULL, NULL, nonce) != 1 ||
 		    EVP_EncryptUpdate(mc->evp, NULL, &len, aad, (int)aad_size) != 1)
 			return -1;
@@ -522,7 +582,8 @@ aead_seal(struct popvault_msg_cipher *mc, uint64_t idx,
 }
 
 static int
-aead_open(struct popvault_msg_cipher *mc, uint64_t idx,
+aead_open(struct popvault_msg_cipher *mc,
+	  const unsigned char nonce[NONCE_MAX_SIZE],
 	  const unsigned char *aad, size_t aad_size,
 	  const unsigned char *in, size_t in_size, unsigned char *out)
 {
@@ -533,22 +594,17 @@ aead_open(struct popvault_msg_cipher *mc, uint64_t idx,
 		return -1;
 	size = in_size - POPVAULT_TAG_SIZE;
 	if (mc->cipher == POPVAULT_CIPHER_XCHACHA20POLY1305) {
-		unsigned char nonce[XCHACHA_NONCE_SIZE];
-
-		make_nonce(idx, nonce, sizeof(nonce));
 		/* libsodium verifies before writing any plaintext */
 		ret = crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
 			out, NULL, in, size, in + size, aad, aad_size,
 			nonce, mc->key);
 	} else {
-		unsigned char nonce[GCM_NONCE_SIZE];
 		unsigned char tag[POPVAULT_TAG_SIZE];
 		int len;
 
 		i_assert(!mc->encrypt);
 		if (size > INT_MAX)
 			return -1;
-		make_nonce(idx, nonce, sizeof(nonce));
 		memcpy(tag, in + size, sizeof(tag));
 		ret = -1;
 		if (EVP_DecryptInit_ex(mc->evp, NULL, NULL, NULL, nonce) == 1 &&
@@ -574,20 +630,28 @@ int popvault_chunk_encrypt(struct popvault_msg_cipher *mc, uint64_t idx,
 			   bool final, const unsigned char *plain,
 			   size_t plain_size, unsigned char *out)
 {
+	unsigned char nonce[NONCE_MAX_SIZE];
+
 	i_assert(plain_size <= popvault_msg_cipher_chunk_size(mc));
-	mc->aad[HASH_SIZE] = final ? 1 : 0;
-	return aead_seal(mc, idx, mc->aad, AAD_SIZE, plain, plain_size, out);
+	make_nonce(mc->cipher, idx, nonce);
+	mc->aad[mc->aad_size - 1] = final ? 1 : 0;
+	return aead_seal(mc, nonce, mc->aad, mc->aad_size,
+			 plain, plain_size, out);
 }
 
 int popvault_chunk_decrypt(struct popvault_msg_cipher *mc, uint64_t idx,
 			   bool final, const unsigned char *ct, size_t ct_size,
 			   unsigned char *plain_out)
 {
+	unsigned char nonce[NONCE_MAX_SIZE];
+
 	if (ct_size < POPVAULT_TAG_SIZE ||
 	    ct_size > popvault_msg_cipher_chunk_size(mc) + POPVAULT_TAG_SIZE)
 		return -1;
-	mc->aad[HASH_SIZE] = final ? 1 : 0;
-	return aead_open(mc, idx, mc->aad, AAD_SIZE, ct, ct_size, plain_out);
+	make_nonce(mc->cipher, idx, nonce);
+	mc->aad[mc->aad_size - 1] = final ? 1 : 0;
+	return aead_open(mc, nonce, mc->aad, mc->aad_size,
+			 ct, ct_size, plain_out);
 }
 
 /* ---- sender ---- */
@@ -620,6 +684,7 @@ void popvault_sender_free(struct popvault_sender **_sender)
 	if (sender == NULL)
 		return;
 	*_sender = NULL;
+	popvault_msg_cipher_free(&sender->epoch_wrap);
 	sodium_memzero(sender, sizeof(*sender));
 	i_free(sender);
 }
@@ -639,7 +704,8 @@ void popvault_sender_set_rotation(struct popvault_sender *sender,
 				  unsigned int max_secs)
 {
 	if (max_messages != 0)
-		sender->max_messages = max_messages;
+		sender->max_messages = I_MIN(max_messages,
+					     EPOCH_MAX_MESSAGES_LIMIT);
 	if (max_secs != 0)
 		sender->max_secs = max_secs;
 }
@@ -649,24 +715,36 @@ unsigned int popvault_sender_get_epoch_count(const struct popvault_sender *sende
 	return sender->epoch_count;
 }
 
-static int popvault_sender_new_epoch(struct popvault_sender *sender)
+static int popvault_sender_new_epoch(struct popvault_sender *sender,
+				     const char **error_r)
 {
 	unsigned char eph_sk[POPVAULT_SK_SIZE];
 	unsigned char shared[crypto_scalarmult_BYTES];
+	unsigned char secret[HASH_SIZE], kek[POPVAULT_DK_SIZE];
 	int ret;
 
+	sender->epoch_valid = FALSE;
+	popvault_msg_cipher_free(&sender->epoch_wrap);
 	crypto_box_keypair(sender->eph_pk, eph_sk);
 	/* fails for low-order user public keys (all-zero output) */
 	ret = crypto_scalarmult(shared, eph_sk, sender->user_pk);
 	sodium_memzero(eph_sk, sizeof(eph_sk));
 	if (ret != 0) {
 		sodium_memzero(shared, sizeof(shared));
-		sender->epoch_valid = FALSE;
+		*error_r = "popvault: invalid recipient public key";
 		return -1;
 	}
-	derive_epoch_secret(shared, sender->eph_pk, sender->user_pk,
-			    sender->epoch_secret);
+	derive_epoch_secret(shared, sender->eph_pk, sender->user_pk, secret);
 	sodium_memzero(shared, sizeof(shared));
+	derive_kek_v2(secret, kek);
+	sodium_memzero(secret, sizeof(secret));
+	sender->epoch_wrap = msg_cipher_create(sender->cipher, 0, TRUE, kek,
+					       NULL, POPVAULT_VERSION, NULL);
+	sodium_memzero(kek, sizeof(kek));
+	if (sender->epoch_wrap == NULL) {
+		*error_r = "popvault: cipher initialization failed";
+		return -1;
+	}
 	sender->epoch_valid = TRUE;
 	sender->epoch_messages = 0;
 	sender->epoch_started = time(NULL);
@@ -680,8 +758,7 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 				  const char **error_r)
 {
 	struct popvault_header hdr;
-	struct popvault_msg_cipher *wrap;
-	unsigned char dk[POPVAULT_DK_SIZE], kek[POPVAULT_DK_SIZE];
+	unsigned char dk[POPVAULT_DK_SIZE], nonce[NONCE_MAX_SIZE];
 	time_t now = time(NULL);
 	int ret;
 
@@ -689,10 +766,8 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	    sender->epoch_messages >= sender->max_messages ||
 	    now < sender->epoch_started ||
 	    now - sender->epoch_started >= (time_t)sender->max_secs) {
-		if (popvault_sender_new_epoch(sender) < 0) {
-			*error_r = "popvault: invalid recipient public key";
+		if (popvault_sender_new_epoch(sender, error_r) < 0)
 			return -1;
-		}
 	}
 	sender->epoch_messages++;
 
@@ -705,22 +780,13 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	memcpy(hdr.eph_pk, sender->eph_pk, sizeof(hdr.eph_pk));
 	randombytes_buf(hdr.salt, sizeof(hdr.salt));
 	randombytes_buf(dk, sizeof(dk));
-	derive_kek(sender->epoch_secret, hdr.salt, kek);
+	make_wrap_nonce(&hdr, nonce);
 
 	/* serialize without the wrapped key first: it's the wrap AAD */
 	popvault_header_serialize(&hdr, header_r);
-	wrap = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
-				 kek, NULL, NULL);
-	sodium_memzero(kek, sizeof(kek));
-	if (wrap == NULL) {
-		sodium_memzero(dk, sizeof(dk));
-		*error_r = "popvault: cipher initialization failed";
-		return -1;
-	}
-	/* fixed nonce (index 0): the KEK is unique per random salt */
-	ret = aead_seal(wrap, 0, header_r, POPVAULT_HEADER_WRAP_AAD_SIZE,
+	ret = aead_seal(sender->epoch_wrap, nonce, header_r,
+			POPVAULT_HEADER_WRAP_AAD_SIZE,
 			dk, sizeof(dk), hdr.wrapped_dk);
-	popvault_msg_cipher_free(&wrap);
 	if (ret < 0) {
 		sodium_memzero(dk, sizeof(dk));
 		*error_r = "popvault: key wrapping failed";
@@ -730,7 +796,7 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	       sizeof(hdr.wrapped_dk));
 
 	*mc_r = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
-				  dk, header_r, NULL);
+				  dk, header_r, POPVAULT_VERSION, NULL);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";
@@ -758,10 +824,13 @@ struct popvault_receiver *popvault_receiver_create(void)
 void popvault_receiver_free(struct popvault_receiver **_receiver)
 {
 	struct popvault_receiver *receiver = *_receiver;
+	unsigned int i;
 
 	if (receiver == NULL)
 		return;
 	*_receiver = NULL;
+	for (i = 0; i < N_ELEMENTS(receiver->cache); i++)
+		popvault_msg_cipher_free(&receiver->cache[i].wrap_v2);
 	/* frees (and cleanses) the last key schedules */
 	while (receiver->spare_ctx_count > 0) {
 		EVP_CIPHER_CTX_free(
@@ -796,11 +865,10 @@ uint64_t popvault_receiver_get_x25519_count(const struct popvault_receiver *rece
 	return receiver->x25519_count;
 }
 
-static int
-receiver_get_epoch_secret(struct popvault_receiver *receiver,
-			  const struct popvault_receiver_key *key,
-			  const unsigned char eph_pk[POPVAULT_PK_SIZE],
-			  unsigned char secret_r[HASH_SIZE])
+static struct popvault_epoch_cache *
+receiver_get_epoch(struct popvault_receiver *receiver,
+		   const struct popvault_receiver_key *key,
+		   const unsigned char eph_pk[POPVAULT_PK_SIZE])
 {
 	struct popvault_epoch_cache *slot = NULL;
 	unsigned char shared[crypto_scalarmult_BYTES];
@@ -814,8 +882,7 @@ receiver_get_epoch_secret(struct popvault_receiver *receiver,
 		    memcmp(c->key_id, key->key_id, sizeof(c->key_id)) == 0 &&
 		    memcmp(c->eph_pk, eph_pk, sizeof(c->eph_pk)) == 0) {
 			c->last_use = ++receiver->use_counter;
-			memcpy(secret_r, c->epoch_secret, HASH_SIZE);
-			return 0;
+			return c;
 		}
 		if (slot == NULL || !c->used ||
 		    (slot->used && c->last_use < slot->last_use))
@@ -826,10 +893,12 @@ receiver_get_epoch_secret(struct popvault_receiver *receiver,
 	ret = crypto_scalarmult(shared, key->sk, eph_pk);
 	if (ret != 0) {
 		sodium_memzero(shared, sizeof(shared));
-		return -1;
+		return NULL;
 	}
-	derive_epoch_secret(shared, eph_pk, key->pk, secret_r);
+	popvault_msg_cipher_free(&slot->wrap_v2);
+	derive_epoch_secret(shared, eph_pk, key->pk, slot->epoch_secret);
 	sodium_memzero(shared, sizeof(shared));
+	derive_kek_v2(slot->epoch_secret, slot->kek_v2);
 
 	/* Cache only after the caller unwrapped successfully would be nicer,
 	   but a bogus eph_pk costs the attacker an X25519 either way; we
@@ -838,8 +907,36 @@ receiver_get_epoch_secret(struct popvault_receiver *receiver,
 	slot->last_use = ++receiver->use_counter;
 	memcpy(slot->key_id, key->key_id, sizeof(slot->key_id));
 	memcpy(slot->eph_pk, eph_pk, sizeof(slot->eph_pk));
-	memcpy(slot->epoch_secret, secret_r, HASH_SIZE);
-	return 0;
+	return slot;
+}
+
+/* The KEK-keyed context that unwraps this message's data key: v1 keys a
+   spare context per message, v2 reuses the epoch's (*free_r = FALSE). */
+static struct popvault_msg_cipher *
+receiver_get_wrap(struct popvault_receiver *receiver,
+		  struct popvault_epoch_cache *epoch,
+		  const struct popvault_header *hdr, bool *free_r)
+{
+	unsigned char kek[POPVAULT_DK_SIZE];
+	struct popvault_msg_cipher *wrap;
+
+	if (hdr->version == POPVAULT_VERSION_V1) {
+		derive_kek(epoch->epoch_secret, hdr->salt, kek);
+		wrap = msg_cipher_create(hdr->cipher, hdr->chunk_log2, FALSE,
+					 kek, NULL, hdr->version, receiver);
+		sodium_memzero(kek, sizeof(kek));
+		*free_r = TRUE;
+		return wrap;
+	}
+	if (epoch->wrap_v2 != NULL && epoch->wrap_v2->cipher != hdr->cipher)
+		popvault_msg_cipher_free(&epoch->wrap_v2);
+	if (epoch->wrap_v2 == NULL) {
+		epoch->wrap_v2 = msg_cipher_create(hdr->cipher, 0, FALSE,
+						   epoch->kek_v2, NULL,
+						   hdr->version, NULL);
+	}
+	*free_r = FALSE;
+	return epoch->wrap_v2;
 }
 
 int popvault_receiver_open(struct popvault_receiver *receiver,
@@ -849,11 +946,12 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 			   const char **error_r)
 {
 	const struct popvault_receiver_key *found = NULL;
+	struct popvault_epoch_cache *epoch;
 	unsigned int i;
 	struct popvault_msg_cipher *wrap;
-	unsigned char secret[HASH_SIZE], kek[POPVAULT_DK_SIZE];
-	unsigned char dk[POPVAULT_DK_SIZE];
+	unsigned char dk[POPVAULT_DK_SIZE], nonce[NONCE_MAX_SIZE];
 	const char *error;
+	bool free_wrap;
 	int ret;
 
 	*mc_r = NULL;
@@ -874,30 +972,28 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 			binary_to_hex(hdr_r->key_id, sizeof(hdr_r->key_id)));
 		return -1;
 	}
-	if (receiver_get_epoch_secret(receiver, found, hdr_r->eph_pk,
-				      secret) < 0) {
+	epoch = receiver_get_epoch(receiver, found, hdr_r->eph_pk);
+	if (epoch == NULL) {
 		*error_r = "popvault: invalid ephemeral public key";
 		return -1;
 	}
-	derive_kek(secret, hdr_r->salt, kek);
-	sodium_memzero(secret, sizeof(secret));
-	wrap = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
-				 kek, NULL, receiver);
-	sodium_memzero(kek, sizeof(kek));
+	wrap = receiver_get_wrap(receiver, epoch, hdr_r, &free_wrap);
 	if (wrap == NULL) {
 		*error_r = "popvault: cipher initialization failed";
 		return -1;
 	}
-	ret = aead_open(wrap, 0, data, POPVAULT_HEADER_WRAP_AAD_SIZE,
+	make_wrap_nonce(hdr_r, nonce);
+	ret = aead_open(wrap, nonce, data, POPVAULT_HEADER_WRAP_AAD_SIZE,
 			hdr_r->wrapped_dk, sizeof(hdr_r->wrapped_dk), dk);
-	popvault_msg_cipher_free(&wrap);
+	if (free_wrap)
+		popvault_msg_cipher_free(&wrap);
 	if (ret < 0) {
 		*error_r = "popvault: failed to unwrap data key "
 			"(wrong key or corrupted header)";
 		return -1;
 	}
 	*mc_r = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
-				  dk, data, receiver);
+				  dk, data, hdr_r->version, receiver);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";

@@ -424,9 +424,8 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		return -1;
 	}
 
+	/* unnamed: i_stream_get_name() answers with the file's name */
 	input = i_stream_create_popvault_decrypt(*stream, receiver);
-	i_stream_set_name(input, t_strdup_printf("popvault(%s)",
-						 i_stream_get_name(*stream)));
 	i_stream_unref(stream);
 	*stream = input;
 

@@ -186,14 +186,18 @@ sweep_box(struct popvault_user *puser, struct mailbox *box, bool dry_run,
 	uint32_t ext_id;
 	int ret = 0;
 
-	if (mailbox_sync(box, 0) < 0) {
-		*error_r = mailbox_get_last_internal_error(box, NULL);
-		return -1;
-	}
+	/* The hint lives in the index header, which mailbox_open() has
+	   read; the backend sync comes after it. On maildir a session that
+	   added keywords renamed every file it downloaded, and the sync
+	   would rescan the directory only to learn that nothing is due. */
 	ext_id = retention_ext_id(box);
 	if (use_hint && ioloop_time < sweep_hint_get(box->view, ext_id)) {
 		stats->skipped = TRUE;
 		return 0;
+	}
+	if (mailbox_sync(box, 0) < 0) {
+		*error_r = mailbox_get_last_internal_error(box, NULL);
+		return -1;
 	}
 	t = mailbox_transaction_begin(box, 0, "popvault retention sweep");
 	start = tracking_start(t);

@@ -1,4 +1,5 @@
-/* Unit tests for the popvault PVLT v1 container and its streams. */
+/* Unit tests for the popvault PVLT container (v2 written, v1 read) and
+   its streams. */
 
 #include "lib.h"
 #include "buffer.h"
@@ -10,6 +11,8 @@
 #include "test-common.h"
 #include "popvault-container.h"
 #include "popvault-crypt-stream.h"
+#include "hex-binary.h"
+#include "pvlt-v1-fixtures.h"
 
 #include <sodium.h>
 
@@ -166,7 +169,7 @@ static void test_header_parse_garbage(void)
 	popvault_msg_cipher_free(&mc);
 
 	test_assert(popvault_header_parse(header, sizeof(header), &hdr, &error) == 0);
-	test_assert(hdr.version == 1 && hdr.cipher == 1 && hdr.chunk_log2 == 16);
+	test_assert(hdr.version == 2 && hdr.cipher == 1 && hdr.chunk_log2 == 16);
 	test_assert(popvault_header_parse(NULL, 0, &hdr, &error) < 0);
 	for (i = 0; i < sizeof(header); i++) {
 		/* every truncation fails */
@@ -175,7 +178,7 @@ static void test_header_parse_garbage(void)
 				(i >= POPVAULT_MAGIC_SIZE), i);
 	}
 	static const struct { unsigned int offset; unsigned char value; } bad[] = {
-		{ 0, 0x88 }, { 7, 0x00 }, { 8, 0 }, { 8, 2 }, { 9, 0 }, { 9, 3 },
+		{ 0, 0x88 }, { 7, 0x00 }, { 8, 0 }, { 8, 3 }, { 9, 0 }, { 9, 3 },
 		{ 10, 11 }, { 10, 21 }, { 11, 1 },
 	};
 	for (i = 0; i < N_ELEMENTS(bad); i++) {
@@ -445,7 +448,9 @@ static void test_ostream_backpressure(void)
 
 enum tamper_type {
 	TAMPER_HEADER_FLAG,
+	TAMPER_HEADER_VERSION,
 	TAMPER_HEADER_SALT,
+	TAMPER_HEADER_SWAP,
 	TAMPER_HEADER_EPH,
 	TAMPER_WRAPPED_KEY,
 	TAMPER_MIDDLE_CHUNK,
@@ -472,7 +477,10 @@ static void test_tamper(void)
 		const char *error_substr;
 	} tests[] = {
 		{ TAMPER_HEADER_FLAG, "header cipher byte", 0, "popvault: " },
+		{ TAMPER_HEADER_VERSION, "header version 2 -> 1", 0, "unwrap" },
 		{ TAMPER_HEADER_SALT, "header salt", 0, "unwrap" },
+		{ TAMPER_HEADER_SWAP, "header of another message, same epoch", 0,
+		  "chunk 0 failed authentication" },
 		{ TAMPER_HEADER_EPH, "header eph_pk", 0, "popvault: " },
 		{ TAMPER_WRAPPED_KEY, "wrapped key", 0, "unwrap" },
 		{ TAMPER_MIDDLE_CHUNK, "middle chunk", 2, "chunk 2 failed authentication" },
@@ -519,8 +527,18 @@ static void test_tamper(void)
 		case TAMPER_HEADER_FLAG:
 			p[9] ^= 3; /* cipher 1<->2 */
 			break;
+		case TAMPER_HEADER_VERSION:
+			/* v1 would derive a KEK from the salt instead */
+			test_assert(p[8] == POPVAULT_VERSION);
+			p[8] = POPVAULT_VERSION_V1;
+			break;
 		case TAMPER_HEADER_SALT:
 			p[60] ^= 0x40;
+			break;
+		case TAMPER_HEADER_SWAP:
+			/* unwraps fine (same epoch KEK), but to the other
+			   message's data key */
+			memcpy(p, enc2->data, body);
 			break;
 		case TAMPER_HEADER_EPH:
 			p[30] ^= 0x01;
@@ -718,6 +736,80 @@ static void test_x25519_cache(void)
 	test_end();
 }
 
+static void
+test_v1_fixture_one(const char *hex, struct popvault_receiver *receiver,
+		    const string_t *plain, unsigned int idx)
+{
+	buffer_t *enc = t_buffer_create(strlen(hex) / 2);
+	buffer_t *out = t_buffer_create(str_len(plain));
+	struct istream *input, *dec;
+	struct popvault_header hdr;
+	const unsigned char *rdata;
+	unsigned char *p;
+	const char *error;
+	size_t rsize;
+
+	test_assert_idx(hex_to_binary(hex, enc) == 0, idx);
+	test_assert_idx(popvault_header_parse(enc->data, enc->used, &hdr,
+					      &error) == 0 &&
+			hdr.version == POPVAULT_VERSION_V1, idx);
+	test_assert_idx(popvault_decrypt_buffer(receiver, enc->data, enc->used,
+						out, &error) == 0, idx);
+	test_assert_idx(buffer_cmp(out, plain), idx);
+
+	/* the stream, with a seek into the second chunk */
+	buffer_set_used_size(out, 0);
+	input = i_stream_create_from_data(enc->data, enc->used);
+	dec = i_stream_create_popvault_decrypt(input, receiver);
+	test_assert_idx(read_all(dec, out) == 0 && buffer_cmp(out, plain), idx);
+	i_stream_seek(dec, SMALL_CHUNK + 7);
+	test_assert_idx(i_stream_read_more(dec, &rdata, &rsize) > 0 &&
+			memcmp(rdata, str_data(plain) + SMALL_CHUNK + 7,
+			       I_MIN(rsize, str_len(plain) - SMALL_CHUNK - 7)) == 0,
+			idx);
+	i_stream_unref(&dec);
+	i_stream_unref(&input);
+
+	/* v1's chunk AAD still binds the header: a flipped bit in the
+	   second chunk fails it, a v1 header claiming v2 fails the unwrap */
+	p = buffer_get_modifiable_data(enc, NULL);
+	p[POPVAULT_HEADER_SIZE + SMALL_CHUNK + POPVAULT_TAG_SIZE + 3] ^= 0x10;
+	buffer_set_used_size(out, 0);
+	test_assert_idx(popvault_decrypt_buffer(receiver, enc->data, enc->used,
+						out, &error) < 0 &&
+			strstr(error, "chunk 1 failed") != NULL, idx);
+	p[POPVAULT_HEADER_SIZE + SMALL_CHUNK + POPVAULT_TAG_SIZE + 3] ^= 0x10;
+	p[8] = POPVAULT_VERSION;
+	buffer_set_used_size(out, 0);
+	test_assert_idx(popvault_decrypt_buffer(receiver, enc->data, enc->used,
+						out, &error) < 0 &&
+			strstr(error, "unwrap") != NULL, idx);
+}
+
+static void test_v1_fixtures(void)
+{
+	struct popvault_receiver *receiver;
+	unsigned char sk[POPVAULT_SK_SIZE];
+	string_t *plain;
+	unsigned int i;
+
+	test_begin("popvault reads PVLT v1 written by earlier versions");
+	for (i = 0; i < sizeof(sk); i++)
+		sk[i] = (unsigned char)(0x40 + i);
+	receiver = popvault_receiver_create();
+	test_assert(popvault_receiver_add_key(receiver, sk) == 0);
+	plain = t_str_new(5100);
+	for (i = 0; i < 240; i++)
+		str_printfa(plain, "legacy v1 line %04u\r\n", i);
+	test_v1_fixture_one(pvlt_v1_fixture_aes256gcm, receiver, plain, 0);
+	test_v1_fixture_one(pvlt_v1_fixture_xchacha20poly1305, receiver,
+			    plain, 1);
+	/* two senders, one epoch each */
+	test_assert(popvault_receiver_get_x25519_count(receiver) == 2);
+	popvault_receiver_free(&receiver);
+	test_end();
+}
+
 static void test_bad_recipient_key(void)
 {
 	unsigned char zero_pk[32];
@@ -748,6 +840,7 @@ int main(void)
 		test_tamper,
 		test_truncation_seek_to_end,
 		test_x25519_cache,
+		test_v1_fixtures,
 		test_bad_recipient_key,
 		NULL
 	};
