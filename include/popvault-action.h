@@ -49,4 +49,16 @@ int popvault_action_recover_inbox(struct popvault_user *puser,
 /* TRUE when the mail has this keyword (case-insensitive, as IMAP). */
 bool popvault_mail_has_keyword(struct mail *mail, const char *name);
 
+/* Remembers that a keyword is absent from a mailbox's index, for a check
+   made on every message read: Dovecot 2.3 hashes a keyword name with
+   xxh64 on each lookup (about 1 k instructions), while the index's
+   keyword list only ever grows, so its length tells when to look again.
+   Zero-initialized; reset (i_zero) whenever the mailbox is closed. */
+struct popvault_keyword_cache {
+	const struct mail_index *index;
+	unsigned int keywords_count;
+};
+bool popvault_mail_has_keyword_cached(struct mail *mail, const char *name,
+				      struct popvault_keyword_cache *cache);
+
 #endif

@@ -61,6 +61,10 @@ struct popvault_msg_cipher;
 /* Must be called once before anything else (calls sodium_init()).
    Returns 0 on success, -1 on failure. Safe to call many times. */
 int popvault_crypto_init(void);
+/* Key wraps use libsodium's AES-GCM where the CPU allows (the default
+   after popvault_crypto_init()); FALSE makes them use OpenSSL's, for the
+   tests of that path. The bytes are the same. Returns the old setting. */
+bool popvault_crypto_set_sodium_aes(bool enable);
 /* Frees what popvault_crypto_init() fetched from OpenSSL. */
 void popvault_crypto_deinit(void);
 
@@ -146,6 +150,21 @@ int popvault_chunk_decrypt(struct popvault_msg_cipher *mc, uint64_t idx,
 			   bool final, const unsigned char *ct, size_t ct_size,
 			   unsigned char *plain_out);
 void popvault_msg_cipher_free(struct popvault_msg_cipher **mc);
+
+/* Opening a chunk piecewise, so that a reader can decrypt ciphertext
+   where it lies (in its parent stream's buffer) instead of collecting a
+   copy first. Only for AES-GCM decryption (OpenSSL's GCM is
+   incremental; libsodium's XChaCha20-Poly1305 is not). The plaintext
+   written by update() is unauthenticated until finish() returns 0; on
+   -1 the caller must wipe and discard all of it. */
+bool popvault_msg_cipher_can_stream(const struct popvault_msg_cipher *mc);
+int popvault_chunk_stream_begin(struct popvault_msg_cipher *mc, uint64_t idx,
+				bool final);
+int popvault_chunk_stream_update(struct popvault_msg_cipher *mc,
+				 const unsigned char *ct, size_t size,
+				 unsigned char *plain_out);
+int popvault_chunk_stream_finish(struct popvault_msg_cipher *mc,
+				 const unsigned char tag[POPVAULT_TAG_SIZE]);
 
 /* ---- one-shot helpers (tests, bench, fuzzing) ---- */
 int popvault_encrypt_buffer(struct popvault_sender *sender,

@@ -398,6 +398,24 @@ bool popvault_mail_has_keyword(struct mail *mail, const char *name)
 	return FALSE;
 }
 
+bool popvault_mail_has_keyword_cached(struct mail *mail, const char *name,
+				      struct popvault_keyword_cache *cache)
+{
+	struct mail_index *index = mail->box->index;
+	unsigned int count = array_count(mail_index_get_keywords(index));
+	unsigned int idx;
+
+	if (cache->index == index && cache->keywords_count == count)
+		return FALSE;
+	if (!mail_index_keyword_lookup(index, name, &idx)) {
+		cache->index = index;
+		cache->keywords_count = count;
+		return FALSE;
+	}
+	cache->index = NULL;
+	return popvault_mail_has_keyword(mail, name);
+}
+
 int popvault_action_recover(struct popvault_user *puser, struct mailbox *box,
 			    unsigned int *recovered_r, const char **error_r)
 {

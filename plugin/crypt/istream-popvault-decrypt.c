@@ -22,8 +22,10 @@ struct popvault_istream {
 	uoff_t plain_size;
 	uint64_t n_chunks;
 
-	/* ciphertext of the chunk being collected */
+	/* ciphertext of the chunk being collected (allocated when first
+	   needed: streamed chunks never are) */
 	unsigned char *ct;
+	size_t ct_alloc_size;
 	size_t ct_used;
 	uint64_t ct_idx;
 
@@ -40,6 +42,11 @@ struct popvault_istream {
 	popvault_decrypt_error_callback_t *error_callback;
 	void *error_context;
 
+	/* AES-GCM chunk of a seekable parent: opened where it lies in the
+	   parent's buffer, piece by piece (pv_stream_chunk()) */
+	bool streaming:1;
+	/* a streamed chunk failed: collect it to say why */
+	bool no_streaming:1;
 	bool header_done:1;
 	bool size_known:1;
 	bool collecting:1;
@@ -103,7 +110,7 @@ static void pv_alloc_buffers(struct popvault_istream *pstream, size_t size)
 	struct istream_private *stream = &pstream->istream;
 
 	i_assert(pstream->ct == NULL);
-	pstream->ct = pv_malloc(size + POPVAULT_TAG_SIZE);
+	pstream->ct_alloc_size = size + POPVAULT_TAG_SIZE;
 	if (stream->w_buffer == NULL) {
 		i_assert(stream->memarea == NULL && stream->pos == 0);
 		stream->buffer_size = I_MAX(size, 1);
@@ -195,6 +202,8 @@ static int pv_read_header(struct popvault_istream *pstream)
 	pv_alloc_buffers(pstream, pstream->size_known ?
 			 I_MIN(pstream->chunk_size, pstream->plain_size) :
 			 pstream->chunk_size);
+	pstream->streaming = pstream->size_known &&
+		popvault_msg_cipher_can_stream(pstream->mc);
 	return 1;
 }
 
@@ -239,6 +248,63 @@ pv_decrypt_collected(struct popvault_istream *pstream, uint64_t idx,
 	return 1;
 }
 
+/* Open chunk idx (need bytes of ciphertext and tag from the parent's
+   current offset) without collecting it: each piece is decrypted from
+   the parent's buffer into this stream's buffer after pos, the tag
+   collected. The plaintext is released only after the tag verified,
+   exactly as with a collected chunk. Saves copying every message once
+   (about 2 k instructions per 20 KB message, callgrind). Returns 1 ok,
+   0 need more (the chunk restarts on the next read: the stream buffer
+   may move in between), -1 to collect it instead. */
+static int pv_stream_chunk(struct popvault_istream *pstream, uint64_t idx,
+			   bool final, size_t need)
+{
+	struct istream_private *stream = &pstream->istream;
+	struct istream *parent = stream->parent;
+	const size_t ct_len = need - POPVAULT_TAG_SIZE;
+	unsigned char tag[POPVAULT_TAG_SIZE], *dest;
+	const unsigned char *data;
+	size_t size, n, done = 0;
+	int ret;
+
+	dest = i_stream_alloc(stream, I_MAX(ct_len, 1));
+	if (popvault_chunk_stream_begin(pstream->mc, idx, final) < 0)
+		return -1;
+	while (done < need) {
+		ret = i_stream_read_more(parent, &data, &size);
+		if (ret <= 0) {
+			/* EOF, errors: the collecting path reports them */
+			return ret == 0 ? 0 : -1;
+		}
+		n = I_MIN(size, need - done);
+		if (done < ct_len) {
+			size_t ct_n = I_MIN(n, ct_len - done);
+
+			if (popvault_chunk_stream_update(pstream->mc, data,
+					ct_n, dest + done) < 0)
+				return -1;
+			memcpy(tag, data + ct_n, n - ct_n);
+		} else {
+			memcpy(tag + (done - ct_len), data, n);
+		}
+		done += n;
+		i_stream_skip(parent, n);
+	}
+	if (popvault_chunk_stream_finish(pstream->mc, tag) < 0) {
+		sodium_memzero(dest, ct_len);
+		return -1;
+	}
+	pstream->plain_len = ct_len;
+	pstream->collecting = FALSE;
+	pstream->ct_used = 0;
+	pstream->seq_next_idx = idx + 1;
+	if (final) {
+		pstream->final_seen = TRUE;
+		pstream->final_end = idx * pstream->chunk_size + ct_len;
+	}
+	return 1;
+}
+
 /* Load and authenticate chunk idx. Returns 1 ok, 0 need more, -1 error. */
 static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
 {
@@ -263,6 +329,18 @@ static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
 		final = idx == pstream->n_chunks - 1;
 		need = !final ? full : (size_t)(pstream->plain_size -
 			idx * pstream->chunk_size) + POPVAULT_TAG_SIZE;
+		if (pstream->streaming && !pstream->no_streaming) {
+			i_stream_seek(parent, stream->parent_start_offset +
+				      POPVAULT_HEADER_SIZE + idx * full);
+			ret = pv_stream_chunk(pstream, idx, final, need);
+			if (ret >= 0)
+				return ret;
+			/* collect it again, for the precise error */
+			pstream->no_streaming = TRUE;
+			pstream->ct_used = 0;
+		}
+		if (pstream->ct == NULL)
+			pstream->ct = pv_malloc(pstream->ct_alloc_size);
 		i_stream_seek(parent, stream->parent_start_offset +
 			      POPVAULT_HEADER_SIZE + idx * full +
 			      pstream->ct_used);
@@ -287,6 +365,8 @@ static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
 
 	/* sequential: collect a full chunk or up to EOF, then peek one byte
 	   to learn whether this is the final chunk */
+	if (pstream->ct == NULL)
+		pstream->ct = pv_malloc(pstream->ct_alloc_size);
 	final = FALSE;
 	for (;;) {
 		ret = i_stream_read_more(parent, &data, &size);
@@ -427,6 +507,8 @@ static void pv_reset(struct popvault_istream *pstream)
 	pstream->ct = NULL;
 	pstream->hdr_used = 0;
 	pstream->header_done = FALSE;
+	pstream->streaming = FALSE;
+	pstream->no_streaming = FALSE;
 	pstream->size_known = FALSE;
 	pstream->collecting = FALSE;
 	pstream->final_seen = FALSE;

@@ -49,6 +49,16 @@ struct popvault_msg_cipher {
 	unsigned char aad[AAD_V2_SIZE];
 	unsigned int aad_size;
 	EVP_CIPHER_CTX *evp; /* AES-GCM only */
+	/* AES-GCM key wraps, when the CPU has AES-NI and PCLMUL (else evp):
+	   libsodium keys in a tenth of the instructions of an EVP re-key
+	   and opens a 32-byte wrap in under half of EVP's, the same
+	   AES-GCM bytes. Bulk chunks stay with OpenSSL, which is faster
+	   per byte. */
+	crypto_aead_aes256gcm_state *gcm_state;
+	/* evp has no cipher yet (a new context) */
+	bool evp_fresh;
+	/* the key goes into evp together with the first nonce */
+	bool key_pending;
 	/* the receiver whose spare contexts evp goes back to, or NULL */
 	struct popvault_receiver *owner;
 };
@@ -121,11 +131,13 @@ struct popvault_receiver {
 static EVP_CIPHER *pv_aes_gcm;
 static EVP_MD *pv_sha256;
 static EVP_MD_CTX *pv_md_ctx;
+static bool pv_sodium_gcm;
 
 int popvault_crypto_init(void)
 {
 	if (sodium_init() < 0)
 		return -1;
+	pv_sodium_gcm = crypto_aead_aes256gcm_is_available() != 0;
 	if (pv_aes_gcm == NULL)
 		pv_aes_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
 	if (pv_sha256 == NULL)
@@ -134,6 +146,14 @@ int popvault_crypto_init(void)
 		pv_md_ctx = EVP_MD_CTX_new();
 	/* AES-GCM is required; SHA-256 falls back to libsodium */
 	return pv_aes_gcm == NULL ? -1 : 0;
+}
+
+bool popvault_crypto_set_sodium_aes(bool enable)
+{
+	bool old = pv_sodium_gcm;
+
+	pv_sodium_gcm = enable && crypto_aead_aes256gcm_is_available() != 0;
+	return old;
 }
 
 void popvault_crypto_deinit(void)
@@ -462,7 +482,6 @@ msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 		  uint8_t version, struct popvault_receiver *owner)
 {
 	struct popvault_msg_cipher *mc;
-	int ret;
 
 	i_assert(owner == NULL || !encrypt);
 	mc = i_new(struct popvault_msg_cipher, 1);
@@ -484,40 +503,60 @@ msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 		mc->aad_size = AAD_V2_SIZE;
 	}
 
-	if (cipher == POPVAULT_CIPHER_AES256GCM && owner != NULL &&
-	    owner->spare_ctx_count > 0) {
+	if (cipher != POPVAULT_CIPHER_AES256GCM)
+		return mc;
+	if (owner != NULL && owner->spare_ctx_count > 0) {
 		/* cipher and direction stay from the context's first use:
 		   only the key changes */
 		mc->evp = owner->spare_ctx[--owner->spare_ctx_count];
-		if (EVP_DecryptInit_ex2(mc->evp, NULL, key, NULL, NULL) != 1) {
-			popvault_msg_cipher_free(&mc);
-			return NULL;
-		}
-		mc->owner = owner;
-	} else if (cipher == POPVAULT_CIPHER_AES256GCM) {
+	} else {
 		mc->evp = EVP_CIPHER_CTX_new();
-		if (mc->evp == NULL) {
+		if (mc->evp == NULL || pv_aes_gcm == NULL) {
 			popvault_msg_cipher_free(&mc);
 			return NULL;
 		}
-		/* Key is set once per message; only the IV changes per chunk.
-		   The default GCM IV length is GCM_NONCE_SIZE (96 bits). */
-		if (pv_aes_gcm == NULL)
-			ret = 0;
-		else if (encrypt) {
-			ret = EVP_EncryptInit_ex2(mc->evp, pv_aes_gcm, key,
-						  NULL, NULL) == 1;
-		} else {
-			ret = EVP_DecryptInit_ex2(mc->evp, pv_aes_gcm, key,
-						  NULL, NULL) == 1;
-		}
-		if (!ret) {
-			popvault_msg_cipher_free(&mc);
-			return NULL;
-		}
-		/* only a fully initialized context goes back to the spares */
-		mc->owner = owner;
+		mc->evp_fresh = TRUE;
 	}
+	mc->key_pending = TRUE;
+	mc->owner = owner;
+	return mc;
+}
+
+/* Sets the nonce of the next AES-GCM operation, and with the first one
+   the key (and for a new context the cipher): OpenSSL 3 spends ~0.8 k
+   instructions of parameter plumbing on every init call, so a
+   one-chunk message makes one call instead of two. The default GCM IV
+   length is GCM_NONCE_SIZE (96 bits). */
+static int gcm_set_nonce(struct popvault_msg_cipher *mc,
+			 const unsigned char nonce[NONCE_MAX_SIZE])
+{
+	if (EVP_CipherInit_ex2(mc->evp, mc->evp_fresh ? pv_aes_gcm : NULL,
+			       mc->key_pending ? mc->key : NULL, nonce,
+			       mc->encrypt ? 1 : 0, NULL) != 1)
+		return -1;
+	mc->evp_fresh = FALSE;
+	mc->key_pending = FALSE;
+	return 0;
+}
+
+/* A cipher for key wraps (no chunk AAD): see gcm_state. */
+static struct popvault_msg_cipher *
+wrap_cipher_create(uint8_t cipher, bool encrypt,
+		   const unsigned char key[POPVAULT_DK_SIZE],
+		   struct popvault_receiver *owner)
+{
+	struct popvault_msg_cipher *mc;
+
+	if (cipher != POPVAULT_CIPHER_AES256GCM || !pv_sodium_gcm) {
+		return msg_cipher_create(cipher, 0, encrypt, key, NULL,
+					 POPVAULT_VERSION, owner);
+	}
+	mc = i_new(struct popvault_msg_cipher, 1);
+	mc->cipher = cipher;
+	mc->encrypt = encrypt;
+	/* malloc()ed memory is 16-byte aligned, as the state needs */
+	mc->gcm_state = i_new(crypto_aead_aes256gcm_state, 1);
+	(void)crypto_aead_aes256gcm_beforenm(mc->gcm_state, key);
 	return mc;
 }
 
@@ -530,11 +569,16 @@ void popvault_msg_cipher_free(struct popvault_msg_cipher **_mc)
 		return;
 	*_mc = NULL;
 	owner = mc->owner;
-	if (mc->evp != NULL && owner != NULL &&
+	/* only a context that has its cipher goes back to the spares */
+	if (mc->evp != NULL && !mc->evp_fresh && owner != NULL &&
 	    owner->spare_ctx_count < N_ELEMENTS(owner->spare_ctx))
 		owner->spare_ctx[owner->spare_ctx_count++] = mc->evp;
 	else if (mc->evp != NULL)
 		EVP_CIPHER_CTX_free(mc->evp);
+	if (mc->gcm_state != NULL) {
+		sodium_memzero(mc->gcm_state, sizeof(*mc->gcm_state));
+		i_free(mc->gcm_state);
+	}
 	sodium_memzero(mc, sizeof(*mc));
 	i_free(mc);
 }
@@ -555,6 +599,11 @@ aead_seal(struct popvault_msg_cipher *mc,
 	  const unsigned char *aad, size_t aad_size,
 	  const unsigned char *in, size_t size, unsigned char *out)
 {
+	if (mc->gcm_state != NULL) {
+		return crypto_aead_aes256gcm_encrypt_detached_afternm(
+			out, out + size, NULL, in, size, aad, aad_size,
+			NULL, nonce, mc->gcm_state) == 0 ? 0 : -1;
+	}
 	if (mc->cipher == POPVAULT_CIPHER_XCHACHA20POLY1305) {
 		if (crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
 			out, out + size, NULL, in, size, aad, aad_size,
@@ -567,7 +616,7 @@ aead_seal(struct popvault_msg_cipher *mc,
 		i_assert(mc->encrypt);
 		if (size > INT_MAX)
 			return -1;
-		if (EVP_EncryptInit_ex(mc->evp, NULL, NULL, NULL, nonce) != 1 ||
+		if (gcm_set_nonce(mc, nonce) < 0 ||
 		    EVP_EncryptUpdate(mc->evp, NULL, &len, aad, (int)aad_size) != 1)
 			return -1;
 		if (size > 0 &&
@@ -593,7 +642,12 @@ aead_open(struct popvault_msg_cipher *mc,
 	if (in_size < POPVAULT_TAG_SIZE)
 		return -1;
 	size = in_size - POPVAULT_TAG_SIZE;
-	if (mc->cipher == POPVAULT_CIPHER_XCHACHA20POLY1305) {
+	if (mc->gcm_state != NULL) {
+		/* verifies before writing any plaintext, too */
+		ret = crypto_aead_aes256gcm_decrypt_detached_afternm(
+			out, NULL, in, size, in + size, aad, aad_size,
+			nonce, mc->gcm_state);
+	} else if (mc->cipher == POPVAULT_CIPHER_XCHACHA20POLY1305) {
 		/* libsodium verifies before writing any plaintext */
 		ret = crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
 			out, NULL, in, size, in + size, aad, aad_size,
@@ -607,7 +661,7 @@ aead_open(struct popvault_msg_cipher *mc,
 			return -1;
 		memcpy(tag, in + size, sizeof(tag));
 		ret = -1;
-		if (EVP_DecryptInit_ex(mc->evp, NULL, NULL, NULL, nonce) == 1 &&
+		if (gcm_set_nonce(mc, nonce) == 0 &&
 		    EVP_DecryptUpdate(mc->evp, NULL, &len, aad,
 				      (int)aad_size) == 1 &&
 		    (size == 0 || EVP_DecryptUpdate(mc->evp, out, &len, in,
@@ -652,6 +706,56 @@ int popvault_chunk_decrypt(struct popvault_msg_cipher *mc, uint64_t idx,
 	mc->aad[mc->aad_size - 1] = final ? 1 : 0;
 	return aead_open(mc, nonce, mc->aad, mc->aad_size,
 			 ct, ct_size, plain_out);
+}
+
+bool popvault_msg_cipher_can_stream(const struct popvault_msg_cipher *mc)
+{
+	return mc->evp != NULL && !mc->encrypt;
+}
+
+int popvault_chunk_stream_begin(struct popvault_msg_cipher *mc, uint64_t idx,
+				bool final)
+{
+	unsigned char nonce[NONCE_MAX_SIZE];
+	int len;
+
+	i_assert(popvault_msg_cipher_can_stream(mc));
+	make_nonce(mc->cipher, idx, nonce);
+	mc->aad[mc->aad_size - 1] = final ? 1 : 0;
+	if (gcm_set_nonce(mc, nonce) < 0 ||
+	    EVP_DecryptUpdate(mc->evp, NULL, &len, mc->aad,
+			      (int)mc->aad_size) != 1)
+		return -1;
+	return 0;
+}
+
+int popvault_chunk_stream_update(struct popvault_msg_cipher *mc,
+				 const unsigned char *ct, size_t size,
+				 unsigned char *plain_out)
+{
+	int len;
+
+	if (size == 0)
+		return 0;
+	if (size > INT_MAX ||
+	    EVP_DecryptUpdate(mc->evp, plain_out, &len, ct, (int)size) != 1 ||
+	    (size_t)len != size)
+		return -1;
+	return 0;
+}
+
+int popvault_chunk_stream_finish(struct popvault_msg_cipher *mc,
+				 const unsigned char tag[POPVAULT_TAG_SIZE])
+{
+	unsigned char tag_copy[POPVAULT_TAG_SIZE], dummy[1];
+	int len;
+
+	memcpy(tag_copy, tag, sizeof(tag_copy));
+	if (EVP_CIPHER_CTX_ctrl(mc->evp, EVP_CTRL_GCM_SET_TAG,
+				sizeof(tag_copy), tag_copy) != 1 ||
+	    EVP_DecryptFinal_ex(mc->evp, dummy, &len) != 1)
+		return -1;
+	return 0;
 }
 
 /* ---- sender ---- */
@@ -738,8 +842,8 @@ static int popvault_sender_new_epoch(struct popvault_sender *sender,
 	sodium_memzero(shared, sizeof(shared));
 	derive_kek_v2(secret, kek);
 	sodium_memzero(secret, sizeof(secret));
-	sender->epoch_wrap = msg_cipher_create(sender->cipher, 0, TRUE, kek,
-					       NULL, POPVAULT_VERSION, NULL);
+	sender->epoch_wrap = wrap_cipher_create(sender->cipher, TRUE, kek,
+						NULL);
 	sodium_memzero(kek, sizeof(kek));
 	if (sender->epoch_wrap == NULL) {
 		*error_r = "popvault: cipher initialization failed";
@@ -922,8 +1026,7 @@ receiver_get_wrap(struct popvault_receiver *receiver,
 
 	if (hdr->version == POPVAULT_VERSION_V1) {
 		derive_kek(epoch->epoch_secret, hdr->salt, kek);
-		wrap = msg_cipher_create(hdr->cipher, hdr->chunk_log2, FALSE,
-					 kek, NULL, hdr->version, receiver);
+		wrap = wrap_cipher_create(hdr->cipher, FALSE, kek, receiver);
 		sodium_memzero(kek, sizeof(kek));
 		*free_r = TRUE;
 		return wrap;
@@ -931,9 +1034,8 @@ receiver_get_wrap(struct popvault_receiver *receiver,
 	if (epoch->wrap_v2 != NULL && epoch->wrap_v2->cipher != hdr->cipher)
 		popvault_msg_cipher_free(&epoch->wrap_v2);
 	if (epoch->wrap_v2 == NULL) {
-		epoch->wrap_v2 = msg_cipher_create(hdr->cipher, 0, FALSE,
-						   epoch->kek_v2, NULL,
-						   hdr->version, NULL);
+		epoch->wrap_v2 = wrap_cipher_create(hdr->cipher, FALSE,
+						    epoch->kek_v2, NULL);
 	}
 	*free_r = FALSE;
 	return epoch->wrap_v2;

@@ -67,6 +67,9 @@ struct popvault_crypt_mailbox {
 	struct mail *save_mail;
 	struct istream *save_input;
 	uoff_t save_input_offset;
+
+	/* POPVAULT_DAMAGED_KEYWORD, looked up for every message read */
+	struct popvault_keyword_cache damaged_kw;
 };
 
 struct popvault_crypt_mail {
@@ -409,7 +412,10 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
 	cmail->opened_encrypted = TRUE;
-	if (popvault_mail_has_keyword(mail, POPVAULT_DAMAGED_KEYWORD)) {
+	if (cbox != NULL ?
+	    popvault_mail_has_keyword_cached(mail, POPVAULT_DAMAGED_KEYWORD,
+					     &cbox->damaged_kw) :
+	    popvault_mail_has_keyword(mail, POPVAULT_DAMAGED_KEYWORD)) {
 		return crypt_mail_fail_message(mail, "found damaged by an earlier read "
 			"(keyword "POPVAULT_DAMAGED_KEYWORD"; clear it after "
 			"repairing the message)");
@@ -588,6 +594,7 @@ static void crypt_mailbox_close(struct mailbox *box)
 	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
 
 	crypt_save_forget(cbox);
+	i_zero(&cbox->damaged_kw);
 	cbox->module_ctx.super.close(box);
 }
 
@@ -632,6 +639,7 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 
 	if (cuser == NULL)
 		return;
+	v->close = crypt_mailbox_close;
 	/* No header or body text in dovecot.index.cache: every envelope,
 	   header and bodystructure fetch decrypts the first chunk again. */
 	box->mail_cache_disabled = TRUE;
@@ -641,7 +649,6 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 		v->save_begin = crypt_save_begin;
 		v->save_finish = crypt_save_finish;
 		v->save_cancel = crypt_save_cancel;
-		v->close = crypt_mailbox_close;
 	} else
 		v->save_begin = crypt_save_begin_unsupported;
 }

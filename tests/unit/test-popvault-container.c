@@ -336,6 +336,41 @@ check_roundtrip(struct popvault_receiver *receiver, const buffer_t *enc,
 	i_stream_unref(&dec);
 	i_stream_unref(&input);
 
+	/* 4b) seekable parent of known size delivering bytes slowly: AES-GCM
+	   chunks are opened piecewise from the parent's buffer and must
+	   restart cleanly when the parent runs dry mid-chunk, while the
+	   reader keeps consuming (the stream buffer moves in between) */
+	buffer_set_used_size(out, 0);
+	input = test_istream_create_data(enc->data, enc->used);
+	dec = i_stream_create_popvault_decrypt(input, receiver);
+	avail = 0;
+	for (;;) {
+		const unsigned char *rdata;
+		size_t rsize;
+		ssize_t ret;
+
+		avail += 1 + randombytes_uniform(3000);
+		avail = I_MIN(avail, enc->used);
+		test_istream_set_size(input, avail);
+		ret = i_stream_read_more(dec, &rdata, &rsize);
+		if (ret > 0) {
+			/* not all of it: leaves a skip for compression */
+			rsize = I_MAX(rsize / 2, 1);
+			buffer_append(out, rdata, rsize);
+			i_stream_skip(dec, rsize);
+		} else if (ret < 0) {
+			break;
+		} else {
+			test_assert_idx(avail < enc->used, idx);
+		}
+	}
+	test_assert_idx(dec->stream_errno == 0, idx);
+	test_assert_idx(dec->seekable, idx);
+	test_assert_idx(out->used == size &&
+			memcmp(out->data, data, size) == 0, idx);
+	i_stream_unref(&dec);
+	i_stream_unref(&input);
+
 	/* 5) one-shot decrypter */
 	buffer_set_used_size(out, 0);
 	const char *error;
@@ -810,6 +845,56 @@ static void test_v1_fixtures(void)
 	test_end();
 }
 
+/* Wraps sealed by libsodium's AES-GCM open with OpenSSL's and back: the
+   two paths must produce the same bytes, and each must work alone. */
+static void test_wrap_implementations(void)
+{
+	const size_t size = 3 * SMALL_CHUNK + 5;
+	unsigned char *data = random_data(size);
+	struct popvault_sender *sender;
+	struct popvault_receiver *receiver;
+	buffer_t *enc, *out;
+	const char *error;
+	bool orig, seal_sodium, open_sodium;
+	unsigned char *p;
+	unsigned int i;
+
+	test_begin("popvault key wraps: libsodium and OpenSSL AES-GCM agree");
+	orig = popvault_crypto_set_sodium_aes(TRUE);
+	for (i = 0; i < 4; i++) {
+		seal_sodium = (i & 1) != 0;
+		open_sodium = (i & 2) != 0;
+		(void)popvault_crypto_set_sodium_aes(seal_sodium);
+		sender = popvault_sender_create(user_pk,
+						POPVAULT_CIPHER_AES256GCM);
+		test_assert(popvault_sender_set_chunk_log2(sender, SMALL_LOG2) == 0);
+		enc = encrypt_stream(sender, data, size);
+		popvault_sender_free(&sender);
+
+		(void)popvault_crypto_set_sodium_aes(open_sodium);
+		receiver = popvault_receiver_create();
+		test_assert(popvault_receiver_add_key(receiver, user_sk) == 0);
+		out = buffer_create_dynamic(default_pool, size);
+		test_assert_idx(popvault_decrypt_buffer(receiver, enc->data,
+			enc->used, out, &error) == 0, i);
+		test_assert_idx(out->used == size &&
+				memcmp(out->data, data, size) == 0, i);
+		/* a damaged wrap fails on either path */
+		buffer_set_used_size(out, 0);
+		p = buffer_get_modifiable_data(enc, NULL);
+		p[POPVAULT_HEADER_WRAP_AAD_SIZE + 3] ^= 0x04;
+		test_assert_idx(popvault_decrypt_buffer(receiver, enc->data,
+			enc->used, out, &error) < 0 &&
+			strstr(error, "unwrap") != NULL && out->used == 0, i);
+		buffer_free(&out);
+		buffer_free(&enc);
+		popvault_receiver_free(&receiver);
+	}
+	(void)popvault_crypto_set_sodium_aes(orig);
+	i_free(data);
+	test_end();
+}
+
 static void test_bad_recipient_key(void)
 {
 	unsigned char zero_pk[32];
@@ -841,6 +926,7 @@ int main(void)
 		test_truncation_seek_to_end,
 		test_x25519_cache,
 		test_v1_fixtures,
+		test_wrap_implementations,
 		test_bad_recipient_key,
 		NULL
 	};
