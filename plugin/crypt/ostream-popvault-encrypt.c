@@ -1,4 +1,4 @@
-/* popvault: encrypting ostream (PVLT v1). */
+/* popvault: encrypting ostream (writes PVLT v2). */
 
 #include "lib.h"
 #include "ostream-private.h"
