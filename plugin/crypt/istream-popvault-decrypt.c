@@ -207,6 +207,23 @@ static int pv_read_header(struct popvault_istream *pstream)
 	return 1;
 }
 
+/* Chunk idx, plain_len bytes, authenticated after pos: ready for
+   pv_release(). Returns 1. */
+static int
+pv_chunk_authenticated(struct popvault_istream *pstream, uint64_t idx,
+		       bool final, size_t plain_len)
+{
+	pstream->plain_len = plain_len;
+	pstream->collecting = FALSE;
+	pstream->ct_used = 0;
+	pstream->seq_next_idx = idx + 1;
+	if (final) {
+		pstream->final_seen = TRUE;
+		pstream->final_end = idx * pstream->chunk_size + plain_len;
+	}
+	return 1;
+}
+
 /* Decrypt the collected chunk into the stream buffer after pos without
    moving pos: the caller releases it (pv_release()) or leaves it unseen. */
 static int
@@ -237,15 +254,7 @@ pv_decrypt_collected(struct popvault_istream *pstream, uint64_t idx,
 		return pv_error(pstream, "popvault: chunk %"PRIu64
 				" failed authentication", idx);
 	}
-	pstream->plain_len = plain_len;
-	pstream->collecting = FALSE;
-	pstream->ct_used = 0;
-	pstream->seq_next_idx = idx + 1;
-	if (final) {
-		pstream->final_seen = TRUE;
-		pstream->final_end = idx * pstream->chunk_size + plain_len;
-	}
-	return 1;
+	return pv_chunk_authenticated(pstream, idx, final, plain_len);
 }
 
 /* Open chunk idx (need bytes of ciphertext and tag from the parent's
@@ -294,15 +303,7 @@ static int pv_stream_chunk(struct popvault_istream *pstream, uint64_t idx,
 		sodium_memzero(dest, ct_len);
 		return -1;
 	}
-	pstream->plain_len = ct_len;
-	pstream->collecting = FALSE;
-	pstream->ct_used = 0;
-	pstream->seq_next_idx = idx + 1;
-	if (final) {
-		pstream->final_seen = TRUE;
-		pstream->final_end = idx * pstream->chunk_size + ct_len;
-	}
-	return 1;
+	return pv_chunk_authenticated(pstream, idx, final, ct_len);
 }
 
 /* Load and authenticate chunk idx. Returns 1 ok, 0 need more, -1 error. */

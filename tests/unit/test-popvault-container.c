@@ -238,6 +238,35 @@ static void test_header_parse_garbage(void)
 	test_end();
 }
 
+/* Read dec while its test_istream parent (of total bytes) hands out a
+   few more bytes each time; half_skip consumes half of what is there,
+   leaving a skip so that the stream buffer gets compressed. */
+static void
+read_trickle(struct istream *input, struct istream *dec, size_t total,
+	     bool half_skip, buffer_t *out, unsigned int idx)
+{
+	const unsigned char *rdata;
+	size_t avail = 0, rsize;
+	ssize_t ret;
+
+	for (;;) {
+		avail += 1 + randombytes_uniform(3000);
+		avail = I_MIN(avail, total);
+		test_istream_set_size(input, avail);
+		ret = i_stream_read_more(dec, &rdata, &rsize);
+		if (ret > 0) {
+			if (half_skip)
+				rsize = I_MAX(rsize / 2, 1);
+			buffer_append(out, rdata, rsize);
+			i_stream_skip(dec, rsize);
+		} else if (ret < 0) {
+			break;
+		} else {
+			test_assert_idx(avail < total, idx);
+		}
+	}
+}
+
 static void
 check_roundtrip(struct popvault_receiver *receiver, const buffer_t *enc,
 		const unsigned char *data, size_t size, unsigned int idx)
@@ -295,25 +324,7 @@ check_roundtrip(struct popvault_receiver *receiver, const buffer_t *enc,
 	input = test_istream_create_data(enc->data, enc->used);
 	input->seekable = FALSE;
 	dec = i_stream_create_popvault_decrypt(input, receiver);
-	size_t avail = 0;
-	for (;;) {
-		const unsigned char *rdata;
-		size_t rsize;
-		ssize_t ret;
-
-		avail += 1 + randombytes_uniform(3000);
-		avail = I_MIN(avail, enc->used);
-		test_istream_set_size(input, avail);
-		ret = i_stream_read_more(dec, &rdata, &rsize);
-		if (ret > 0) {
-			buffer_append(out, rdata, rsize);
-			i_stream_skip(dec, rsize);
-		} else if (ret < 0) {
-			break;
-		} else {
-			test_assert_idx(avail < enc->used, idx);
-		}
-	}
+	read_trickle(input, dec, enc->used, FALSE, out, idx);
 	test_assert_idx(dec->stream_errno == 0, idx);
 	test_assert_idx(!dec->seekable, idx);
 	test_assert_idx(out->used == size &&
@@ -343,27 +354,7 @@ check_roundtrip(struct popvault_receiver *receiver, const buffer_t *enc,
 	buffer_set_used_size(out, 0);
 	input = test_istream_create_data(enc->data, enc->used);
 	dec = i_stream_create_popvault_decrypt(input, receiver);
-	avail = 0;
-	for (;;) {
-		const unsigned char *rdata;
-		size_t rsize;
-		ssize_t ret;
-
-		avail += 1 + randombytes_uniform(3000);
-		avail = I_MIN(avail, enc->used);
-		test_istream_set_size(input, avail);
-		ret = i_stream_read_more(dec, &rdata, &rsize);
-		if (ret > 0) {
-			/* not all of it: leaves a skip for compression */
-			rsize = I_MAX(rsize / 2, 1);
-			buffer_append(out, rdata, rsize);
-			i_stream_skip(dec, rsize);
-		} else if (ret < 0) {
-			break;
-		} else {
-			test_assert_idx(avail < enc->used, idx);
-		}
-	}
+	read_trickle(input, dec, enc->used, TRUE, out, idx);
 	test_assert_idx(dec->stream_errno == 0, idx);
 	test_assert_idx(dec->seekable, idx);
 	test_assert_idx(out->used == size &&
