@@ -83,7 +83,7 @@ static int pv_parent_error(struct popvault_istream *pstream)
 	return -1;
 }
 
-static void *pv_malloc(size_t size)
+void *popvault_malloc_unzeroed(size_t size)
 {
 	void *mem = malloc(size);
 
@@ -114,7 +114,8 @@ static void pv_alloc_buffers(struct popvault_istream *pstream, size_t size)
 	if (stream->w_buffer == NULL) {
 		i_assert(stream->memarea == NULL && stream->pos == 0);
 		stream->buffer_size = I_MAX(size, 1);
-		stream->w_buffer = pv_malloc(stream->buffer_size);
+		stream->w_buffer =
+			popvault_malloc_unzeroed(stream->buffer_size);
 		/* memarea_init() takes a const pointer: gcc would warn it
 		   reads uninitialized memory (it does not) */
 		stream->w_buffer[0] = '\0';
@@ -341,7 +342,8 @@ static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
 			pstream->ct_used = 0;
 		}
 		if (pstream->ct == NULL)
-			pstream->ct = pv_malloc(pstream->ct_alloc_size);
+			pstream->ct = popvault_malloc_unzeroed(
+				pstream->ct_alloc_size);
 		i_stream_seek(parent, stream->parent_start_offset +
 			      POPVAULT_HEADER_SIZE + idx * full +
 			      pstream->ct_used);
@@ -367,7 +369,8 @@ static int pv_load_chunk(struct popvault_istream *pstream, uint64_t idx)
 	/* sequential: collect a full chunk or up to EOF, then peek one byte
 	   to learn whether this is the final chunk */
 	if (pstream->ct == NULL)
-		pstream->ct = pv_malloc(pstream->ct_alloc_size);
+		pstream->ct = popvault_malloc_unzeroed(
+			pstream->ct_alloc_size);
 	final = FALSE;
 	for (;;) {
 		ret = i_stream_read_more(parent, &data, &size);

@@ -14,7 +14,8 @@ struct popvault_ostream {
 	uint64_t chunk_idx;
 
 	/* plaintext of the chunk being filled (held back until we know
-	   whether it's the last one) */
+	   whether it's the last one); every byte is wiped once sealed, so
+	   only pbuf_used bytes can hold plaintext at any time */
 	unsigned char *pbuf;
 	size_t pbuf_used;
 
@@ -42,10 +43,11 @@ static void o_stream_popvault_destroy(struct iostream_private *stream)
 
 	popvault_msg_cipher_free(&pstream->mc);
 	if (pstream->pbuf != NULL) {
-		sodium_memzero(pstream->pbuf, pstream->chunk_size);
-		i_free(pstream->pbuf);
+		sodium_memzero(pstream->pbuf, pstream->pbuf_used);
+		free(pstream->pbuf);
 	}
-	i_free(pstream->obuf);
+	/* ciphertext: nothing to wipe */
+	free(pstream->obuf);
 	o_stream_unref(&pstream->ostream.parent);
 }
 
@@ -205,9 +207,10 @@ o_stream_create_popvault_encrypt(struct ostream *output,
 		if (ret == 0) {
 			pstream->chunk_size =
 				popvault_msg_cipher_chunk_size(pstream->mc);
-			pstream->pbuf = i_malloc(pstream->chunk_size);
-			pstream->obuf = i_malloc(pstream->chunk_size +
-						 POPVAULT_TAG_SIZE);
+			pstream->pbuf = popvault_malloc_unzeroed(
+				pstream->chunk_size);
+			pstream->obuf = popvault_malloc_unzeroed(
+				pstream->chunk_size + POPVAULT_TAG_SIZE);
 			i_assert(pstream->chunk_size + POPVAULT_TAG_SIZE >=
 				 POPVAULT_HEADER_SIZE);
 			memcpy(pstream->obuf, header, sizeof(header));
