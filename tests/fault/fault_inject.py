@@ -62,7 +62,12 @@ class Totals:
 def inventory(dc, user):
     """{message-id: [(mailbox, sha256)]} over every mailbox, over IMAP."""
     inv = {}
-    c = dc.imap(user)
+    # A process killed between creating dovecot-uidlist.lock (O_EXCL)
+    # and writing its pid into it leaves a lock that Dovecot can't prove
+    # stale by pid: the next sync waits for its 120 s stale timeout
+    # (MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT), then takes the lock over.
+    # Slower, not lost: wait it out.
+    c = dc.imap(user, timeout=150)
     try:
         for box in list_mailboxes(c):
             st, out = c.command('EXAMINE "%s"' % box)

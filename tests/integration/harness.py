@@ -266,8 +266,8 @@ class Lmtp(LineClient):
 
 
 class Imap(LineClient):
-    def __init__(self, port):
-        super().__init__(port)
+    def __init__(self, port, timeout=20):
+        super().__init__(port, timeout=timeout)
         self.greeting = self.readline()
         self.tagn = 0
 
@@ -647,8 +647,8 @@ plugin {{
             assert r.startswith("+OK"), "POP3 login %s: %s" % (user, r)
         return c
 
-    def imap(self, user=None):
-        c = Imap(self.ports["imap"])
+    def imap(self, user=None, timeout=20):
+        c = Imap(self.ports["imap"], timeout=timeout)
         if user is not None:
             r = c.login(user, self.users[user].password)
             assert " OK" in r, "IMAP login %s: %s" % (user, r)
