@@ -12,7 +12,7 @@ struct ostream;
    small mail). Free with free(). */
 void *popvault_malloc_unzeroed(size_t size);
 
-/* Encrypting output stream: writes the PVLT v1 header and chunks to output.
+/* Encrypting output stream: writes the PVLT v2 header and chunks to output.
    Buffers at most one chunk of plaintext. The last chunk is held back until
    o_stream_finish() (it carries the final flag), so o_stream_flush() alone
    does not push out a partially filled (or exactly full) last chunk.

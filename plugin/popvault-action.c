@@ -378,24 +378,29 @@ int popvault_action_apply(struct popvault_user *puser,
 	return 0;
 }
 
-bool popvault_mail_has_keyword(struct mail *mail, const char *name)
+static bool mail_has_keyword_idx(struct mail *mail, unsigned int idx)
 {
 	const ARRAY_TYPE(keyword_indexes) *kw_indexes;
 	const unsigned int *kw_idx;
-	unsigned int idx;
 
-	/* A keyword that no message of the mailbox has ever carried is not
-	   in the index at all (the lookup ignores case, as IMAP does): most
-	   mail is answered without building the message's keyword names,
-	   which every POP3 RETR of encrypted mail would otherwise pay. */
-	if (!mail_index_keyword_lookup(mail->box->index, name, &idx))
-		return FALSE;
 	kw_indexes = mail_get_keyword_indexes(mail);
 	array_foreach(kw_indexes, kw_idx) {
 		if (*kw_idx == idx)
 			return TRUE;
 	}
 	return FALSE;
+}
+
+bool popvault_mail_has_keyword(struct mail *mail, const char *name)
+{
+	unsigned int idx;
+
+	/* A keyword that no message of the mailbox has ever carried is not
+	   in the index at all (the lookup ignores case, as IMAP does): most
+	   mail is answered without building the message's keyword names,
+	   which every POP3 RETR of encrypted mail would otherwise pay. */
+	return mail_index_keyword_lookup(mail->box->index, name, &idx) &&
+		mail_has_keyword_idx(mail, idx);
 }
 
 bool popvault_mail_has_keyword_cached(struct mail *mail, const char *name,
@@ -413,7 +418,7 @@ bool popvault_mail_has_keyword_cached(struct mail *mail, const char *name,
 		return FALSE;
 	}
 	cache->index = NULL;
-	return popvault_mail_has_keyword(mail, name);
+	return mail_has_keyword_idx(mail, idx);
 }
 
 int popvault_action_recover(struct popvault_user *puser, struct mailbox *box,
