@@ -18,8 +18,9 @@ TAG = 16
 
 @contextlib.contextmanager
 def crypt_dovecot(users, **kwargs):
-    """A Dovecot whose users may name "<MASTER>" as popvault_master_key;
-    yields (dc, keydir). mail_temp_dir is a directory the tests can scan."""
+    """A Dovecot whose users (and plugin {}) may name "<MASTER>" as
+    popvault_master_key; yields dc with dc.master_key. mail_temp_dir is a
+    directory the tests can scan."""
     keydir = tempfile.mkdtemp(prefix="popvault-keys-")
     os.chmod(keydir, 0o755)
     master = os.path.join(keydir, "master.key")
@@ -29,10 +30,10 @@ def crypt_dovecot(users, **kwargs):
     tmpdir = os.path.join(keydir, "mailtmp")
     os.mkdir(tmpdir)
     os.chmod(tmpdir, 0o1777)
-    for u in users:
-        for k, v in list(u.fields.items()):
+    for fields in [u.fields for u in users] + [kwargs.get("plugin", {})]:
+        for k, v in list(fields.items()):
             if isinstance(v, str) and "<MASTER>" in v:
-                u.fields[k] = v.replace("<MASTER>", master)
+                fields[k] = v.replace("<MASTER>", master)
     extra = kwargs.pop("extra_conf", "")
     kwargs["extra_conf"] = "mail_temp_dir = %s\n%s" % (tmpdir, extra)
     try:
@@ -96,5 +97,18 @@ def fetch_one(dc, user, seq, items):
         st, _ = c.command("SELECT INBOX")
         assert " OK" in st, st
         return c.command("FETCH %d (%s)" % (seq, items))
+    finally:
+        c.logout()
+
+
+def imap_append(dc, user, msg, box="INBOX"):
+    c = dc.imap(user)
+    try:
+        c.cmd("a1 APPEND %s {%d}" % (box, len(msg)))
+        r = c.readline()
+        assert r.startswith("+"), r
+        c.send(msg + b"\r\n")
+        r = c.readline()
+        assert r.startswith("a1 OK"), r
     finally:
         c.logout()

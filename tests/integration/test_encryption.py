@@ -10,8 +10,8 @@ import subprocess
 
 from harness import User, make_message
 from crypt_util import (CHUNK, HEADER_SIZE, MAGIC, TAG, all_files,
-                        crypt_dovecot, enc_fields, fetch_one, literal,
-                        message_files, new_file)
+                        crypt_dovecot, enc_fields, fetch_one, imap_append,
+                        literal, message_files, new_file)
 
 CIPHERS = ("aes-256-gcm", "xchacha20-poly1305")
 
@@ -57,19 +57,6 @@ def _append_message(stored_size, seed):
     msg = (head + bytes(body))[:stored_size - 1] + b"\n"
     assert len(msg) == stored_size
     return msg
-
-
-def _imap_append(dc, user, msg, box="INBOX"):
-    c = dc.imap(user)
-    try:
-        c.cmd("a1 APPEND %s {%d}" % (box, len(msg)))
-        r = c.readline()
-        assert r.startswith("+"), r
-        c.send(msg + b"\r\n")
-        r = c.readline()
-        assert r.startswith("a1 OK"), r
-    finally:
-        c.logout()
 
 
 def _check_message(dc, user, seq, expect_tail, pop3=None):
@@ -123,7 +110,7 @@ def _round_trip(mail_format, big=False):
             for _, m in msgs:
                 dc.deliver(u.name, m)
             for m in appends:
-                _imap_append(dc, u.name, m)
+                imap_append(dc, u.name, m)
             files = message_files(dc, u.name)
             assert files, u.name
             for path in files:
@@ -185,7 +172,7 @@ def test_no_plaintext_at_rest():
                                         % MARKERS[3]) * 12000)
         dc.deliver("scan", small)
         dc.deliver("scan", big)
-        _imap_append(dc, "scan", small)
+        imap_append(dc, "scan", small)
         c = dc.imap("scan")
         try:
             assert " OK" in c.command("SELECT INBOX")[0]
@@ -352,7 +339,7 @@ def test_append_and_doveadm_save_encrypt():
     users = [User("app", fields=enc_fields("xchacha20-poly1305"))]
     with crypt_dovecot(users) as dc:
         msg = make_message("APPENDED-PLAIN-1", body="appended body\r\n")
-        _imap_append(dc, "app", msg)
+        imap_append(dc, "app", msg)
         dc.doveadm("save", "-u", "app", input=make_message(
             "DOVEADM-PLAIN-2", body="saved by doveadm\r\n"))
         files = message_files(dc, "app")
