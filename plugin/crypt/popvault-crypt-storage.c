@@ -27,6 +27,7 @@
 #include "popvault-crypt-keys.h"
 #include "popvault-crypt-stream.h"
 
+#include <sys/stat.h>
 #include <sodium.h>
 
 /* The epoch design (one X25519 per epoch on both sides) only pays off
@@ -623,6 +624,29 @@ static int crypt_copy(struct mail_save_context *ctx, struct mail *mail)
 	return cbox->module_ctx.super.copy(ctx, mail);
 }
 
+/* Whether mail of the user may be decrypted into dovecot.index.cache: the
+   user encrypts (or refuses plaintext), or has a key store, so encrypted
+   mail of theirs may exist. Without a key store nothing can decrypt, so a
+   user who only inherits a global popvault_master_key keeps Dovecot's
+   cache. Checked at every mailbox open: a key pair created later (the
+   first encrypted delivery) turns the cache off from the next open on. */
+static bool crypt_user_needs_cache_off(struct popvault_crypt_user *cuser)
+{
+	struct stat st;
+
+	if (cuser->set->encrypt || cuser->set->require_encrypted)
+		return TRUE;
+	if (stat(cuser->keys_dir, &st) == 0)
+		return TRUE;
+	if (errno != ENOENT) {
+		/* can't tell: stay on the safe side */
+		e_error(cuser->event, "crypt: stat(%s) failed: %m",
+			cuser->keys_dir);
+		return TRUE;
+	}
+	return FALSE;
+}
+
 static void crypt_mailbox_allocated(struct mailbox *box)
 {
 	struct mailbox_vfuncs *v = box->vlast;
@@ -640,9 +664,11 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 	if (cuser == NULL)
 		return;
 	v->close = crypt_mailbox_close;
-	/* No header or body text in dovecot.index.cache: every envelope,
-	   header and bodystructure fetch decrypts the first chunk again. */
-	box->mail_cache_disabled = TRUE;
+	/* No header or body text of encrypted mail in dovecot.index.cache:
+	   every envelope, header and bodystructure fetch decrypts the first
+	   chunk again. */
+	if (crypt_user_needs_cache_off(cuser))
+		box->mail_cache_disabled = TRUE;
 	if (!cuser->set->encrypt)
 		return;
 	if ((box->storage->class_flags & MAIL_STORAGE_CLASS_FLAG_BINARY_DATA) != 0) {
