@@ -15,6 +15,7 @@
 #include "istream.h"
 #include "ostream.h"
 #include "mail-user.h"
+#include "mail-namespace.h"
 #include "mail-copy.h"
 #include "mail-storage-private.h"
 #include "mail-storage-settings.h"
@@ -114,6 +115,24 @@ static struct popvault_crypt_user *crypt_user(struct mail_user *user)
 	struct popvault_user *puser = popvault_user_get(user);
 
 	return puser == NULL ? NULL : puser->crypt;
+}
+
+/* Whose mail a mailbox holds. In a shared namespace box->storage->user
+   and mailbox_list_get_user() are the logged-in user; the folder's owner
+   is the namespace's owner, a mail_user of its own (with its own popvault
+   settings, see popvault-user.c). Public namespaces have no owner: they
+   follow the logged-in user. */
+static struct mail_user *crypt_box_owner(struct mailbox *box)
+{
+	struct mail_namespace *ns = mailbox_get_namespace(box);
+
+	return ns->owner != NULL ? ns->owner : box->storage->user;
+}
+
+/* The crypt state that saving into and reading from box follow */
+static struct popvault_crypt_user *crypt_box_user(struct mailbox *box)
+{
+	return crypt_user(crypt_box_owner(box));
 }
 
 /* ---- keys ---- */
@@ -298,8 +317,7 @@ crypt_log_damaged(struct popvault_crypt_user *cuser, const char *vname,
 
 static int crypt_mail_fail(struct mail *mail, const char *cause)
 {
-	struct popvault_crypt_user *cuser =
-		crypt_user(mail->box->storage->user);
+	struct popvault_crypt_user *cuser = crypt_box_user(mail->box);
 
 	crypt_log_damaged(cuser, mailbox_get_vname(mail->box), mail->uid,
 			  cause);
@@ -385,8 +403,7 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 {
 	struct mail_private *pmail = (struct mail_private *)mail;
 	struct popvault_crypt_mail *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(pmail);
-	struct popvault_crypt_user *cuser =
-		crypt_user(mail->box->storage->user);
+	struct popvault_crypt_user *cuser = crypt_box_user(mail->box);
 	struct popvault_receiver *receiver;
 	struct popvault_crypt_mailbox *cbox;
 	struct crypt_stream_ctx *sctx;
@@ -426,6 +443,16 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		pmail->get_stream_reason == NULL ? "" : pmail->get_stream_reason);
 	if ((receiver = crypt_user_get_receiver(cuser, &error)) == NULL) {
 		/* logged once by the unlock; not the message's fault */
+		if (crypt_box_owner(mail->box) != mail->box->storage->user) {
+			/* Another user's shared folder whose keys this
+			   session can't open (password mode): that will not
+			   change by retrying, so IMAP answers NO for the
+			   message (INVALIDDATA) instead of disconnecting. */
+			mail_storage_set_error(mail->box->storage,
+				MAIL_ERROR_INVALIDDATA, "The owner's "
+				"encryption keys are not available to you");
+			return -1;
+		}
 		mail_storage_set_error(mail->box->storage, MAIL_ERROR_TEMP,
 			"The mailbox's encryption keys did not unlock");
 		return -1;
@@ -482,7 +509,7 @@ static void crypt_mail_allocated(struct mail *_mail)
 	struct mail_vfuncs *v = mail->vlast;
 	struct popvault_crypt_mail *cmail;
 
-	if (crypt_user(_mail->box->storage->user) == NULL)
+	if (crypt_box_user(_mail->box) == NULL)
 		return;
 	cmail = p_new(mail->pool, struct popvault_crypt_mail, 1);
 	cmail->module_ctx.super = *v;
@@ -524,7 +551,7 @@ static int crypt_save_begin(struct mail_save_context *ctx,
 {
 	struct mailbox *box = ctx->transaction->box;
 	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
-	struct popvault_crypt_user *cuser = crypt_user(box->storage->user);
+	struct popvault_crypt_user *cuser = crypt_box_user(box);
 	struct popvault_sender *sender;
 	struct ostream *output;
 	const char *error = NULL;
@@ -613,13 +640,15 @@ static int crypt_copy(struct mail_save_context *ctx, struct mail *mail)
 {
 	struct mailbox *box = ctx->transaction->box;
 	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
+	struct mail_user *src_owner = crypt_box_owner(mail->box);
+	struct mail_user *dest_owner = crypt_box_owner(box);
 
-	/* Same user, same keys: let the storage hardlink or reference the
-	   encrypted file as it is. Across users the message goes through
-	   the source user's decryption and the target user's save. */
-	if (mail->box->storage->user != box->storage->user &&
-	    (crypt_user(mail->box->storage->user) != NULL ||
-	     crypt_user(box->storage->user) != NULL))
+	/* Same owner, same keys: let the storage hardlink or reference the
+	   encrypted file as it is. Across owners (another user's shared
+	   folder) the message goes through the source owner's decryption
+	   and the target owner's save. */
+	if (src_owner != dest_owner &&
+	    (crypt_user(src_owner) != NULL || crypt_user(dest_owner) != NULL))
 		return mail_storage_copy(ctx, mail);
 	return cbox->module_ctx.super.copy(ctx, mail);
 }
@@ -650,7 +679,7 @@ static bool crypt_user_needs_cache_off(struct popvault_crypt_user *cuser)
 static void crypt_mailbox_allocated(struct mailbox *box)
 {
 	struct mailbox_vfuncs *v = box->vlast;
-	struct popvault_crypt_user *cuser = crypt_user(box->storage->user);
+	struct popvault_crypt_user *cuser = crypt_box_user(box);
 	struct popvault_crypt_mailbox *cbox;
 
 	cbox = p_new(box->pool, struct popvault_crypt_mailbox, 1);
@@ -666,7 +695,8 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 	v->close = crypt_mailbox_close;
 	/* No header or body text of encrypted mail in dovecot.index.cache:
 	   every envelope, header and bodystructure fetch decrypts the first
-	   chunk again. */
+	   chunk again. The owner decides: in a shared folder the cache (in
+	   the reader's INDEX= or the owner's home) holds the owner's mail. */
 	if (crypt_user_needs_cache_off(cuser))
 		box->mail_cache_disabled = TRUE;
 	if (!cuser->set->encrypt)
@@ -753,9 +783,11 @@ int popvault_crypt_user_created(struct mail_user *user,
 	}
 	/* A login that could create or unlock keys but has nothing to do
 	   it with is a misconfiguration; LMTP and doveadm never get the
-	   login password, so there it only fails when a key is needed. */
+	   login password, so there it only fails when a key is needed.
+	   Neither does another user's session for a shared folder's owner
+	   (user->creator). */
 	if (set->encrypt && set->master_key == NULL &&
-	    set->key_password == NULL &&
+	    set->key_password == NULL && user->creator == NULL &&
 	    (strcmp(user->service, "pop3") == 0 ||
 	     strcmp(user->service, "imap") == 0)) {
 		*error_r = "popvault_encrypt=yes needs popvault_master_key or "
@@ -791,7 +823,9 @@ int popvault_crypt_user_created(struct mail_user *user,
 		}
 	}
 	puser->crypt = cuser;
-	if (set->encrypt && set->key_password != NULL)
+	/* not for a shared folder's owner (user->creator): that is another
+	   user's session, which must never make the owner's keys */
+	if (set->encrypt && set->key_password != NULL && user->creator == NULL)
 		crypt_user_first_login(cuser);
 	e_debug(puser->event, "crypt: encrypt=%s require_encrypted=%s "
 		"keys=%s", set->encrypt ? "yes" : "no",
