@@ -225,3 +225,29 @@ def test_shared_reads_need_the_owners_keys():
         errors = [l for l in dc.log_errors()
                   if "can't unlock the private keys" not in l]
         assert errors == [], errors
+
+
+def test_shared_reader_password_never_locks_owner_keys():
+    # The reader logs in in password mode (%w from the passdb); the owner
+    # has no key pair yet. Inserting creates the owner's pair with the
+    # owner's own settings: master key only, never the reader's password.
+    users = [User("fresh", fields=enc_fields()),
+             User("pwread", fields=enc_fields(),
+                  passdb_fields={"userdb_popvault_key_password": "%w"})]
+    with _shared_dovecot(users) as dc:
+        c = dc.imap("fresh")
+        try:
+            _ok(c, "SETACL INBOX pwread lrswi")
+        finally:
+            c.logout()
+        assert not os.path.exists(os.path.join(dc.home("fresh"),
+                                               ".popvault", "keys"))
+        inserted = _msg(MARKS[0])
+        imap_append(dc, "pwread", inserted, box="shared/fresh/INBOX")
+        _, out, _ = dc.doveadm("-f", "tab", "popvault", "key", "list",
+                               "-u", "fresh")
+        rows = [l.split("\t") for l in out.strip().splitlines()[1:]]
+        assert len(rows) == 1 and rows[0][4] == "master", out
+        _owner_reads(dc, "fresh", "INBOX", [inserted])
+        _no_marks_anywhere(dc)
+        assert dc.log_errors() == [], dc.log_errors()
