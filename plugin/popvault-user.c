@@ -74,7 +74,7 @@ owner_settings_lookup(struct mail_user *owner, struct user_envs *envs_r,
 	struct mail_storage_service_input input;
 	struct mail_storage_service_user *service_user;
 	const struct mail_user_settings *set;
-	const char *const *kv, *home, *key, *value, *error;
+	const char *const *kv, *home, *key, *value, *error = "unknown error";
 	unsigned int i, count;
 	string_t *str;
 	int ret;
