@@ -430,6 +430,10 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
 	cmail->opened_encrypted = TRUE;
+	/* A mailbox opened while the owner had no key store keeps Dovecot's
+	   cache (crypt_user_needs_cache_off()); what is decrypted from here
+	   on never goes into it. */
+	mail->box->mail_cache_disabled = TRUE;
 	if (cbox != NULL ?
 	    popvault_mail_has_keyword_cached(mail, POPVAULT_DAMAGED_KEYWORD,
 					     &cbox->damaged_kw) :

@@ -8,7 +8,7 @@ import re
 
 from harness import User, make_message
 from crypt_util import (MAGIC, all_files, crypt_dovecot, enc_fields,
-                        imap_append, message_files)
+                        imap_append, message_files, new_file)
 
 MARKS = [b"CACHESUBJ1", b"CACHEFROM2", b"CACHEBODY3"]
 DATE = "Thu, 01 Jan 2026 10:00:00 +0000"
@@ -97,21 +97,37 @@ def test_global_master_key_keeps_dovecot_cache_for_plain_users():
 
 
 def test_cache_off_from_the_first_key_pair_on():
-    # a user who only inherits the master key gets the cache until the
-    # key pair appears; from then on (encrypted mail may exist) it is off
+    # A user who only inherits the master key has the cache. An IMAP
+    # session of theirs has INBOX open when another process saves the
+    # first encrypted message (making the key pair): what that session
+    # decrypts never goes into the cache; later opens have no cache.
     with crypt_dovecot([User("late")],
                        plugin={"popvault_master_key": "<MASTER>"}) as dc:
         imap_append(dc, "late", _messages()[0])
+        cache = os.path.join(dc.home("late"), "Maildir",
+                             "dovecot.index.cache")
         c = dc.imap("late")
         try:
             assert " OK" in c.command("SELECT INBOX")[0]
             assert " OK" in c.command(FETCH)[0]
+            assert os.path.exists(cache)
+            # another process of the user with encryption on
+            secret = b"LATESUBJ9f"
+            before = message_files(dc, "late")
+            dc.doveadm("-o", "plugin/popvault_encrypt=yes", "save", "-u",
+                       "late", input=make_message(secret.decode(),
+                                                  body="late body\r\n"))
+            with open(new_file(dc, "late", before), "rb") as f:
+                assert f.read().startswith(MAGIC)
+            for _ in range(2):
+                st, out = c.command("NOOP")
+                st, out = c.command(FETCH)
+                assert " OK" in st and secret in out, (st, out)
         finally:
             c.logout()
-        cache = os.path.join(dc.home("late"), "Maildir",
-                             "dovecot.index.cache")
-        assert os.path.exists(cache)
-        dc.doveadm("popvault", "key", "generate", "-u", "late")
+        for path in all_files(dc.home("late")):
+            with open(path, "rb") as f:
+                assert secret not in f.read(), path
         os.unlink(cache)
         c = dc.imap("late")
         try:
