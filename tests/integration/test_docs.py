@@ -65,3 +65,83 @@ def test_settings_reference_rows_are_complete():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         assert len(cells) == 4 and all(cells), line
         assert cells[3].startswith("`%s = " % m.group(1)), line
+
+
+# ---- licence (issue 15 item 12) ----
+
+MIT_GRANT = ("Permission is hereby granted, free of charge, to any person "
+             "obtaining a copy of this software")
+
+
+def _tracked_files():
+    import subprocess
+    p = subprocess.run(["git", "-C", ROOT, "ls-files", "-z"],
+                       capture_output=True)
+    if p.returncode == 0:
+        return [n for n in p.stdout.decode().split("\0") if n]
+    names = []
+    for dirpath, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "build"))]
+        names += [os.path.relpath(os.path.join(dirpath, f), ROOT)
+                  for f in files]
+    return names
+
+
+def _flat(text):
+    return " ".join(text.split())
+
+
+def test_every_licence_file_a_source_names_exists_and_is_mit():
+    named = {}
+    for rel in _tracked_files():
+        if not rel.endswith((".c", ".h", ".py", ".sh", ".am", ".ac")):
+            continue
+        with open(os.path.join(ROOT, rel), encoding="utf-8",
+                  errors="replace") as f:
+            head = f.read(2000)
+        for m in re.finditer(r"see the included (\S+) file", head):
+            named.setdefault(m.group(1), []).append(rel)
+    assert "COPYING" in named, "no source header names COPYING"
+    for licence, sources in named.items():
+        path = os.path.join(ROOT, licence)
+        assert os.path.isfile(path), "%s named by %s does not exist" % (
+            licence, sources[:3])
+        text = _flat(_read(licence))
+        assert text.startswith("MIT License"), licence
+        assert "Copyright (c) 2026 popvault authors" in text, licence
+        assert MIT_GRANT in text, licence
+    # shipped: in the dist tarball and in the .deb's documents
+    assert re.search(r"^EXTRA_DIST = \\\n(\t\S+ \\\n)*\tCOPYING \\$",
+                     _read("Makefile.am"), re.M), "COPYING not in EXTRA_DIST"
+    assert "COPYING" in _read("debian/dovecot-popvault.docs").split()
+
+
+def test_debian_copyright_is_dep5_and_says_mit():
+    paragraphs = [p for p in re.split(r"\n\s*\n", _read("debian/copyright"))
+                  if p.strip()]
+
+    def fields(par):
+        out, key = {}, None
+        for line in par.splitlines():
+            if line.startswith((" ", "\t")):
+                out[key] += "\n" + line.strip()
+            else:
+                key, _, value = line.partition(":")
+                out[key] = value.strip()
+        return out
+
+    header = fields(paragraphs[0])
+    assert header["Format"] == \
+        "https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
+    files = [fields(p) for p in paragraphs if p.startswith("Files:")]
+    assert [f["Files"] for f in files] == ["*"], files
+    assert files[0]["License"] == "MIT", files
+    assert files[0]["Copyright"] == "2026 popvault authors", files
+    standalone = [fields(p) for p in paragraphs if p.startswith("License:")]
+    assert len(standalone) == 1, standalone
+    text = standalone[0]["License"]
+    assert text.split("\n", 1)[0] == "MIT", text
+    assert MIT_GRANT in _flat(text.replace("\n.\n", "\n")), text
+    assert _flat(text.split("\n", 1)[1].replace("\n.", "")) == \
+        _flat(_read("COPYING").split("\n", 3)[3]), \
+        "debian/copyright's MIT text differs from COPYING"
