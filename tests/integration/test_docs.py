@@ -145,3 +145,43 @@ def test_debian_copyright_is_dep5_and_says_mit():
     assert _flat(text.split("\n", 1)[1].replace("\n.", "")) == \
         _flat(_read("COPYING").split("\n", 3)[3]), \
         "debian/copyright's MIT text differs from COPYING"
+
+
+# ---- no secret on a documented command line (issue 15 item 10) ----
+
+DOC_FILES = ["README.md"] + ["docs/" + f for f in
+                             sorted(os.listdir(os.path.join(ROOT, "docs")))
+                             if f.endswith(".md")]
+
+
+def _doveadm_commands(text):
+    """Every doveadm invocation the text shows: inline code spans and
+    lines of code blocks that name doveadm (a span broken over two lines
+    is joined)."""
+    cmds = []
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S):
+        cmds += [l for l in block.splitlines() if "doveadm" in l]
+    outside = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.M | re.S)
+    cmds += [" ".join(c.split()) for c in
+             re.findall(r"`([^`]*doveadm[^`]*)`", outside)]
+    return cmds
+
+
+def test_docs_give_no_password_on_a_doveadm_command_line():
+    seen_stdin = 0
+    for rel in DOC_FILES:
+        for cmd in _doveadm_commands(_read(rel)):
+            # a password setting on the command line (doveadm -o)
+            m = re.search(r"popvault_key_password=(\S*)", cmd)
+            assert not m or m.group(1) == "%w", (rel, cmd)
+            m = re.search(r"\bpopvault\s+(key\s+\w+|encrypt|decrypt|verify)"
+                          r"\b(.*)", cmd)
+            if not m:
+                continue
+            # after the command name: -p/-o/-r/-n take the secret as an
+            # argument; only the stdin forms may be shown
+            assert not re.search(r"(^|[\s\[(|])-[porn]\b", m.group(2)), \
+                (rel, cmd)
+            seen_stdin += bool(re.search(r"\s-[PORN]\b", m.group(2)))
+    # the stdin forms are what the docs show instead
+    assert seen_stdin >= 5, seen_stdin

@@ -85,10 +85,18 @@ def test_every_password_taking_command_reads_stdin():
                                input=_stdin(PW_3))
         assert out.count("result=decrypted") == 3, out
         assert _magic(dc, "sam") == [False] * 3
-        # encrypt reads each copy back: the password from stdin too
+        # encrypt reads each copy back: without the password nothing is
+        # replaced, with it from stdin everything is
+        rc, out, err = dc.doveadm("-f", "flow", "popvault", "encrypt", "-u",
+                                  "sam", check=False)
+        assert rc != 0 and "result=encrypted" not in out, out + err
+        assert "did not unlock" in out + err, out + err
+        assert _magic(dc, "sam").count(False) == 3
         _, out, _ = dc.doveadm("-f", "flow", "popvault", "encrypt", "-u",
                                "sam", "-P", input=_stdin(PW_3))
-        assert out.count("result=encrypted") == 3, out
+        # (the copy the failed run left is paired: "completed")
+        assert len(re.findall(r"result=(encrypted|completed)$", out,
+                              re.M)) == 3, out
         assert _magic(dc, "sam") == [True] * 3
         rc, out = _verify(dc, PW_3)
         assert rc == 0 and "failed" not in out, out
