@@ -185,3 +185,75 @@ def test_docs_give_no_password_on_a_doveadm_command_line():
             seen_stdin += bool(re.search(r"\s-[PORN]\b", m.group(2)))
     # the stdin forms are what the docs show instead
     assert seen_stdin >= 5, seen_stdin
+
+
+# ---- the after_retr snippets do what the docs say (issue 19 item 4) ----
+
+def _after_retr_snippets(rel):
+    """(plugin settings, the rest of the block) for each code block of rel
+    that sets popvault_after_retr in a plugin {} section."""
+    out = []
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", _read(rel),
+                            re.M | re.S):
+        m = re.search(r"^plugin \{\n(.*?)^\}\n", block, re.M | re.S)
+        if not m or "popvault_after_retr" not in m.group(1):
+            continue
+        settings = dict(
+            (k.strip(), v.strip()) for k, _, v in
+            (l.partition("=") for l in m.group(1).splitlines()
+             if l.strip() and not l.strip().startswith("#")))
+        rest = block[:m.start()] + block[m.end():]
+        rest = "\n".join(l for l in rest.splitlines()
+                         if not l.startswith("#"))
+        out.append((settings, rest.strip()))
+    return out
+
+
+def test_after_retr_snippets_parse_and_behave():
+    import subprocess
+    from harness import DOVECOT, User, dovecot
+    from policy_util import deliver_numbered, imap_inventory, \
+        pop3_session, subjects
+
+    snippets = _after_retr_snippets("docs/policies.md")
+    kinds = [s["popvault_after_retr"] for s, _ in snippets]
+    assert kinds == ["delete", "keep", "move:Trash"], kinds
+    guide = _after_retr_snippets("docs/admin-guide.md")
+    assert [s for s, _ in guide] == [snippets[1][0]], guide
+    for settings, rest in snippets:
+        with dovecot([User("u")], plugin=settings, extra_conf=rest) as dc:
+            # the whole snippet is in the running configuration
+            doveconf = os.path.join(os.path.dirname(DOVECOT), "doveconf")
+            if not os.access(doveconf, os.X_OK):
+                doveconf = "doveconf"
+            conf = subprocess.run([doveconf, "-c", dc.config_path, "-n"],
+                                  capture_output=True, text=True,
+                                  check=True).stdout
+            for k, v in settings.items():
+                assert "%s = %s" % (k, v) in conf, (k, conf)
+            if rest:
+                # doveconf prints 7d as "1 weeks"
+                assert re.search(r"mailbox Trash \{[^}]*autoexpunge = "
+                                 r"(1 weeks|7 days)\n", conf), conf
+
+            deliver_numbered(dc, "u", 2)
+            assert pop3_session(dc, "u", retr=[1]).startswith("+OK")
+            inv = imap_inventory(dc, "u")
+            kind = settings["popvault_after_retr"]
+            if kind == "delete":
+                # gone from the server: what the docs warn about
+                assert subjects(inv, "INBOX") == ["m2"], inv
+                assert subjects(inv, "Trash") == [], inv
+            elif kind == "keep":
+                assert subjects(inv, "INBOX") == ["m1", "m2"], inv
+                _, out, _ = dc.doveadm("-f", "flow", "popvault", "sweep",
+                                       "-u", "u", faketime="+2d")
+                assert out.strip() == "", out
+                _, out, _ = dc.doveadm("-f", "flow", "popvault", "sweep",
+                                       "-u", "u", faketime="+4d")
+                assert "reason=retain_downloaded" in out and \
+                    out.count("result=removed") == 1, out
+                assert subjects(imap_inventory(dc, "u"), "INBOX") == ["m2"]
+            else:
+                assert subjects(inv, "INBOX") == ["m2"], inv
+                assert subjects(inv, "Trash") == ["m1"], inv
