@@ -317,7 +317,8 @@ static struct doveadm_mail_cmd_context *cmd_key_recovery_alloc(void)
 }
 
 #define KEY_USAGE_USERS "[-u <user>|-A] [-S <socket_path>]"
-#define KEY_USAGE_PASSWORD " [-p <password>|-P]"
+/* stdin first: an argument shows in ps and the shell history */
+#define KEY_USAGE_PASSWORD " [-P|-p <password>]"
 
 static struct doveadm_cmd_ver2 popvault_key_commands[] = {
 	{
@@ -351,8 +352,8 @@ DOVEADM_CMD_PARAMS_END
 	{
 		.name = "popvault key password",
 		.usage = "[-u <user>] [-S <socket_path>] "
-			"(-o <old password>|-O|-r <recovery key>|-R) "
-			"(-n <new password>|-N)",
+			"(-O|-R|-o <old password>|-r <recovery key>) "
+			"(-N|-n <new password>)",
 		.mail_cmd = cmd_key_password_alloc,
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
