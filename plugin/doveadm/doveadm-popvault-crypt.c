@@ -47,6 +47,9 @@
 #include "popvault-ledger.h"
 #include "popvault-progress.h"
 #include "popvault-retention.h"
+#include "popvault-secret-stdin.h"
+
+#include <sodium.h>
 
 /* Only the doveadm binary defines these (see doveadm-popvault.c). */
 #pragma weak doveadm_cmd_register_ver2
@@ -74,6 +77,9 @@ struct crypt_tool_cmd_context {
 	/* something could not be checked at all (not a damaged message):
 	   verify then exits with EX_TEMPFAIL, not EX_DATAERR */
 	bool temp_failure;
+	/* -P: the key password (password mode), one line from stdin */
+	bool password_stdin;
+	char *password;
 };
 
 /* One message of a mailbox, as found by the scan. */
@@ -1207,10 +1213,51 @@ static bool crypt_tool_parse_arg(struct doveadm_mail_cmd_context *_ctx,
 	struct crypt_tool_cmd_context *cmd =
 		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
 
-	if (c != 'm')
-		return FALSE;
-	cmd->mailbox = p_strdup(_ctx->pool, optarg);
-	return TRUE;
+	switch (c) {
+	case 'm':
+		cmd->mailbox = p_strdup(_ctx->pool, optarg);
+		return TRUE;
+	case 'P':
+		cmd->password_stdin = TRUE;
+		return TRUE;
+	}
+	return FALSE;
+}
+
+/* -P: the password reaches the user's settings as if the passdb had
+   handed it over (popvault_key_password), for every user of the run,
+   and never appears in argv (ps, shell history) as doveadm -o would
+   put it. Set after the userdb lookup, so it wins over a userdb
+   field. */
+static int
+crypt_tool_prerun(struct doveadm_mail_cmd_context *_ctx,
+		  struct mail_storage_service_user *service_user,
+		  const char **error_r)
+{
+	struct crypt_tool_cmd_context *cmd =
+		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
+	const char *error;
+
+	if (cmd->password == NULL)
+		return 0;
+	if (mail_storage_service_user_set_setting(service_user,
+			"plugin/popvault_key_password", cmd->password,
+			&error) <= 0) {
+		/* the error names the setting, not the value */
+		*error_r = t_strdup_printf("popvault: can't set "
+			"popvault_key_password: %s", error);
+		return -1;
+	}
+	return 0;
+}
+
+static void crypt_tool_deinit(struct doveadm_mail_cmd_context *_ctx)
+{
+	struct crypt_tool_cmd_context *cmd =
+		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
+
+	if (cmd->password != NULL)
+		sodium_memzero(cmd->password, strlen(cmd->password));
 }
 
 static void crypt_tool_init(struct doveadm_mail_cmd_context *_ctx,
@@ -1219,6 +1266,13 @@ static void crypt_tool_init(struct doveadm_mail_cmd_context *_ctx,
 	struct crypt_tool_cmd_context *cmd =
 		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
 
+	if (cmd->password_stdin) {
+		cmd->password = popvault_secret_read_stdin(_ctx->pool,
+							   "password");
+		if (cmd->password[0] == '\0')
+			i_fatal_status(EX_USAGE, "popvault %s: empty password",
+				       crypt_tool_names[cmd->op]);
+	}
 	doveadm_print_header_simple("user");
 	doveadm_print_header_simple("mailbox");
 	doveadm_print_header_simple("uid");
@@ -1234,9 +1288,11 @@ crypt_tool_alloc(enum crypt_tool_op op)
 
 	cmd = doveadm_mail_cmd_alloc(struct crypt_tool_cmd_context);
 	cmd->op = op;
-	cmd->ctx.getopt_args = "m:";
+	cmd->ctx.getopt_args = "m:P";
 	cmd->ctx.v.parse_arg = crypt_tool_parse_arg;
+	cmd->ctx.v.prerun = crypt_tool_prerun;
 	cmd->ctx.v.init = crypt_tool_init;
+	cmd->ctx.v.deinit = crypt_tool_deinit;
 	cmd->ctx.v.run = crypt_tool_run;
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
 	return &cmd->ctx;
@@ -1257,7 +1313,8 @@ static struct doveadm_mail_cmd_context *cmd_popvault_verify_alloc(void)
 	return crypt_tool_alloc(CRYPT_TOOL_VERIFY);
 }
 
-#define CRYPT_TOOL_USAGE "[-u <user>|-A] [-S <socket_path>] [-m <mailbox>]"
+#define CRYPT_TOOL_USAGE \
+	"[-u <user>|-A] [-S <socket_path>] [-m <mailbox>] [-P]"
 
 static struct doveadm_cmd_ver2 popvault_crypt_commands[] = {
 	{
@@ -1267,6 +1324,7 @@ static struct doveadm_cmd_ver2 popvault_crypt_commands[] = {
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAM('m', "mailbox", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('P', "password-stdin", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAMS_END
 	},
 	{
@@ -1276,6 +1334,7 @@ DOVEADM_CMD_PARAMS_END
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAM('m', "mailbox", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('P', "password-stdin", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAMS_END
 	},
 	{
@@ -1285,6 +1344,7 @@ DOVEADM_CMD_PARAMS_END
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAM('m', "mailbox", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('P', "password-stdin", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAMS_END
 	},
 };

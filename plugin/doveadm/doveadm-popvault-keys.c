@@ -16,8 +16,8 @@
 #include "doveadm-mail.h"
 #include "popvault-crypt.h"
 #include "popvault-crypt-keys.h"
+#include "popvault-secret-stdin.h"
 
-#include <unistd.h>
 #include <sodium.h>
 
 /* Only the doveadm binary defines these (see doveadm-popvault.c). */
@@ -53,26 +53,6 @@ struct key_cmd_context {
 	bool password_stdin, old_stdin, new_stdin, recovery_stdin;
 	const char *recovery_text;
 };
-
-static const char *read_stdin_line(pool_t pool, const char *what)
-{
-	string_t *str = t_str_new(128);
-	const char *line;
-	char c;
-	ssize_t ret;
-
-	while ((ret = read(STDIN_FILENO, &c, 1)) == 1 && c != '\n')
-		str_append_c(str, c);
-	if (ret < 0)
-		i_fatal("popvault key: read(stdin) failed: %m");
-	if (ret == 0 && str_len(str) == 0)
-		i_fatal_status(EX_USAGE, "popvault key: no %s on stdin", what);
-	if (str_len(str) > 0 && str_c(str)[str_len(str) - 1] == '\r')
-		str_truncate(str, str_len(str) - 1);
-	line = p_strdup(pool, str_c(str));
-	sodium_memzero(str_c_modifiable(str), str_len(str));
-	return line;
-}
 
 static void key_print_keys(struct mail_user *user, const char *keys_dir,
 			   bool current_only)
@@ -230,13 +210,17 @@ static void key_cmd_init(struct doveadm_mail_cmd_context *_ctx,
 
 	/* the order of the stdin lines: unlock first, then new */
 	if (cmd->password_stdin)
-		cmd->password = read_stdin_line(_ctx->pool, "password");
+		cmd->password = popvault_secret_read_stdin(
+			_ctx->pool, "password");
 	if (cmd->old_stdin)
-		cmd->old_password = read_stdin_line(_ctx->pool, "old password");
+		cmd->old_password = popvault_secret_read_stdin(
+			_ctx->pool, "old password");
 	if (cmd->recovery_stdin)
-		cmd->recovery_text = read_stdin_line(_ctx->pool, "recovery key");
+		cmd->recovery_text = popvault_secret_read_stdin(
+			_ctx->pool, "recovery key");
 	if (cmd->new_stdin)
-		cmd->new_password = read_stdin_line(_ctx->pool, "new password");
+		cmd->new_password = popvault_secret_read_stdin(
+			_ctx->pool, "new password");
 	if (cmd->recovery_text != NULL) {
 		if (popvault_recovery_key_parse(cmd->recovery_text,
 						cmd->recovery, &error) < 0)
@@ -333,7 +317,8 @@ static struct doveadm_mail_cmd_context *cmd_key_recovery_alloc(void)
 }
 
 #define KEY_USAGE_USERS "[-u <user>|-A] [-S <socket_path>]"
-#define KEY_USAGE_PASSWORD " [-p <password>|-P]"
+/* stdin first: an argument shows in ps and the shell history */
+#define KEY_USAGE_PASSWORD " [-P|-p <password>]"
 
 static struct doveadm_cmd_ver2 popvault_key_commands[] = {
 	{
@@ -367,8 +352,8 @@ DOVEADM_CMD_PARAMS_END
 	{
 		.name = "popvault key password",
 		.usage = "[-u <user>] [-S <socket_path>] "
-			"(-o <old password>|-O|-r <recovery key>|-R) "
-			"(-n <new password>|-N)",
+			"(-O|-R|-o <old password>|-r <recovery key>) "
+			"(-N|-n <new password>)",
 		.mail_cmd = cmd_key_password_alloc,
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON

@@ -59,6 +59,10 @@ cmd_get_user(struct doveadm_mail_cmd_context *ctx, struct mail_user *user)
 
 /* ---- doveadm popvault status ---- */
 
+/* downloaded / never_downloaded of a user without a retention window; one
+   word, so that -f flow stays split by spaces */
+#define STATUS_NOT_TRACKED "untracked"
+
 static int
 cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
 			struct mail_user *user)
@@ -68,7 +72,9 @@ cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
 	struct popvault_sweep_stats stats;
 	const char *error;
 
-	doveadm_print(user->username);
+	/* -A and a wildcard -u: doveadm printed the user already */
+	if (ctx->iterate_single_user)
+		doveadm_print(user->username);
 	if (puser == NULL) {
 		/* not an error for -A: show that nothing applies */
 		doveadm_print("inactive");
@@ -88,6 +94,16 @@ cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
 	doveadm_print(popvault_duration_to_str(set->login_delay));
 	doveadm_print(set->encrypt ? "yes" : "no");
 
+	if (!popvault_retention_enabled(puser)) {
+		/* Downloads are recorded (an index record and the
+		   $POP3Downloaded keyword) only for users with a window:
+		   recording them for everyone would change every plain
+		   user's mailbox. A count would be a misleading 0. */
+		doveadm_print(STATUS_NOT_TRACKED);
+		doveadm_print(STATUS_NOT_TRACKED);
+		doveadm_print("never");
+		return 0;
+	}
 	/* a dry-run sweep counts what the windows see, changing nothing */
 	if (popvault_retention_sweep(puser, TRUE, NULL, NULL, &stats,
 				     &error) < 0) {
@@ -99,21 +115,28 @@ cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
 	}
 	doveadm_print(dec2str(stats.downloaded));
 	doveadm_print(dec2str(stats.never_downloaded));
-	doveadm_print(popvault_retention_enabled(puser) ?
-		      time_str(stats.next_expiry) : "never");
+	doveadm_print(time_str(stats.next_expiry));
 	return 0;
 }
 
 static void
-cmd_popvault_status_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
+cmd_popvault_status_init(struct doveadm_mail_cmd_context *ctx,
 			 const char *const args[] ATTR_UNUSED)
 {
 	static const char *const fields[] = {
-		"user", "state", "after_retr", "on_dele", "list_since",
+		"state", "after_retr", "on_dele", "list_since",
 		"list_window", "retain_downloaded", "retain_unread",
 		"expire_action", "login_delay", "encrypt", "downloaded",
 		"never_downloaded", "next_expiry",
 	};
+
+	/* doveadm adds this very column itself for -A and a wildcard -u
+	   (doveadm_mail_cmd_exec()), not for a single -u: every form then
+	   names the user once, in the same column */
+	if (ctx->iterate_single_user) {
+		doveadm_print_header("username", "Username",
+				     DOVEADM_PRINT_HEADER_FLAG_HIDE_TITLE);
+	}
 	for (unsigned int i = 0; i < N_ELEMENTS(fields); i++)
 		doveadm_print_header_simple(fields[i]);
 }
