@@ -311,3 +311,49 @@ def test_real_clients():
             assert pop3_listing(dc, u.name) == rest, u.name
         import shutil
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def test_whole_top_is_a_download():
+    # fetchmail downloads with "TOP n 99999999" and never sends RETR: a
+    # TOP that sent the whole message counts like RETR (after_retr,
+    # retention clock, \Seen); a partial TOP does not
+    users = [User("topdel", fields={"popvault_after_retr": "delete"}),
+             User("topmove", fields={"popvault_after_retr": "move:Archive"}),
+             User("topseen", fields={"popvault_retain_downloaded": "14d"})]
+    with dovecot(users) as dc:
+        for u in users:
+            deliver_numbered(dc, u.name, 4)
+        # every body is one line: "TOP n 1" sends all of it, "TOP n 0"
+        # only the header
+        for u in ("topdel", "topmove"):
+            p = dc.pop3(u)
+            for n, lines in ((1, 99999999), (2, 0), (3, 1)):
+                r, _ = p.multi("TOP %d %d" % (n, lines))
+                assert r.startswith("+OK"), r
+            assert p.quit().startswith("+OK")
+        inv = imap_inventory(dc, "topdel")
+        assert subjects(inv, "INBOX") == ["m2", "m4"], inv
+        inv = imap_inventory(dc, "topmove")
+        assert subjects(inv, "INBOX") == ["m2", "m4"], inv
+        assert subjects(inv, "Archive") == ["m1", "m3"], inv
+
+        # \Seen as pop3 gives it for RETR: also without QUIT
+        p = dc.pop3("topseen")
+        for n, lines in ((1, 99999999), (2, 0)):
+            r, _ = p.multi("TOP %d %d" % (n, lines))
+            assert r.startswith("+OK"), r
+        p.close()
+        dc.wait_log(r"pop3\(topseen\).*Disconnected")
+        inv = imap_inventory(dc, "topseen")
+        assert "\\Seen" in inv["INBOX"]["m1"], inv
+        assert "\\Seen" not in inv["INBOX"]["m2"], inv
+        # the retention clock starts with a QUIT session, as for RETR
+        pop3_session(dc, "topseen", top=[])
+        p = dc.pop3("topseen")
+        r, _ = p.multi("TOP 3 5")
+        assert r.startswith("+OK"), r
+        assert p.quit().startswith("+OK")
+        _, out, _ = dc.doveadm("-f", "flow", "popvault", "status",
+                               "-u", "topseen")
+        assert "downloaded=1 never_downloaded=3" in out, out
+        assert "\\Seen" in imap_inventory(dc, "topseen")["INBOX"]["m3"]
