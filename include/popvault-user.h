@@ -22,6 +22,9 @@ struct popvault_user {
 	/* LOGIN-DELAY or locked keys refused this POP3 login: INBOX must
 	   not be opened; the cause, for pop3's log line */
 	const char *pop3_login_refused;
+	/* a POP3 login inside popvault_login_delay: the session lists an
+	   empty maildrop (both modes; "refuse" also ends it at once) */
+	bool pop3_login_delayed;
 	/* encryption state; NULL when encryption is off (popvault-crypt.h) */
 	struct popvault_crypt_user *crypt;
 };

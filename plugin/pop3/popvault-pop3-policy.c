@@ -298,6 +298,11 @@ listing_search_args(struct popvault_pop3_box *pbox, struct client *client)
 	time_t since = 0;
 
 	mail_search_build_add_all(args);
+	if (pbox->puser->pop3_login_delayed) {
+		/* inside LOGIN-DELAY: an empty maildrop */
+		args->args->match_not = TRUE;
+		return args;
+	}
 	if (client->deleted_kw != NULL) {
 		arg = mail_search_build_add(args, SEARCH_KEYWORDS);
 		arg->match_not = TRUE;

@@ -1,10 +1,12 @@
 """RFC 2449 CAPA values after login, LOGIN-DELAY enforcement (also across
 two Dovecot instances sharing a redis dict)."""
 
+import os
 import re
 import time
 
 from harness import User, dovecot, make_message, redis_server
+from policy_util import deliver_numbered, imap_inventory
 
 DOVECOT_CAPA = ["CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING",
                 "AUTH-RESP-CODE"]
@@ -89,8 +91,13 @@ def test_capa_after_multiline_replies_and_split_command():
         p.quit()
 
 
-def test_login_delay_enforced():
+def _no_errors(dc):
+    assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_login_delay_refuse_mode():
     users = [User("d", fields={"popvault_login_delay": "2s",
+                               "popvault_login_delay_mode": "refuse",
                                "popvault_after_retr": "delete"}),
              User("free")]
     with dovecot(users) as dc:
@@ -111,10 +118,12 @@ def test_login_delay_enforced():
             extra = None
         assert extra is None, extra
         p.close()
-        dc.wait_log(r"pop3\(d\).*popvault: LOGIN-DELAY: login refused")
+        dc.wait_log(r"pop3\(d\).*Info: popvault: LOGIN-DELAY: login refused")
         # refusing used to crash pop3 right after the reply was sent
         dc.wait_log(r"pop3\(d\).*Disconnected")
         assert "killed with signal" not in dc.log(), dc.log_tail(20)
+        # a refusal by policy is not an error (monitoring fires on those)
+        _no_errors(dc)
         # other users are not delayed
         for _ in range(2):
             dc.pop3("free").quit()
@@ -122,11 +131,61 @@ def test_login_delay_enforced():
         p = dc.pop3("d")
         assert p.stat()[0] == 2, "refused login changed the mailbox"
         p.quit()
+        _no_errors(dc)
+
+
+def _last_login(dc, user):
+    with open(os.path.join(dc.home(user), "popvault.dict")) as f:
+        return f.read()
+
+
+def test_login_delay_empty_mode():
+    # the default mode, and the same spelled out as the docs show it
+    users = [User("e", fields={"popvault_login_delay": "1h",
+                               "popvault_after_retr": "delete"}),
+             User("x", fields={"popvault_login_delay": "1h",
+                               "popvault_login_delay_mode": "empty",
+                               "popvault_on_dele": "move:Trash",
+                               "popvault_retain_unread": "1d"})]
+    with dovecot(users) as dc:
+        for u in ("e", "x"):
+            deliver_numbered(dc, u, 2)
+            p = dc.pop3(u)
+            assert p.stat()[0] == 2
+            p.quit()
+            stamp = _last_login(dc, u)
+            before = imap_inventory(dc, u)
+            since = dc.log_size()
+            # inside the window: logged in, an empty maildrop
+            p = dc.pop3()
+            assert p.command("USER %s" % u).startswith("+OK")
+            r = p.command("PASS pw-%s" % u)
+            assert r.startswith("+OK"), r
+            assert p.stat() == (0, 0)
+            assert p.list() == [] and p.uidl() == []
+            for cmd in ("RETR 1", "TOP 1 0", "LIST 1", "UIDL 2", "DELE 1",
+                        "RETR 3"):
+                r = p.command(cmd)
+                assert r.startswith("-ERR"), (cmd, r)
+            r, lines = p.multi("CAPA")
+            assert "LOGIN-DELAY 3600" in lines, lines
+            assert p.quit().startswith("+OK")
+            dc.wait_log(r"pop3\(%s\).*Info: popvault: LOGIN-DELAY: .*empty "
+                        r"maildrop" % u, since=since)
+            dc.wait_log(r"pop3\(%s\).*Disconnected: Logged out" % u,
+                        since=since)
+            # nothing changed: no \Seen, no policy, no sweep, no move
+            assert imap_inventory(dc, u) == before, (before,
+                                                     imap_inventory(dc, u))
+            # and the window was not restarted
+            assert _last_login(dc, u) == stamp
+        _no_errors(dc)
 
 
 def test_login_delay_across_two_instances_with_redis():
     with redis_server() as port:
         fields = {"popvault_login_delay": "1h",
+                  "popvault_login_delay_mode": "refuse",
                   "popvault_dict": "redis:host=127.0.0.1:port=%d" % port}
         with dovecot([User("c", fields=fields)], name="a") as a, \
                 dovecot([User("c", fields=fields)], name="b") as b:
