@@ -281,7 +281,36 @@ static struct popvault_capa_output *capa_output_for(struct client *client)
 	i_unreached();
 }
 
-static void capa_output_wrap(struct client *client, struct popvault_user *puser)
+static const char *
+no_setting(const char *name ATTR_UNUSED, void *context ATTR_UNUSED)
+{
+	return NULL;
+}
+
+/* The CAPA reply after login for this user. A user without popvault
+   settings gets it too (EXPIRE NEVER): RFC 2449 asks a server that said
+   "USER" before login to give every user's own value after it. That is
+   all popvault does for such a user: no user context, no mailbox hooks. */
+static const char *
+capa_reply(struct client *client, const struct popvault_settings *set)
+{
+	struct popvault_settings defaults;
+	const char *delay_env = getenv(POPVAULT_LOGIN_DELAY_ENV), *error;
+
+	if (set == NULL) {
+		if (popvault_settings_parse(client->pool, no_setting, NULL,
+					    NULL, &defaults, &error) < 0)
+			i_panic("popvault: default settings: %s", error);
+		set = &defaults;
+	}
+	return p_strconcat(client->pool, "+OK\r\n", POP3_CAPABILITY_REPLY,
+		popvault_capa_lines(set, delay_env != NULL &&
+				    delay_env[0] != '\0'),
+		".\r\n", NULL);
+}
+
+static void
+capa_output_wrap(struct client *client, const struct popvault_settings *set)
 {
 	struct ostream_private *stream = client->output->real_stream;
 	struct popvault_capa_output *co;
@@ -292,9 +321,7 @@ static void capa_output_wrap(struct client *client, struct popvault_user *puser)
 	co->stream = stream;
 	co->orig_sendv = stream->sendv;
 	co->client = client;
-	co->reply = p_strconcat(client->pool, "+OK\r\n",
-		POP3_CAPABILITY_REPLY, popvault_capa_lines(&puser->set),
-		".\r\n", NULL);
+	co->reply = capa_reply(client, set);
 	co->in_stream = client->input->real_stream;
 	co->orig_read = co->in_stream->read;
 	co->last_capa = UOFF_T_MAX;
@@ -412,9 +439,11 @@ static void popvault_pop3_client_created(struct client **clientp)
 	struct popvault_user *puser = popvault_user_get(client->user);
 	unsigned int wait;
 
-	if (puser != NULL) {
+	if (puser == NULL)
+		capa_output_wrap(client, NULL);
+	else {
 		e_debug(puser->event, "pop3 session started");
-		capa_output_wrap(client, puser);
+		capa_output_wrap(client, &puser->set);
 		if (login_delay_refuse(puser, &wait))
 			login_delayed(client, puser, wait);
 		else if (popvault_crypt_pop3_unlock(puser) < 0) {

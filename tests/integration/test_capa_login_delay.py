@@ -31,7 +31,8 @@ def test_capa_after_login_per_user():
              User("delay", fields={"popvault_login_delay": "15m",
                                    "popvault_retain_unread": "7d"})]
     with dovecot(users) as dc:
-        assert _capa(dc, "plain") == DOVECOT_CAPA
+        # a user without popvault settings: popvault's value all the same
+        assert _capa(dc, "plain") == DOVECOT_CAPA + ["EXPIRE NEVER"]
         assert _capa(dc, "del") == DOVECOT_CAPA + ["EXPIRE 0"]
         assert _capa(dc, "hide") == DOVECOT_CAPA + ["EXPIRE 0"]
         assert _capa(dc, "ret") == DOVECOT_CAPA + ["EXPIRE 14"]
@@ -211,7 +212,8 @@ def _capa_before_login(dc):
 
 def test_capa_before_login_aggregate():
     users = [User("del", fields={"popvault_after_retr": "delete"}),
-             User("slow", fields={"popvault_login_delay": "15m"})]
+             User("slow", fields={"popvault_login_delay": "15m"}),
+             User("plain")]
     with dovecot(users, login_env={"POPVAULT_LOGIN_EXPIRE": "0:USER",
                                    "POPVAULT_LOGIN_DELAY": "900:USER"}) as dc:
         lines = _capa_before_login(dc)
@@ -221,9 +223,15 @@ def test_capa_before_login_aggregate():
         assert lines[0] == "CAPA" and lines[-2:] == ["EXPIRE 0 USER",
                                                     "LOGIN-DELAY 900 USER"]
         assert any(l.startswith("SASL") for l in lines), lines
-        # after login each user sees exact values
-        assert "EXPIRE 0" in _capa(dc, "del")
-        assert "LOGIN-DELAY 900" in _capa(dc, "slow")
+        # after login each user sees exact values (RFC 2449 6.0: "USER"
+        # before login promises the user's own value after it), users
+        # without popvault settings or without a delay included
+        assert _capa(dc, "del") == DOVECOT_CAPA + ["EXPIRE 0",
+                                                   "LOGIN-DELAY 0"]
+        assert _capa(dc, "slow") == DOVECOT_CAPA + ["EXPIRE NEVER",
+                                                    "LOGIN-DELAY 900"]
+        assert _capa(dc, "plain") == DOVECOT_CAPA + ["EXPIRE NEVER",
+                                                     "LOGIN-DELAY 0"]
         # pipelined before login: both replies intact
         p = dc.pop3()
         p.send("CAPA\r\nUSER del\r\nCAPA\r\n")
