@@ -453,6 +453,12 @@ void popvault_pop3_mailbox_allocated(struct mailbox *box)
 	if (puser == NULL)
 		return;
 
+	if (puser->pop3_login_delayed) {
+		/* inside LOGIN-DELAY nothing changes, \Recent included: the
+		   next full session (or IMAP) still sees the mail as new */
+		box->flags &= ENUM_NEGATE(MAILBOX_FLAG_DROP_RECENT);
+	}
+
 	pbox = p_new(box->pool, struct popvault_pop3_box, 1);
 	pbox->puser = puser;
 	p_array_init(&pbox->retr_uids, box->pool, 32);
