@@ -334,6 +334,8 @@ def _matrix(dc, client, root):
 
     stored = {}
     for case in ("del", "hide", "move", "trash", "enc", "plain"):
+        if case not in CASES:
+            continue
         u = "%s-%s" % (client.name, case)
         deleted = client.deletes if client.deletes is not None else \
             case == "trash"
@@ -346,13 +348,15 @@ def _matrix(dc, client, root):
         _expect_server(imap_inventory(dc, u), case, deleted)
 
     # what an encrypting user's client stored equals a plain user's
-    for s in ("m1", "m2"):
+    for s in ("m1", "m2") if "enc" in stored else ():
         assert _body(stored["enc"][s]) == _body(stored["plain"][s])
         assert _body(stored["enc"][s]) == _body(_message(s))
 
     # LOGIN-DELAY: a first full session downloads m1 (kept on the
     # server); inside the window the second changes nothing anywhere
     for case in ("ldref", "ldempty"):
+        if case not in CASES:
+            continue
         u = "%s-%s" % (client.name, case)
         assert run(u, client.deletes or False, "first") == 0, client.output
         assert [_subject(m) for m in client.stored(work(u))] == ["m1"]
