@@ -2,7 +2,6 @@
 popvault_on_dele, popvault_list_since, popvault_list_window)."""
 
 import re
-import subprocess
 import time
 
 from harness import User, dovecot, make_message
@@ -230,87 +229,6 @@ def test_window_with_policy_and_deleted_flag_numbering():
         assert HIDDEN in inv["INBOX"]["new2"], inv
         assert "POP3Deleted" in inv["INBOX"]["new3"], inv
         assert pop3_listing(dc, "w") == ["new1"]
-
-
-def _fetchmail(dc, user, keep, tmpdir):
-    rc = "%s/fetchmailrc-%s" % (tmpdir, user)
-    out = "%s/fetched-%s" % (tmpdir, user)
-    with open(rc, "w") as f:
-        f.write('set no syslog\npoll 127.0.0.1 protocol pop3 port %d '
-                'auth password\n  user "%s" password "%s" %s fetchall '
-                'sslproto "" mda "/bin/sh -c \'cat >> %s\'"\n'
-                % (dc.ports["pop3"], user, dc.users[user].password,
-                   "keep" if keep else "nokeep", out))
-    import os
-    os.chmod(rc, 0o600)
-    env = dict(os.environ, FETCHMAILHOME=tmpdir, HOME=tmpdir)
-    p = subprocess.run(["fetchmail", "-f", rc, "--nosyslog", "-v"],
-                       capture_output=True, timeout=60, env=env)
-    assert p.returncode in (0, 1), p.stdout + p.stderr  # 1 = no new mail
-    with open(out, "rb") as f:
-        return f.read()
-
-
-def test_real_clients():
-    import os
-    import poplib
-    import tempfile
-    policies = {"delete": "delete", "hide": "hide", "move": "move:Archive"}
-    users = []
-    for client in ("curl", "fmkeep", "fmnokeep", "poplib"):
-        for short, value in policies.items():
-            users.append(User("%s-%s" % (client, short),
-                              fields={"popvault_after_retr": value}))
-    with dovecot(users) as dc:
-        tmpdir = tempfile.mkdtemp(prefix="popvault-clients-")
-        for u in users:
-            deliver_numbered(dc, u.name, 2)
-        for short, value in policies.items():
-            # curl: one RETR per connection, each ending with QUIT
-            u = "curl-%s" % short
-            out = subprocess.run(
-                ["curl", "-s", "--max-time", "10",
-                 "pop3://%s:%s@127.0.0.1:%d/1" % (u, dc.users[u].password,
-                                                  dc.ports["pop3"])],
-                capture_output=True, timeout=20).stdout
-            assert b"Subject: m1" in out, out
-            # fetchmail keep: RETR all, no DELE; nokeep: RETR + DELE
-            for fm, keep in (("fmkeep", True), ("fmnokeep", False)):
-                u = "%s-%s" % (fm, short)
-                got = _fetchmail(dc, u, keep, tmpdir)
-                assert b"Subject: m1" in got and b"Subject: m2" in got, got
-            # poplib: RETR 2, QUIT
-            u = "poplib-%s" % short
-            c = poplib.POP3("127.0.0.1", dc.ports["pop3"], timeout=10)
-            c.user(u)
-            c.pass_(dc.users[u].password)
-            assert b"Subject: m2" in b"\n".join(c.retr(2)[1])
-            c.quit()
-
-        for u in users:
-            client, short = u.name.split("-")
-            inv = imap_inventory(dc, u.name)
-            fetched = {"curl": ["m1"], "poplib": ["m2"]}.get(
-                client, ["m1", "m2"])
-            rest = sorted({"m1", "m2"} - set(fetched))
-            if client == "fmnokeep":
-                # the client's own DELE (expunge) wins over after_retr
-                assert subjects(inv, "INBOX") == [], (u.name, inv)
-                assert subjects(inv, "Archive") == [], (u.name, inv)
-                assert pop3_listing(dc, u.name) == []
-                continue
-            if short == "delete":
-                assert subjects(inv, "INBOX") == rest, (u.name, inv)
-            elif short == "hide":
-                assert subjects(inv, "INBOX") == ["m1", "m2"], (u.name, inv)
-                assert sorted(s for s, f in inv["INBOX"].items()
-                              if HIDDEN in f) == fetched, (u.name, inv)
-            else:
-                assert subjects(inv, "INBOX") == rest, (u.name, inv)
-                assert subjects(inv, "Archive") == fetched, (u.name, inv)
-            assert pop3_listing(dc, u.name) == rest, u.name
-        import shutil
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def test_whole_top_is_a_download():
