@@ -237,7 +237,8 @@ def test_whole_top_is_a_download():
     # retention clock, \Seen); a partial TOP does not
     users = [User("topdel", fields={"popvault_after_retr": "delete"}),
              User("topmove", fields={"popvault_after_retr": "move:Archive"}),
-             User("topseen", fields={"popvault_retain_downloaded": "14d"})]
+             User("topseen", fields={"popvault_retain_downloaded": "14d"}),
+             User("tophide", fields={"popvault_after_retr": "hide"})]
     with dovecot(users) as dc:
         for u in users:
             deliver_numbered(dc, u.name, 4)
@@ -275,3 +276,18 @@ def test_whole_top_is_a_download():
                                "-u", "topseen")
         assert "downloaded=1 never_downloaded=3" in out, out
         assert "\\Seen" in imap_inventory(dc, "topseen")["INBOX"]["m3"]
+
+
+        # numbering with a message left out of the listing: \Seen goes to
+        # the message the TOP sent (pop3 maps numbers to sequences)
+        p = dc.pop3("tophide")
+        p.retr(1)
+        assert p.quit().startswith("+OK")
+        p = dc.pop3("tophide")
+        r, lines = p.multi("TOP 2 99999999")
+        assert r.startswith("+OK") and "Subject: m3" in lines, lines
+        assert p.quit().startswith("+OK")
+        inv = imap_inventory(dc, "tophide")["INBOX"]
+        assert HIDDEN in inv["m1"] and HIDDEN in inv["m3"], inv
+        assert "\\Seen" in inv["m3"], inv
+        assert "\\Seen" not in inv["m2"] and HIDDEN not in inv["m2"], inv
