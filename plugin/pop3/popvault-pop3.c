@@ -366,7 +366,8 @@ static bool login_delay_refuse(struct popvault_user *puser,
 }
 
 /* Locked keys: answers the login with reply instead of pop3's "+OK
-   Logged in." and keeps INBOX closed: nothing of the mailbox changes. Not sent and
+   Logged in." and keeps INBOX closed: nothing of the mailbox changes
+   (pop3 logs the failed open as an Error, as it should be). Not sent and
    disconnected here: pop3 sets up the client's input after this hook
    returns and crashed on the closed stream (found by the sanitizer run).
    pop3 answers PASS itself; the CAPA sendv hook puts this line in its
