@@ -20,7 +20,7 @@ import tempfile
 import poplib
 
 from harness import User, make_message
-from crypt_util import crypt_dovecot, enc_fields
+from crypt_util import MAGIC, crypt_dovecot, enc_fields, message_files
 from policy_util import imap_inventory
 
 HIDDEN = "$POP3Hidden"
@@ -351,6 +351,13 @@ def _matrix(dc, client, root):
     for s in ("m1", "m2") if "enc" in stored else ():
         assert _body(stored["enc"][s]) == _body(stored["plain"][s])
         assert _body(stored["enc"][s]) == _body(_message(s))
+    if "enc" in stored:
+        # ... and what the server keeps for it is ciphertext
+        files = message_files(dc, "%s-enc" % client.name)
+        assert len(files) == (0 if client.deletes else 2), files
+        for path in files:
+            with open(path, "rb") as f:
+                assert f.read(len(MAGIC)) == MAGIC, path
 
     # LOGIN-DELAY: a first full session downloads m1 (kept on the
     # server); inside the window the second changes nothing anywhere
