@@ -19,9 +19,12 @@ struct popvault_user {
 
 	/* a POP3 session ran: sweep retention once the client is gone */
 	bool sweep_after_session;
-	/* LOGIN-DELAY or locked keys refused this POP3 login: INBOX must
-	   not be opened; the cause, for pop3's log line */
+	/* locked keys refused this POP3 login: INBOX must not be opened;
+	   the cause, for pop3's log line */
 	const char *pop3_login_refused;
+	/* a POP3 login inside popvault_login_delay: the session lists an
+	   empty maildrop (both modes; "refuse" also ends it at once) */
+	bool pop3_login_delayed;
 	/* encryption state; NULL when encryption is off (popvault-crypt.h) */
 	struct popvault_crypt_user *crypt;
 };

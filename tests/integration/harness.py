@@ -309,7 +309,7 @@ class Dovecot:
     def __init__(self, users, plugin=None, mail_format="maildir",
                  extra_conf="", userdb="passwd-file", mail_plugins=None,
                  with_popvault=True, debug=True, name="dc", ports=None,
-                 login_env=None, module_dir=None, home_root=None):
+                 login_env=None, module_dir=None, home_root=None, tls=False):
         self.users = {u.name: u for u in users}
         # a directory of homes shared with another instance (cluster
         # tests); None: homes live in this instance's own directory
@@ -328,6 +328,10 @@ class Dovecot:
         # popvault_login plugin settings for pop3-login, e.g.
         # {"POPVAULT_LOGIN_EXPIRE": "0:USER"}
         self.login_env = dict(login_env or {})
+        # TLS: a self-signed certificate (self.tls_cert, for 127.0.0.1 and
+        # localhost) made with the openssl CLI, "ssl = required", a POP3S
+        # listener (ports["pop3s"]) and STLS on the plain port
+        self.tls = tls
         # popvault's .so files from an installed tree (e.g. an extracted
         # .deb's /usr/lib/dovecot/modules) instead of the build tree
         self.module_dir = module_dir
@@ -343,8 +347,11 @@ class Dovecot:
         os.chmod(os.path.join(self.tmp, "run"), 0o755)
         self._identities()
         self._modules()
-        for name in ("pop3", "imap", "lmtp"):
+        for name in ("pop3", "imap", "lmtp") + (("pop3s",) if self.tls
+                                               else ()):
             self.ports.setdefault(name, free_port())
+        if self.tls:
+            self._make_cert()
         self._write_userdb()
         self.config_path = os.path.join(self.tmp, "dovecot.conf")
         with open(self.config_path, "w") as f:
@@ -397,6 +404,28 @@ class Dovecot:
         os.symlink(os.path.abspath(plugin), os.path.join(moddir, PLUGIN_SO))
         os.symlink(os.path.abspath(login_plugin),
                    os.path.join(self.tmp, "login-modules", LOGIN_PLUGIN_SO))
+
+    def _make_cert(self):
+        self.tls_cert = os.path.join(self.tmp, "cert.pem")
+        self.tls_key = os.path.join(self.tmp, "key.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+             "-subj", "/CN=localhost", "-addext",
+             "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-keyout", self.tls_key, "-out", self.tls_cert],
+            check=True, capture_output=True, timeout=60)
+        os.chmod(self.tls_cert, 0o644)
+
+    def _tls_conf(self):
+        if not self.tls:
+            return "ssl = no\ndisable_plaintext_auth = no\n"
+        # Dovecot counts a connection from 127.0.0.1 to 127.0.0.1 as
+        # secured: the harness' own plaintext clients still log in, real
+        # clients prove TLS through the "TLS" in pop3-login's log line
+        return ("ssl = required\nssl_cert = <%s\nssl_key = <%s\n"
+                "disable_plaintext_auth = yes\n"
+                % (self.tls_cert, self.tls_key))
 
     def home(self, user):
         root = self.home_root or os.path.join(self.tmp, "home")
@@ -487,9 +516,7 @@ instance_name = popvault-{os.path.basename(t)}
 log_path = {t}/dovecot.log
 mail_debug = {"yes" if self.debug else "no"}
 auth_verbose = yes
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
+{self._tls_conf()}auth_mechanisms = plain
 default_internal_user = {self.internal_user}
 default_internal_group = {grp.getgrgid(pwd.getpwnam(self.internal_user).pw_gid).gr_name}
 default_login_user = {self.login_user}
@@ -523,7 +550,8 @@ service pop3-login {{
     port = {self.ports["pop3"]}
   }}
   inet_listener pop3s {{
-    port = 0
+    address = 127.0.0.1
+    port = {self.ports.get("pop3s", 0)}
   }}
 }}
 service imap-login {{
