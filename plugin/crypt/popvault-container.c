@@ -117,7 +117,9 @@ struct popvault_receiver {
 	   and wiped by sodium_free() */
 	struct popvault_receiver_key *keys;
 	unsigned int keys_count;
-	struct popvault_epoch_cache cache[POPVAULT_RECEIVER_CACHE_SIZE];
+	/* the epoch secrets and KEKs live as long as the session: in
+	   guarded pages too (POPVAULT_RECEIVER_CACHE_SIZE entries) */
+	struct popvault_epoch_cache *cache;
 	uint64_t use_counter;
 	uint64_t x25519_count;
 	EVP_CIPHER_CTX *spare_ctx[RECEIVER_SPARE_CTX_MAX];
@@ -127,7 +129,8 @@ struct popvault_receiver {
 /* OpenSSL 3 looks an algorithm up in its provider tables on every
    EVP_aes_256_gcm()/EVP_sha256() init. Fetched once per process, reading
    a message no longer pays for that (callgrind: ~13 k instructions per
-   message). Key material never lives in these objects. */
+   message). The digest context is reset after each digest, so no
+   hash state of key material stays in it (pv_sha256_parts). */
 static EVP_CIPHER *pv_aes_gcm;
 static EVP_MD *pv_sha256;
 static EVP_MD_CTX *pv_md_ctx;
@@ -179,6 +182,7 @@ static void pv_sha256_parts(const struct pv_bytes *parts, unsigned int count,
 {
 	crypto_hash_sha256_state st;
 	unsigned int i;
+	bool ret;
 
 	if (pv_sha256 != NULL && pv_md_ctx != NULL &&
 	    EVP_DigestInit_ex2(pv_md_ctx, pv_sha256, NULL) == 1) {
@@ -187,7 +191,13 @@ static void pv_sha256_parts(const struct pv_bytes *parts, unsigned int count,
 					     parts[i].size) != 1)
 				break;
 		}
-		if (i == count && EVP_DigestFinal_ex(pv_md_ctx, out, NULL) == 1)
+		ret = i == count &&
+			EVP_DigestFinal_ex(pv_md_ctx, out, NULL) == 1;
+		/* the context keeps the last chaining value, which for the
+		   outer hash of an HMAC is the HKDF output (a KEK, an epoch
+		   secret): resetting frees the state with OPENSSL_clear_free */
+		(void)EVP_MD_CTX_reset(pv_md_ctx);
+		if (ret)
 			return;
 	}
 	crypto_hash_sha256_init(&st);
@@ -920,8 +930,13 @@ struct popvault_receiver *popvault_receiver_create(void)
 	receiver = i_new(struct popvault_receiver, 1);
 	receiver->keys = sodium_allocarray(RECEIVER_KEYS_MAX,
 					   sizeof(*receiver->keys));
-	if (receiver->keys == NULL)
+	receiver->cache = sodium_allocarray(POPVAULT_RECEIVER_CACHE_SIZE,
+					    sizeof(*receiver->cache));
+	if (receiver->keys == NULL || receiver->cache == NULL)
 		i_fatal_status(FATAL_OUTOFMEM, "sodium_allocarray() failed: %m");
+	/* sodium_malloc() fills with 0xdb: start from an empty cache */
+	memset(receiver->cache, 0, POPVAULT_RECEIVER_CACHE_SIZE *
+	       sizeof(*receiver->cache));
 	return receiver;
 }
 
@@ -933,7 +948,7 @@ void popvault_receiver_free(struct popvault_receiver **_receiver)
 	if (receiver == NULL)
 		return;
 	*_receiver = NULL;
-	for (i = 0; i < N_ELEMENTS(receiver->cache); i++)
+	for (i = 0; i < POPVAULT_RECEIVER_CACHE_SIZE; i++)
 		popvault_msg_cipher_free(&receiver->cache[i].wrap_v2);
 	/* frees (and cleanses) the last key schedules */
 	while (receiver->spare_ctx_count > 0) {
@@ -941,7 +956,7 @@ void popvault_receiver_free(struct popvault_receiver **_receiver)
 			receiver->spare_ctx[--receiver->spare_ctx_count]);
 	}
 	sodium_free(receiver->keys);
-	/* the epoch cache holds derived secrets */
+	sodium_free(receiver->cache);
 	sodium_memzero(receiver, sizeof(*receiver));
 	i_free(receiver);
 }
@@ -979,7 +994,7 @@ receiver_get_epoch(struct popvault_receiver *receiver,
 	unsigned int i;
 	int ret;
 
-	for (i = 0; i < N_ELEMENTS(receiver->cache); i++) {
+	for (i = 0; i < POPVAULT_RECEIVER_CACHE_SIZE; i++) {
 		struct popvault_epoch_cache *c = &receiver->cache[i];
 
 		if (c->used &&
