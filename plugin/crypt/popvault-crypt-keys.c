@@ -180,14 +180,15 @@ int popvault_master_key_parse(const char *text, size_t len,
 
 /* A value that is not a key may still be a damaged one (a `<file` of a
    key with a wrong length, a truncated base64): it is named in a log
-   line only when it has the shape of an absolute path below an existing
-   directory, which a random key string does not. */
+   line only when it has the shape of an absolute path that no key text
+   has, with a character outside the hex and base64 alphabets ('.', '-',
+   '_': popvault.key) or below an existing directory. */
 static bool master_key_path_loggable(const char *path)
 {
 	char dir[PATH_MAX];
 	const char *p, *slash = NULL;
+	bool key_chars_only = TRUE, ret;
 	struct stat st;
-	bool ret;
 
 	if (path[0] != '/')
 		return FALSE;
@@ -196,7 +197,11 @@ static bool master_key_path_loggable(const char *path)
 			return FALSE;
 		if (*p == '/')
 			slash = p;
+		else if (!i_isalnum(*p) && *p != '+' && *p != '=')
+			key_chars_only = FALSE;
 	}
+	if (!key_chars_only)
+		return TRUE;
 	if (slash == path || (size_t)(slash - path) >= sizeof(dir))
 		return FALSE;
 	memcpy(dir, path, slash - path);

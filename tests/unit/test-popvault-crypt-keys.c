@@ -83,6 +83,10 @@ static void test_master_key_formats(void)
 	/* ... a directory too ... */
 	test_assert(popvault_master_key_read(tmpdir, key, &error) < 0 &&
 		    strstr(error, tmpdir) != NULL);
+	/* ... and a path no key text can be ... */
+	test_assert(popvault_master_key_read("/nonexistent/popvault.key",
+					     key, &error) < 0 &&
+		    strstr(error, "/nonexistent/popvault.key") != NULL);
 	/* ... but not a value that may be a damaged key */
 	test_assert(popvault_master_key_read("/nonexistent/key", key,
 					     &error) < 0 &&
