@@ -185,6 +185,10 @@ def test_no_secret_in_any_log():
                      plugin={"popvault_master_key": "<" + bad_short}) as dc:
             r = lmtp_reply(dc, "dflt", make_message("never"))
             assert r.startswith("451"), r
+            dc.wait_log(r"lmtp\(\d+\).*Failed to initialize user: "
+                        r"popvault: user dflt: crypt: ")
+            assert_no_secret({"log": open(dc.log_path, "rb").read()},
+                             {"damaged key": short})
             dc.wait_log(r"lmtp\(\d+\).*popvault: user dflt: crypt: "
                         r"popvault_master_key: neither a key .*not logged")
             logs["log (damaged <file)"] = open(dc.log_path, "rb").read()
