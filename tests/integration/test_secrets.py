@@ -15,11 +15,11 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import tempfile
 
 from harness import Dovecot, HarnessError, User, make_message
 from crypt_util import MAGIC, message_files
+from test_keys import private_keys_via_recovery
 
 ENC = {"popvault_encrypt": "yes"}
 PW_A = "Kx7-secret-pw-alpha-93"
@@ -293,7 +293,7 @@ def test_no_secret_in_any_log():
                 if os.path.isfile(kpath):
                     os.chmod(kpath, 0o600)
 
-            sks = private_keys(dc, recovery, "pw")
+            sks = private_keys_via_recovery(dc, "pw", recovery)
             logs["log"] = open(dc.log_path, "rb").read()
         named = {"master key": master, "unreadable key": unreadable,
                  "short key": short, "bad base64 key": bad_b64,
@@ -308,33 +308,6 @@ def test_no_secret_in_any_log():
         blobs = dict(logs)
         blobs.update(("doveadm " + k, v.encode()) for k, v in stderr.items())
         assert_no_secret(blobs, named)
-
-
-def private_keys(dc, recovery, user):
-    """The user's private keys, opened from their recovery-v1 seals."""
-    import ctypes
-    import ctypes.util
-    sodium = ctypes.CDLL(ctypes.util.find_library("sodium") or
-                         "libsodium.so.23")
-    assert sodium.sodium_init() >= 0
-    rsk = bytes.fromhex(recovery[len("pvrk1-"):].replace("-", ""))
-    rpk = ctypes.create_string_buffer(32)
-    assert sodium.crypto_scalarmult_base(rpk, rsk) == 0
-    kd = os.path.join(dc.home(user), ".popvault", "keys")
-    keys = []
-    for name in sorted(os.listdir(kd)):
-        if not name.endswith(".key"):
-            continue
-        with open(os.path.join(kd, name)) as f:
-            m = re.search(r"^private recovery-v1 \S+ ([0-9a-f]+)$", f.read(),
-                          re.M)
-        sealed = bytes.fromhex(m.group(1))
-        sk = ctypes.create_string_buffer(32)
-        assert sodium.crypto_box_seal_open(
-            sk, sealed, ctypes.c_ulonglong(len(sealed)), rpk.raw, rsk) == 0
-        keys.append(sk.raw)
-    assert keys
-    return keys
 
 
 def test_master_key_file_missing_at_start():

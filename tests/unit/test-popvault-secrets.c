@@ -3,8 +3,9 @@
 /* Secrets in memory (issue 15, item 8): after an operation on a master
    key, a recovery key or a message, the secret's bytes are searched for
    in the process's own writable memory (the heap, with Dovecot's data
-   stack, and every anonymous rw mapping), read through /proc/self/mem so
-   that valgrind does not see reads of freed blocks. The test keeps its
+   stack, and every anonymous rw mapping but the thread's stack), read
+   through /proc/self/mem so that valgrind does not see reads of freed
+   blocks. The test keeps its
    own copies of every secret, and of the patterns, in one libsodium
    guarded allocation (the vault) that the scan skips; the code under
    test may keep a secret only in its own guarded allocations, which the
