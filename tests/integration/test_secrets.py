@@ -148,6 +148,15 @@ def test_master_key_forms():
             assert_no_secret({"log": open(dc.log_path, "rb").read()},
                              {"master key": master})
 
+        # plugin {} with the plain path: each mail process reads the file
+        with Dovecot([User("dfltpath", fields=ENC)],
+                     plugin={"popvault_master_key": hex_file}) as dc:
+            give_to_mail_uid(dc, hex_file, b64_file)
+            deliver_and_read(dc, "dfltpath")
+            assert not dc.log_errors(), dc.log_errors()
+            assert_no_secret({"log": open(dc.log_path, "rb").read()},
+                             {"master key": master})
+
 
 def test_no_secret_in_any_log():
     master = secrets.token_bytes(32)
