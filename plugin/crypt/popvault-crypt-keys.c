@@ -163,7 +163,8 @@ int popvault_master_key_parse(const char *text, size_t len,
 
 	/* surrounding whitespace: `<file` delivers the file's newline */
 	while (len > 0 && i_isspace(text[0])) {
-		text++; len--;
+		text++;
+		len--;
 	}
 	while (len > 0 && i_isspace(text[len - 1]))
 		len--;
