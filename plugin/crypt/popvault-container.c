@@ -61,6 +61,19 @@ struct popvault_msg_cipher {
 	bool key_pending;
 	/* the receiver whose spare contexts evp goes back to, or NULL */
 	struct popvault_receiver *owner;
+	/* in a struct guarded_cipher */
+	bool guarded;
+};
+
+/* A key wrap cipher that lives as long as an epoch (a sender's, or a
+   receiver's cached v2 epoch) holds the epoch's KEK or its AES key
+   schedule: it and its libsodium AES-GCM state share one guarded
+   allocation (sodium_malloc: own pages, wiped by sodium_free). Per
+   message ciphers stay on the heap, wiped when freed: a guarded
+   allocation costs system calls. */
+struct guarded_cipher {
+	crypto_aead_aes256gcm_state gcm_state;
+	struct popvault_msg_cipher mc;
 };
 
 struct popvault_sender {
@@ -485,16 +498,31 @@ static void make_wrap_nonce(const struct popvault_header *hdr,
 				       nonce_size(hdr->cipher)));
 }
 
+static struct popvault_msg_cipher *msg_cipher_alloc(bool guarded)
+{
+	struct guarded_cipher *gc;
+
+	if (!guarded)
+		return i_new(struct popvault_msg_cipher, 1);
+	gc = sodium_malloc(sizeof(*gc));
+	if (gc == NULL)
+		i_fatal_status(FATAL_OUTOFMEM, "sodium_malloc() failed: %m");
+	memset(gc, 0, sizeof(*gc));
+	gc->mc.guarded = TRUE;
+	return &gc->mc;
+}
+
 static struct popvault_msg_cipher *
 msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 		  const unsigned char key[POPVAULT_DK_SIZE],
 		  const unsigned char header[POPVAULT_HEADER_SIZE],
-		  uint8_t version, struct popvault_receiver *owner)
+		  uint8_t version, struct popvault_receiver *owner,
+		  bool guarded)
 {
 	struct popvault_msg_cipher *mc;
 
 	i_assert(owner == NULL || !encrypt);
-	mc = i_new(struct popvault_msg_cipher, 1);
+	mc = msg_cipher_alloc(guarded);
 	mc->cipher = cipher;
 	mc->chunk_log2 = chunk_log2;
 	mc->encrypt = encrypt;
@@ -549,23 +577,30 @@ static int gcm_set_nonce(struct popvault_msg_cipher *mc,
 	return 0;
 }
 
-/* A cipher for key wraps (no chunk AAD): see gcm_state. */
+/* A cipher for key wraps (no chunk AAD): see gcm_state. Without an
+   owner it is an epoch's (v1 keys one per message, with the receiver
+   as owner), and guarded (struct guarded_cipher). */
 static struct popvault_msg_cipher *
 wrap_cipher_create(uint8_t cipher, bool encrypt,
 		   const unsigned char key[POPVAULT_DK_SIZE],
 		   struct popvault_receiver *owner)
 {
+	bool guarded = owner == NULL;
 	struct popvault_msg_cipher *mc;
 
 	if (cipher != POPVAULT_CIPHER_AES256GCM || !pv_sodium_gcm) {
 		return msg_cipher_create(cipher, 0, encrypt, key, NULL,
-					 POPVAULT_VERSION, owner);
+					 POPVAULT_VERSION, owner, guarded);
 	}
-	mc = i_new(struct popvault_msg_cipher, 1);
+	mc = msg_cipher_alloc(guarded);
 	mc->cipher = cipher;
 	mc->encrypt = encrypt;
-	/* malloc()ed memory is 16-byte aligned, as the state needs */
-	mc->gcm_state = i_new(crypto_aead_aes256gcm_state, 1);
+	/* malloc()ed memory is 16-byte aligned, as the state needs, and
+	   so is the guarded one (struct guarded_cipher's size is a
+	   multiple of the state's alignment) */
+	mc->gcm_state = guarded ?
+		&(container_of(mc, struct guarded_cipher, mc))->gcm_state :
+		i_new(crypto_aead_aes256gcm_state, 1);
 	(void)crypto_aead_aes256gcm_beforenm(mc->gcm_state, key);
 	return mc;
 }
@@ -585,6 +620,11 @@ void popvault_msg_cipher_free(struct popvault_msg_cipher **_mc)
 		owner->spare_ctx[owner->spare_ctx_count++] = mc->evp;
 	else if (mc->evp != NULL)
 		EVP_CIPHER_CTX_free(mc->evp);
+	if (mc->guarded) {
+		/* wipes the state and the key with the pages */
+		sodium_free(container_of(mc, struct guarded_cipher, mc));
+		return;
+	}
 	if (mc->gcm_state != NULL) {
 		sodium_memzero(mc->gcm_state, sizeof(*mc->gcm_state));
 		i_free(mc->gcm_state);
@@ -910,7 +950,7 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	       sizeof(hdr.wrapped_dk));
 
 	*mc_r = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
-				  dk, header_r, POPVAULT_VERSION, NULL);
+				  dk, header_r, POPVAULT_VERSION, NULL, FALSE);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";
@@ -1110,7 +1150,7 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 		return -1;
 	}
 	*mc_r = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
-				  dk, data, hdr_r->version, receiver);
+				  dk, data, hdr_r->version, receiver, FALSE);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";

@@ -360,7 +360,6 @@ static void test_message_keys_memory(uint8_t cipher)
 	sender = popvault_sender_create(pk, cipher);
 	test_assert(popvault_encrypt_buffer(sender, (const unsigned char *)
 		"Subject: hello\r\n\r\nbody\r\n", 24, enc, &error) == 0);
-	popvault_sender_free(&sender);
 
 	/* what the receiver derives, derived here into the vault
 	   (docs/encryption.md, format v2) */
@@ -390,9 +389,15 @@ static void test_message_keys_memory(uint8_t cipher)
 			POPVAULT_HEADER_WRAP_AAD_SIZE, nonce, kek);
 	}
 	test_assert(ret == 0 && dk_len == POPVAULT_DK_SIZE);
-	/* what a session keeps while it reads: only in guarded pages */
+	/* what a delivery process and a reading session keep while they
+	   live: only in guarded pages. Not checked here: AES-GCM data keys,
+	   whose schedules stay in the receiver's spare OpenSSL contexts
+	   until the session ends (docs/encryption.md "Memory"). */
 	secret_add("private key", sk, POPVAULT_SK_SIZE);
 	secret_add("epoch secret", epoch, 32);
+	secret_add("epoch KEK", kek, POPVAULT_DK_SIZE);
+	if (cipher == POPVAULT_CIPHER_XCHACHA20POLY1305)
+		secret_add("data key", dk, POPVAULT_DK_SIZE);
 	receiver = popvault_receiver_create();
 	test_assert(popvault_receiver_add_key(receiver, sk) == 0);
 	test_assert(popvault_decrypt_buffer(receiver, enc->data, enc->used,
@@ -400,10 +405,11 @@ static void test_message_keys_memory(uint8_t cipher)
 		    dec->used == 24);
 	test_assert(memory_scan() == 0);
 
-	/* after the session: nothing at all */
+	/* after both: nothing at all */
 	secret_add("X25519 shared secret", shared, crypto_scalarmult_BYTES);
-	secret_add("epoch KEK", kek, POPVAULT_DK_SIZE);
-	secret_add("data key", dk, POPVAULT_DK_SIZE);
+	if (cipher != POPVAULT_CIPHER_XCHACHA20POLY1305)
+		secret_add("data key", dk, POPVAULT_DK_SIZE);
+	popvault_sender_free(&sender);
 	popvault_receiver_free(&receiver);
 	buffer_free(&enc);
 	buffer_free(&dec);
