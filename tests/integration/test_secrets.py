@@ -335,23 +335,35 @@ def test_no_secret_in_any_log():
         assert_no_secret(blobs, named)
 
 
-def test_master_key_file_missing_at_start():
-    """`<file` of a missing file: doveconf refuses the configuration and
-    names the setting and the file; Dovecot does not start."""
+def test_master_key_file_unusable_at_start():
+    """`<file` of a missing file or a directory: doveconf refuses the
+    configuration and names the setting and the file; Dovecot does not
+    start. `<file` of an empty file is an empty value, which Dovecot and
+    popvault treat as unset: delivery fails closed."""
     with key_dir() as d:
-        missing = os.path.join(d, "nonexistent.key")
-        dc = Dovecot([User("u", fields=ENC)],
-                     plugin={"popvault_master_key": "<" + missing})
-        try:
-            dc.start()
-        except HarnessError as e:
-            assert re.search(r"plugin/(\d+/)?popvault_master_key: Can't "
-                             r"open "
-                             r"file %s: No such file" % re.escape(missing),
-                             str(e)), str(e)
-        else:
-            raise AssertionError("dovecot started with a missing "
-                                 "master key file")
-        finally:
-            dc.stop()
-            dc.cleanup()
+        a_dir = os.path.join(d, "dir.key")
+        os.mkdir(a_dir)
+        for path, why in ((os.path.join(d, "nonexistent.key"),
+                           r"Can't open file %s: No such file"),
+                          (a_dir, r"read\(%s\) failed: Is a directory")):
+            dc = Dovecot([User("u", fields=ENC)],
+                         plugin={"popvault_master_key": "<" + path})
+            try:
+                dc.start()
+            except HarnessError as e:
+                assert re.search(r"plugin/(\d+/)?popvault_master_key: " +
+                                 why % re.escape(path), str(e)), str(e)
+            else:
+                raise AssertionError("dovecot started with %s" % path)
+            finally:
+                dc.stop()
+                dc.cleanup()
+
+        empty = write_key(d, "empty.key", "")
+        with Dovecot([User("u", fields=ENC)],
+                     plugin={"popvault_master_key": "<" + empty}) as dc:
+            r = lmtp_reply(dc, "u", make_message("never"))
+            assert r.startswith("451"), r
+            assert message_files(dc, "u") == []
+            dc.wait_log(r"lmtp\(u\).*not saving: no key pair yet, and no "
+                        r"master key to create one")
