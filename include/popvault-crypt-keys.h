@@ -46,12 +46,19 @@ struct popvault_key_info {
 };
 ARRAY_DEFINE_TYPE(popvault_key_info, struct popvault_key_info);
 
-/* setting is popvault_master_key: "<path" or "path". The file holds 32
-   bytes as 64 hex digits or base64, surrounding whitespace ignored.
-   Returns 0, or -1 with error_r naming the file and the cause. */
+/* setting is popvault_master_key: the key itself (32 bytes as 64 hex
+   digits or base64, surrounding whitespace ignored: what Dovecot's
+   config parser makes of `popvault_master_key = </path`), or the path of
+   a file holding it ("<path" or "path", as a userdb field gives it).
+   Returns 0, or -1 with error_r naming the setting and, when it looks
+   like one, the file: never the value or the file's content. */
 int popvault_master_key_read(const char *setting,
 			     unsigned char key_r[POPVAULT_MASTER_KEY_SIZE],
 			     const char **error_r);
+/* The key text alone (len bytes, no NUL needed). Returns 0, or -1 with
+   key_r zeroed; the caller names the source in its error. */
+int popvault_master_key_parse(const char *text, size_t len,
+			      unsigned char key_r[POPVAULT_MASTER_KEY_SIZE]);
 
 /* TRUE when keys_dir has a current key pair (-1 on an I/O error). */
 int popvault_keystore_exists(const char *keys_dir, const char **error_r);

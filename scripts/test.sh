@@ -13,7 +13,7 @@ echo "== make distcheck (the release tarball builds and passes make check)"
 make distcheck >distcheck.log 2>&1 || { tail -50 distcheck.log; exit 1; }
 echo "distcheck ok"
 echo "== sanitizers: encryption, hostile input and concurrency tests against an ASan+UBSan build"
-bash ../scripts/check-sanitize.sh -k test_encryption -k test_keys -k test_hostile \
+bash ../scripts/check-sanitize.sh -k test_encryption -k test_keys -k test_secrets -k test_hostile \
 	-k test_concurrency -k test_capa_login_delay
 if [ $# -eq 0 ]; then
 	echo "== fault injection: 300 kill -9 points in pop3, lmtp, sweep and encrypt"

@@ -5,11 +5,12 @@
 #include "str.h"
 #include "buffer.h"
 #include "hex-binary.h"
-#include "base64.h"
+#include "safe-memset.h"
 #include "mkdir-parents.h"
 #include "write-full.h"
 #include "popvault-crypt-keys.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -42,6 +43,9 @@
 #define RECOVERY_WRAPS_MAX 4
 /* key files and the master key file are tiny; refuse anything large */
 #define SMALL_FILE_MAX 65536
+/* a master key file: 64 hex digits or 44 base64 characters, and
+   whitespace */
+#define MASTER_KEY_FILE_MAX 1024
 
 /* RFC 9106's second recommended Argon2id setting (t=3, 64 MiB), single
    lane as libsodium computes it: 106 ms on the 2-core CI machine
@@ -133,49 +137,151 @@ static int read_small_file(const char *path, string_t *str,
 	return 1;
 }
 
+/* Decodes exactly size bytes from 2*size hex digits straight into out
+   (libsodium's decoder, constant-time): no buffer of the data stack ever
+   holds a secret's bytes. */
+static int hex_decode(const char *hex, size_t len, unsigned char *out,
+		      size_t size)
+{
+	const char *end;
+	size_t out_len;
+
+	if (len != size * 2 ||
+	    sodium_hex2bin(out, size, hex, len, NULL, &out_len, &end) != 0 ||
+	    out_len != size || end != hex + len) {
+		sodium_memzero(out, size);
+		return -1;
+	}
+	return 0;
+}
+
+int popvault_master_key_parse(const char *text, size_t len,
+			      unsigned char key_r[POPVAULT_MASTER_KEY_SIZE])
+{
+	const char *end;
+	size_t key_len;
+
+	/* surrounding whitespace: `<file` delivers the file's newline */
+	while (len > 0 && i_isspace(text[0])) {
+		text++;
+		len--;
+	}
+	while (len > 0 && i_isspace(text[len - 1]))
+		len--;
+	if (hex_decode(text, len, key_r, POPVAULT_MASTER_KEY_SIZE) == 0)
+		return 0;
+	if (sodium_base642bin(key_r, POPVAULT_MASTER_KEY_SIZE, text, len,
+			      NULL, &key_len, &end,
+			      sodium_base64_VARIANT_ORIGINAL) == 0 &&
+	    end == text + len && key_len == POPVAULT_MASTER_KEY_SIZE)
+		return 0;
+	sodium_memzero(key_r, POPVAULT_MASTER_KEY_SIZE);
+	return -1;
+}
+
+/* A value that is not a key may still be a damaged one (a `<file` of a
+   key with a wrong length, a truncated base64): it is named in a log
+   line only when it has the shape of an absolute path that no key text
+   has, with a character outside the hex and base64 alphabets ('.', '-',
+   '_': popvault.key) or below an existing directory. */
+static bool master_key_path_loggable(const char *path)
+{
+	char dir[PATH_MAX];
+	const char *p, *slash = NULL;
+	bool key_chars_only = TRUE, ret;
+	struct stat st;
+
+	if (path[0] != '/')
+		return FALSE;
+	for (p = path; *p != '\0'; p++) {
+		if ((unsigned char)*p <= ' ' || *p == 0x7f)
+			return FALSE;
+		if (*p == '/')
+			slash = p;
+		else if (!i_isalnum(*p) && *p != '+' && *p != '=')
+			key_chars_only = FALSE;
+	}
+	if (!key_chars_only)
+		return TRUE;
+	if (slash == path || (size_t)(slash - path) >= sizeof(dir))
+		return FALSE;
+	memcpy(dir, path, slash - path);
+	dir[slash - path] = '\0';
+	ret = stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
+	safe_memset(dir, 0, sizeof(dir));
+	return ret;
+}
+
+/* Reads the key file into a stack buffer that is wiped afterwards.
+   Errors name the file only when master_key_path_loggable(). */
+static int master_key_file_read(const char *path,
+				unsigned char key_r[POPVAULT_MASTER_KEY_SIZE],
+				const char **error_r)
+{
+	char buf[MASTER_KEY_FILE_MAX + 1];
+	const char *name, *why = NULL;
+	size_t len = 0;
+	ssize_t ret;
+	int fd;
+
+	name = master_key_path_loggable(path) ? path : NULL;
+	fd = open(path, O_RDONLY);
+	if (fd == -1) {
+		why = t_strdup_printf("open(%s) failed: %m",
+			name != NULL ? name : "<not logged>");
+	} else {
+		while (len < sizeof(buf) &&
+		       (ret = read(fd, buf + len, sizeof(buf) - len)) != 0) {
+			if (ret < 0) {
+				why = t_strdup_printf("read(%s) failed: %m",
+					name != NULL ? name : "<not logged>");
+				break;
+			}
+			len += ret;
+		}
+		i_close_fd(&fd);
+		if (why != NULL)
+			;
+		else if (len == sizeof(buf))
+			why = t_strdup_printf("%s: file too large for a key",
+					      name != NULL ? name : "file");
+		else if (popvault_master_key_parse(buf, len, key_r) < 0) {
+			why = t_strdup_printf("%s: not 32 bytes as 64 hex "
+				"digits or base64 (e.g. openssl rand -hex 32)",
+				name != NULL ? name : "file");
+		}
+		safe_memset(buf, 0, sizeof(buf));
+	}
+	if (why == NULL)
+		return 0;
+	if (name == NULL) {
+		/* ENOENT of a value that is no path at all is the usual
+		   case: a damaged key given as the value (`<file`) */
+		why = t_strdup_printf("neither a key (64 hex digits or "
+			"base64 of 32 bytes) nor a readable key file "
+			"(the value is not logged: it may be a damaged "
+			"key): %s", why);
+	}
+	*error_r = t_strconcat("popvault_master_key: ", why, NULL);
+	return -1;
+}
+
 int popvault_master_key_read(const char *setting,
 			     unsigned char key_r[POPVAULT_MASTER_KEY_SIZE],
 			     const char **error_r)
 {
-	const char *path = setting[0] == '<' ? setting + 1 : setting;
-	string_t *str = t_str_new(128);
-	buffer_t *dec;
-	const char *text;
-	size_t len;
-	int ret;
-
-	if (path[0] == '\0') {
+	/* "<path" as written in a userdb (Dovecot's config parser reads
+	   the file itself in plugin {}: then the value is the key) */
+	if (setting[0] == '<')
+		setting++;
+	else if (popvault_master_key_parse(setting, strlen(setting),
+					   key_r) == 0)
+		return 0;
+	if (setting[0] == '\0') {
 		*error_r = "popvault_master_key: empty path";
 		return -1;
 	}
-	ret = read_small_file(path, str, error_r);
-	if (ret <= 0) {
-		*error_r = t_strdup_printf("master key %s", *error_r);
-		return -1;
-	}
-	text = t_str_trim(str_c(str), " \t\r\n");
-	len = strlen(text);
-	dec = t_buffer_create(64);
-	if (len == POPVAULT_MASTER_KEY_SIZE * 2 &&
-	    hex_to_binary(text, dec) == 0) {
-		/* hex */
-	} else {
-		buffer_set_used_size(dec, 0);
-		if (base64_decode(text, len, NULL, dec) < 0)
-			buffer_set_used_size(dec, 0);
-	}
-	if (dec->used != POPVAULT_MASTER_KEY_SIZE) {
-		*error_r = t_strdup_printf("master key %s: not 32 bytes as "
-			"64 hex digits or base64 (e.g. openssl rand -hex 32)",
-			path);
-		ret = -1;
-	} else {
-		memcpy(key_r, dec->data, POPVAULT_MASTER_KEY_SIZE);
-		ret = 0;
-	}
-	sodium_memzero(buffer_get_modifiable_data(dec, NULL), dec->used);
-	sodium_memzero(str_c_modifiable(str), str_len(str));
-	return ret;
+	return master_key_file_read(setting, key_r, error_r);
 }
 
 
@@ -451,13 +557,7 @@ opened:
 
 static int hex_field(const char *hex, unsigned char *out, size_t size)
 {
-	buffer_t *buf = t_buffer_create(size);
-
-	if (strlen(hex) != size * 2 || hex_to_binary(hex, buf) < 0 ||
-	    buf->used != size)
-		return -1;
-	memcpy(out, buf->data, size);
-	return 0;
+	return hex_decode(hex, strlen(hex), out, size);
 }
 
 static int keyfile_parse_private(struct keyfile *kf,
@@ -1196,15 +1296,17 @@ int popvault_keystore_list(const char *keys_dir, pool_t pool,
 const char *
 popvault_recovery_key_format(const unsigned char key[POPVAULT_RECOVERY_KEY_SIZE])
 {
-	const char *hex = binary_to_hex(key, POPVAULT_RECOVERY_KEY_SIZE);
+	static const char hexdigits[] = "0123456789abcdef";
 	string_t *str = t_str_new(128);
 	unsigned int i;
 
+	/* straight into the result: no hex copy left on the data stack */
 	str_append(str, RECOVERY_TEXT_PREFIX);
-	for (i = 0; i < POPVAULT_RECOVERY_KEY_SIZE * 2; i += 8) {
-		if (i > 0)
+	for (i = 0; i < POPVAULT_RECOVERY_KEY_SIZE; i++) {
+		if (i > 0 && i % 4 == 0)
 			str_append_c(str, '-');
-		str_append_data(str, hex + i, 8);
+		str_append_c(str, hexdigits[key[i] >> 4]);
+		str_append_c(str, hexdigits[key[i] & 0x0f]);
 	}
 	return str_c(str);
 }
@@ -1213,19 +1315,38 @@ int popvault_recovery_key_parse(const char *text,
 				unsigned char key_r[POPVAULT_RECOVERY_KEY_SIZE],
 				const char **error_r)
 {
-	string_t *hex = t_str_new(80);
-	int ret;
+	const char *p = text;
+	unsigned int n = 0;
+	int hi = -1, nibble;
 
-	text = t_str_trim(text, " \t\r\n");
-	if (str_begins(text, RECOVERY_TEXT_PREFIX))
-		text += strlen(RECOVERY_TEXT_PREFIX);
-	for (; *text != '\0'; text++) {
-		if (*text != '-' && *text != ' ')
-			str_append_c(hex, *text);
+	/* decoded in place, digit by digit: no trimmed or joined copy of
+	   the text */
+	while (i_isspace(*p))
+		p++;
+	if (str_begins(p, RECOVERY_TEXT_PREFIX))
+		p += strlen(RECOVERY_TEXT_PREFIX);
+	for (; *p != '\0'; p++) {
+		if (*p == '-' || i_isspace(*p))
+			continue;
+		if (*p >= '0' && *p <= '9')
+			nibble = *p - '0';
+		else if (*p >= 'a' && *p <= 'f')
+			nibble = *p - 'a' + 10;
+		else if (*p >= 'A' && *p <= 'F')
+			nibble = *p - 'A' + 10;
+		else
+			break;
+		if (n == POPVAULT_RECOVERY_KEY_SIZE)
+			break;
+		if (hi < 0)
+			hi = nibble;
+		else {
+			key_r[n++] = (unsigned char)((hi << 4) | nibble);
+			hi = -1;
+		}
 	}
-	ret = hex_field(str_c(hex), key_r, POPVAULT_RECOVERY_KEY_SIZE);
-	sodium_memzero(str_c_modifiable(hex), str_len(hex));
-	if (ret < 0) {
+	if (*p != '\0' || n != POPVAULT_RECOVERY_KEY_SIZE) {
+		sodium_memzero(key_r, POPVAULT_RECOVERY_KEY_SIZE);
 		*error_r = "not a recovery key (pvrk1- followed by 64 hex "
 			"digits)";
 		return -1;

@@ -48,8 +48,9 @@ struct popvault_crypt_user {
 	const struct popvault_settings *set;
 	const char *keys_dir;
 
-	bool master_loaded;
-	unsigned char master[POPVAULT_MASTER_KEY_SIZE];
+	/* POPVAULT_MASTER_KEY_SIZE bytes in libsodium's guarded, mlock()ed
+	   pages (sodium_malloc), wiped by sodium_free(); NULL until read */
+	unsigned char *master;
 
 	struct sender_cache_entry *sender;
 	const char *sender_error;
@@ -140,16 +141,23 @@ static struct popvault_crypt_user *crypt_box_user(struct mailbox *box)
 static int crypt_user_load_master(struct popvault_crypt_user *cuser,
 				  const char **error_r)
 {
-	if (cuser->master_loaded)
+	unsigned char *master;
+
+	if (cuser->master != NULL)
 		return 0;
 	if (cuser->set->master_key == NULL) {
 		*error_r = "popvault_master_key is not set";
 		return -1;
 	}
-	if (popvault_master_key_read(cuser->set->master_key, cuser->master,
-				     error_r) < 0)
+	master = sodium_malloc(POPVAULT_MASTER_KEY_SIZE);
+	if (master == NULL)
+		i_fatal_status(FATAL_OUTOFMEM, "sodium_malloc() failed: %m");
+	if (popvault_master_key_read(cuser->set->master_key, master,
+				     error_r) < 0) {
+		sodium_free(master);
 		return -1;
-	cuser->master_loaded = TRUE;
+	}
+	cuser->master = master;
 	return 0;
 }
 
@@ -846,7 +854,8 @@ void popvault_crypt_user_deinit(struct popvault_user *puser)
 	if (cuser->sender != NULL)
 		cuser->sender->refcount--;
 	popvault_receiver_free(&cuser->receiver);
-	sodium_memzero(cuser->master, sizeof(cuser->master));
+	sodium_free(cuser->master);
+	cuser->master = NULL;
 	puser->crypt = NULL;
 }
 

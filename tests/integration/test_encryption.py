@@ -326,7 +326,7 @@ def test_missing_master_key_fails_closed():
             assert r.startswith("-ERR"), r
             p.close()
         dc.wait_log(r"lmtp\(\d+\).*rcpt nokey: Failed to initialize user: "
-                    r"popvault: user nokey: crypt: master key "
+                    r"popvault: user nokey: crypt: popvault_master_key: "
                     r"open\(/nonexistent/popvault.key\) failed: No such file")
         dc.wait_log(r"lmtp\(nosetting\).*user nosetting mailbox INBOX: not "
                     r"saving: no key pair yet, and no master key to create")

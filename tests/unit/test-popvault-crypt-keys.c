@@ -55,9 +55,46 @@ static void test_master_key_formats(void)
 		if (tests[i].ok)
 			test_assert_idx(key[0] == 0 && key[31] == 31, i);
 	}
+	/* the value itself is the key: what Dovecot's config parser
+	   makes of `popvault_master_key = </file` (issue 15) */
+	for (i = 0; i < N_ELEMENTS(tests); i++) {
+		memset(key, 0xff, sizeof(key));
+		test_assert_idx((popvault_master_key_read(tests[i].content,
+			key, &error) == 0) == tests[i].ok, i);
+		if (tests[i].ok)
+			test_assert_idx(key[0] == 0 && key[31] == 31, i);
+		else {
+			test_assert_idx(strstr(error, "popvault_master_key")
+					!= NULL, i);
+			/* never the value, not even a damaged key's */
+			test_assert_idx(tests[i].content[0] == '\0' ||
+				strstr(error, tests[i].content) == NULL, i);
+		}
+	}
+	/* a path without "<" (plugin {} as a plain path) */
+	path = write_file("master", tests[0].content);
+	test_assert(popvault_master_key_read(path, key, &error) == 0 &&
+		    key[31] == 31);
+	/* a missing file below an existing directory is named ... */
+	path = t_strconcat(tmpdir, "/missing.key", NULL);
+	test_assert(popvault_master_key_read(path, key, &error) < 0 &&
+		    strstr(error, path) != NULL &&
+		    strstr(error, "No such file") != NULL);
+	/* ... a directory too ... */
+	test_assert(popvault_master_key_read(tmpdir, key, &error) < 0 &&
+		    strstr(error, tmpdir) != NULL);
+	/* ... and a path no key text can be ... */
+	test_assert(popvault_master_key_read("/nonexistent/popvault.key",
+					     key, &error) < 0 &&
+		    strstr(error, "/nonexistent/popvault.key") != NULL);
+	/* ... but not a value that may be a damaged key */
 	test_assert(popvault_master_key_read("/nonexistent/key", key,
 					     &error) < 0 &&
-		    strstr(error, "/nonexistent/key") != NULL);
+		    strstr(error, "/nonexistent") == NULL &&
+		    strstr(error, "not logged") != NULL);
+	test_assert(popvault_master_key_read("/AAECAwQFBgcICQoLDA0ODxAREh",
+					     key, &error) < 0 &&
+		    strstr(error, "AAECAw") == NULL);
 	test_end();
 }
 
