@@ -4,6 +4,8 @@
 #include "array.h"
 #include "mail-user.h"
 #include "mail-storage-settings.h"
+#include "master-service.h"
+#include "master-service-settings.h"
 #include "popvault-user.h"
 #include "popvault-action.h"
 #include "popvault-retention.h"
@@ -18,13 +20,48 @@ struct event_category event_category_popvault = {
 	.name = "popvault",
 };
 
+const char *popvault_user_userdb_field(struct mail_user *user,
+				       const char *name)
+{
+	const char *const *field;
+	size_t len = strlen(name);
+
+	if (user->userdb_fields == NULL)
+		return NULL;
+	for (field = user->userdb_fields; *field != NULL; field++) {
+		if (strncmp(*field, name, len) != 0)
+			continue;
+		if ((*field)[len] == '\0')
+			return "";
+		if ((*field)[len] == '=')
+			return *field + len + 1;
+	}
+	return NULL;
+}
+
 static const char *user_setting_lookup(const char *name, void *context)
 {
 	struct mail_user *user = context;
 	const char *value = mail_user_plugin_getenv(user, name);
+	const char *field;
 
 	/* Dovecot treats an empty plugin setting as unset */
-	return value == NULL || value[0] == '\0' ? NULL : value;
+	if (value == NULL || value[0] == '\0')
+		return NULL;
+	/* An empty %w (a lookup without a login: LMTP, doveadm; a SASL
+	   mechanism that never shows the password) reaches us as a
+	   userdb field without a value, which Dovecot turns into "yes":
+	   that is no password (doveadm -o still gives one). */
+	if (strcmp(name, POPVAULT_SETTING_PREFIX "key_password") == 0 &&
+	    (field = popvault_user_userdb_field(user, name)) != NULL &&
+	    field[0] == '\0' &&
+	    !master_service_set_has_config_override(master_service,
+		t_strconcat("plugin/", name, NULL))) {
+		e_debug(user->event, "popvault: %s is empty in this userdb "
+			"reply (no login password here): unset", name);
+		return NULL;
+	}
+	return value;
 }
 
 static void
