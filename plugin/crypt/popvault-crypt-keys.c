@@ -1315,6 +1315,7 @@ int popvault_keystore_set_password(const char *keys_dir, const char *username,
 	unsigned char sk[POPVAULT_SK_SIZE];
 	ARRAY_TYPE(const_string) ids;
 	struct pw_kek_cache old_cache, new_cache, resume_cache;
+	struct file_lock *lock;
 	struct keyfile kf;
 	const char *id, *path, *error;
 	int ret = 0;
@@ -1326,6 +1327,10 @@ int popvault_keystore_set_password(const char *keys_dir, const char *username,
 		*error_r = "no key pair yet (doveadm popvault key generate)";
 		return -1;
 	}
+	/* a login adding a missing wrap meanwhile would write back a file
+	   without the new password */
+	if (keystore_lock(keys_dir, &lock, error_r) < 0)
+		return -1;
 	i_zero(&old_cache); i_zero(&new_cache); i_zero(&resume_cache);
 	array_foreach_elem(&ids, id) {
 		path = keyfile_path(keys_dir, id);
@@ -1352,6 +1357,7 @@ int popvault_keystore_set_password(const char *keys_dir, const char *username,
 	pw_kek_cache_clear(&new_cache);
 	pw_kek_cache_clear(&resume_cache);
 	sodium_memzero(&kf, sizeof(kf));
+	file_unlock(&lock);
 	return ret;
 }
 

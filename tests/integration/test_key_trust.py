@@ -115,6 +115,12 @@ def check_password_mode_layout(userdb):
         m = make_message("for alice")
         dc.deliver("alice", m)
         pop3_read_all(dc, "alice", [m])
+        # the tools still take the password from doveadm -o
+        rc, _, _ = dc.doveadm("popvault", "verify", "-u", "alice",
+                              check=False)
+        assert rc != 0
+        dc.doveadm("-o", "plugin/popvault_key_password=" + PW_A,
+                   "popvault", "verify", "-u", "alice")
 
         # the user's own first login makes it with the login password
         assert pop3_login(dc, "bob", PW_B).startswith("+OK")
