@@ -444,3 +444,6 @@ def test_key_creation_races():
         assert "is missing" not in log
         assert dc.log_errors() == [], dc.log_errors()
         assert len(re.findall(r"created key pair", log)) == 3
+        # one login added kim's password wrap, the others found it
+        assert len(re.findall(r"pop3\(kim\).*added the missing master-key "
+                              r"or password wrap to 1 key pair", log)) == 1
