@@ -372,6 +372,41 @@ static void test_keystore_create_race(void)
 	test_end();
 }
 
+static void test_keystore_public_mac(void)
+{
+	const char *keys = t_strconcat(tmpdir, "/mac/.popvault/keys", NULL);
+	unsigned char master[POPVAULT_MASTER_KEY_SIZE];
+	unsigned char other[POPVAULT_MASTER_KEY_SIZE];
+	unsigned char pk[POPVAULT_PK_SIZE], pk2[POPVAULT_PK_SIZE];
+	struct popvault_key_secrets secrets, wrong, none;
+	const char *error;
+	bool created;
+
+	test_begin("popvault key store: the master key vouches for current");
+	memset(master, 3, sizeof(master));
+	memset(other, 4, sizeof(other));
+	i_zero(&secrets); secrets.master = master;
+	i_zero(&wrong); wrong.master = other;
+	i_zero(&none);
+	test_assert(popvault_keystore_get_current(keys, "m", &secrets, pk,
+						  &created, &error) == 0 &&
+		    created);
+	test_assert(popvault_keystore_get_current(keys, "m", &secrets, pk2,
+						  &created, &error) == 0 &&
+		    !created && memcmp(pk, pk2, sizeof(pk)) == 0);
+	/* another master key, or the store under another user's name */
+	test_assert(popvault_keystore_get_current(keys, "m", &wrong, pk2,
+						  &created, &error) < 0 &&
+		    strstr(error, "does not vouch") != NULL);
+	test_assert(popvault_keystore_get_current(keys, "n", &secrets, pk2,
+						  &created, &error) < 0 &&
+		    strstr(error, "does not vouch") != NULL);
+	/* password mode has nothing to check against */
+	test_assert(popvault_keystore_get_current(keys, "n", &none, pk2,
+						  &created, &error) == 0);
+	test_end();
+}
+
 static void test_cleanup(void)
 {
 	const char *error;
@@ -389,6 +424,7 @@ int main(void)
 		test_keystore_recovery,
 		test_keystore_tampering,
 		test_keystore_create_race,
+		test_keystore_public_mac,
 		test_cleanup,
 		NULL
 	};
