@@ -4,8 +4,6 @@
 #include "array.h"
 #include "mail-user.h"
 #include "mail-storage-settings.h"
-#include "master-service.h"
-#include "master-service-settings.h"
 #include "popvault-user.h"
 #include "popvault-action.h"
 #include "popvault-retention.h"
@@ -51,12 +49,11 @@ static const char *user_setting_lookup(const char *name, void *context)
 	/* An empty %w (a lookup without a login: LMTP, doveadm; a SASL
 	   mechanism that never shows the password) reaches us as a
 	   userdb field without a value, which Dovecot turns into "yes":
-	   that is no password (doveadm -o still gives one). */
+	   that is no password. Another value came from doveadm -o. */
 	if (strcmp(name, POPVAULT_SETTING_PREFIX "key_password") == 0 &&
+	    strcmp(value, "yes") == 0 &&
 	    (field = popvault_user_userdb_field(user, name)) != NULL &&
-	    field[0] == '\0' &&
-	    !master_service_set_has_config_override(master_service,
-		t_strconcat("plugin/", name, NULL))) {
+	    field[0] == '\0') {
 		e_debug(user->event, "popvault: %s is empty in this userdb "
 			"reply (no login password here): unset", name);
 		return NULL;
