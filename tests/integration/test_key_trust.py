@@ -1,5 +1,5 @@
 """Key stores under the configurations admins use (issue 15): password
-mode with one passwd-file as passdb and userdb or with SQL (items 3),
+mode with one passwd-file as passdb and userdb or with SQL (item 3),
 master-user logins (4), delivery that encrypts only to a public key the
 master key vouches for (7), and racing first deliveries and logins (9)."""
 
@@ -156,7 +156,8 @@ def test_master_user_never_locks_with_its_password():
         # master first: nothing to read, nothing created
         assert pop3_login(dc, "alice*admin", ADMIN_PW).startswith("+OK")
         assert key_files(dc, "alice") == []
-        assert re.search(r"pop3\(alice\).*login by master user admin", dc.log())
+        assert re.search(r"pop3\(alice\).*login by master user admin",
+                         dc.log())
         assert pop3_login(dc, "alice", PW_A).startswith("+OK")
         (name,) = key_files(dc, "alice")
         assert password_opens(dc, "alice", name[:-4], PW_A)
