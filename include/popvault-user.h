@@ -40,4 +40,10 @@ struct popvault_user *popvault_user_get(struct mail_user *user);
 
 void popvault_mail_user_created(struct mail_user *user);
 
+/* A field of the userdb reply the session was made from: NULL when
+   absent, "" when it came without a value (how Dovecot sends an empty
+   one; as a setting it then reads "yes"). */
+const char *popvault_user_userdb_field(struct mail_user *user,
+				       const char *name);
+
 #endif

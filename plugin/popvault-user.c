@@ -24,22 +24,64 @@ struct event_category event_category_popvault = {
 /* A user's plugin {} settings as in plugin_envs: a flat key, value, key,
    value ... array of expanded values */
 struct user_envs {
+	struct mail_user *user;
 	const char *const *kv;
 	unsigned int count;
 };
 
+const char *popvault_user_userdb_field(struct mail_user *user,
+				       const char *name)
+{
+	const char *const *field;
+	size_t len = strlen(name);
+
+	if (user->userdb_fields == NULL)
+		return NULL;
+	for (field = user->userdb_fields; *field != NULL; field++) {
+		if (strncmp(*field, name, len) != 0)
+			continue;
+		if ((*field)[len] == '\0')
+			return "";
+		if ((*field)[len] == '=')
+			return *field + len + 1;
+	}
+	return NULL;
+}
+
+static const char *user_envs_get(const struct user_envs *envs,
+				 const char *name)
+{
+	unsigned int i;
+
+	for (i = 0; i + 1 < envs->count; i += 2) {
+		if (strcmp(envs->kv[i], name) == 0)
+			return envs->kv[i + 1];
+	}
+	return NULL;
+}
+
 static const char *user_setting_lookup(const char *name, void *context)
 {
 	const struct user_envs *envs = context;
-	const char *const *kv = envs->kv;
-	unsigned int i, count = envs->count;
+	const char *value = user_envs_get(envs, name);
+	const char *field;
 
-	for (i = 0; i + 1 < count; i += 2) {
-		/* Dovecot treats an empty plugin setting as unset */
-		if (strcmp(kv[i], name) == 0)
-			return kv[i + 1][0] == '\0' ? NULL : kv[i + 1];
+	/* Dovecot treats an empty plugin setting as unset */
+	if (value == NULL || value[0] == '\0')
+		return NULL;
+	/* An empty %w (a lookup without a login: LMTP, doveadm; a SASL
+	   mechanism that never shows the password) reaches us as a
+	   userdb field without a value, which Dovecot turns into "yes":
+	   that is no password. Another value came from doveadm -o. */
+	if (strcmp(name, POPVAULT_SETTING_PREFIX "key_password") == 0 &&
+	    strcmp(value, "yes") == 0 &&
+	    (field = popvault_user_userdb_field(envs->user, name)) != NULL &&
+	    field[0] == '\0') {
+		e_debug(envs->user->event, "popvault: %s is empty in this "
+			"userdb reply (no login password here): unset", name);
+		return NULL;
 	}
-	return NULL;
+	return value;
 }
 
 static void
@@ -147,6 +189,7 @@ user_settings_source(struct mail_user *user, struct user_envs *envs_r,
 		     const char **error_r)
 {
 	i_zero(envs_r);
+	envs_r->user = user;
 	if (user->creator != NULL && user->_service_user != NULL)
 		return owner_settings_lookup(user, envs_r, error_r);
 	if (array_is_created(&user->set->plugin_envs))

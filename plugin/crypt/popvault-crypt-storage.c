@@ -47,6 +47,11 @@ struct popvault_crypt_user {
 	struct event *event;
 	const struct popvault_settings *set;
 	const char *keys_dir;
+	/* popvault_key_password, NULL in a master-user session: there %w
+	   is the master user's password, never the user's */
+	const char *key_password;
+	/* the master user of a master-user login ("user*master"), else NULL */
+	const char *master_user;
 
 	/* POPVAULT_MASTER_KEY_SIZE bytes in libsodium's guarded, mlock()ed
 	   pages (sodium_malloc), wiped by sodium_free(); NULL until read */
@@ -163,7 +168,8 @@ static int crypt_user_load_master(struct popvault_crypt_user *cuser,
 
 /* What this process may lock and unlock the user's keys with: the master
    key when configured (read on first use), and popvault_key_password
-   (empty, so unset, where the passdb gave no password: LMTP, doveadm). */
+   (unset where the passdb gave no password: LMTP, doveadm, master-user
+   logins). */
 static int crypt_user_secrets(struct popvault_crypt_user *cuser,
 			      struct popvault_key_secrets *secrets_r,
 			      const char **error_r)
@@ -174,7 +180,7 @@ static int crypt_user_secrets(struct popvault_crypt_user *cuser,
 			return -1;
 		secrets_r->master = cuser->master;
 	}
-	secrets_r->password = cuser->set->key_password;
+	secrets_r->password = cuser->key_password;
 	return 0;
 }
 
@@ -293,7 +299,11 @@ crypt_user_get_receiver(struct popvault_crypt_user *cuser,
 					    &error) < 0) {
 		popvault_receiver_free(&receiver);
 		cuser->receiver_error = p_strdup_printf(cuser->user->pool,
-			"can't unlock the private keys: %s", error);
+			"can't unlock the private keys%s: %s",
+			cuser->master_user == NULL ? "" : t_strdup_printf(
+			" (a login by master user %s: its password is not the "
+			"user's and unlocks no password-locked key)",
+			cuser->master_user), error);
 		e_error(event_create_passthrough(cuser->event)->
 			set_name("popvault_crypt_unlock_failed")->
 			add_str("error", error)->event(),
@@ -724,29 +734,53 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 /* ---- user ---- */
 
 /* Password mode: the key pair is made at the first login that brings the
-   password, so mail delivered from then on is locked with it. A failure
-   (disk full) is logged and the login goes on: deliveries keep failing
-   closed (451) until a later login or doveadm popvault key generate. */
-static void crypt_user_first_login(struct popvault_crypt_user *cuser)
+   password, so mail delivered from then on is locked with it; a key pair
+   LMTP made with the master key alone gets the password's wrap here too
+   (and one made before a master key was set gets the master wrap). A
+   failure (disk full) is logged and the login goes on: deliveries keep
+   failing closed (451) until a later login or doveadm popvault key
+   generate. */
+static void crypt_user_login_keys(struct popvault_crypt_user *cuser)
 {
 	unsigned char pk[POPVAULT_PK_SIZE];
 	struct popvault_key_secrets secrets;
 	const char *error;
+	unsigned int added;
 	bool created;
 	int ret;
 
-	if ((ret = popvault_keystore_exists(cuser->keys_dir, &error)) == 0 &&
-	    (ret = crypt_user_secrets(cuser, &secrets, &error)) == 0) {
+	if ((ret = crypt_user_secrets(cuser, &secrets, &error)) == 0 &&
+	    (ret = popvault_keystore_exists(cuser->keys_dir, &error)) == 0) {
 		ret = popvault_keystore_get_current(cuser->keys_dir,
 			cuser->user->username, &secrets, pk, &created, &error);
 		if (ret == 0 && created)
 			crypt_log_key_created(cuser, pk);
 	}
-	if (ret < 0) {
-		e_error(cuser->event, "crypt: user %s: can't create the key "
-			"pair at first login: %s", cuser->user->username,
-			error);
+	if (ret >= 0 &&
+	    (ret = popvault_keystore_add_wraps(cuser->keys_dir,
+			cuser->user->username, &secrets, &added, &error)) == 0 &&
+	    added > 0) {
+		e_info(event_create_passthrough(cuser->event)->
+		       set_name("popvault_crypt_key_wrapped")->
+		       add_int("keys", added)->event(),
+		       "crypt: added the missing master-key or password "
+		       "wrap to %u key pair(s)", added);
 	}
+	if (ret < 0) {
+		e_error(cuser->event, "crypt: user %s: can't create or "
+			"complete the key pair at login: %s",
+			cuser->user->username, error);
+	}
+}
+
+/* The user's own pop3 or imap login: not LMTP or doveadm, and not a
+   shared folder's owner (user->creator is the logged-in reader), whose
+   keys another user's session must never make or lock. */
+static bool crypt_user_is_login(struct mail_user *user)
+{
+	return user->creator == NULL &&
+		(strcmp(user->service, "pop3") == 0 ||
+		 strcmp(user->service, "imap") == 0);
 }
 
 int popvault_crypt_user_key_store(struct mail_user *user,
@@ -799,9 +833,7 @@ int popvault_crypt_user_created(struct mail_user *user,
 	   Neither does another user's session for a shared folder's owner
 	   (user->creator). */
 	if (set->encrypt && set->master_key == NULL &&
-	    set->key_password == NULL && user->creator == NULL &&
-	    (strcmp(user->service, "pop3") == 0 ||
-	     strcmp(user->service, "imap") == 0)) {
+	    set->key_password == NULL && crypt_user_is_login(user)) {
 		*error_r = "popvault_encrypt=yes needs popvault_master_key or "
 			"popvault_key_password (e.g. "
 			"userdb_popvault_key_password=%w from the passdb)";
@@ -826,6 +858,16 @@ int popvault_crypt_user_created(struct mail_user *user,
 	cuser->set = &puser->set;
 	cuser->keys_dir = p_strconcat(user->pool, home,
 				      "/" POPVAULT_KEYS_SUBDIR, NULL);
+	cuser->key_password = set->key_password;
+	/* auth adds master_user to the userdb reply of a master login */
+	cuser->master_user = p_strdup_empty(user->pool,
+		popvault_user_userdb_field(user, "master_user"));
+	if (cuser->master_user != NULL && cuser->key_password != NULL) {
+		e_debug(puser->event, "crypt: login by master user %s: "
+			"popvault_key_password is its password, not used",
+			cuser->master_user);
+		cuser->key_password = NULL;
+	}
 	if (set->encrypt && set->master_key != NULL) {
 		/* Fail closed: with the master key missing, refuse the user
 		   (LMTP 451, nothing stored) rather than find out later. */
@@ -835,10 +877,9 @@ int popvault_crypt_user_created(struct mail_user *user,
 		}
 	}
 	puser->crypt = cuser;
-	/* not for a shared folder's owner (user->creator): that is another
-	   user's session, which must never make the owner's keys */
-	if (set->encrypt && set->key_password != NULL && user->creator == NULL)
-		crypt_user_first_login(cuser);
+	if (set->encrypt && cuser->key_password != NULL &&
+	    crypt_user_is_login(user))
+		crypt_user_login_keys(cuser);
 	e_debug(puser->event, "crypt: encrypt=%s require_encrypted=%s "
 		"keys=%s", set->encrypt ? "yes" : "no",
 		set->require_encrypted ? "yes" : "no", cuser->keys_dir);

@@ -116,16 +116,15 @@ static int key_cmd_run(struct doveadm_mail_cmd_context *_ctx,
 
 	switch (cmd->op) {
 	case KEY_GENERATE:
-		if ((ret = popvault_keystore_exists(keys_dir, &error)) != 0) {
-			return key_fail(cmd, user, ret < 0 ? MAIL_ERROR_TEMP :
-				MAIL_ERROR_EXISTS, ret < 0 ? error :
+		if ((ret = popvault_keystore_create(keys_dir, user->username,
+						    &secrets, pk, &error)) < 0)
+			return key_fail(cmd, user, MAIL_ERROR_NOTPOSSIBLE,
+					error);
+		if (ret == 0) {
+			return key_fail(cmd, user, MAIL_ERROR_EXISTS,
 				"the user has a key pair already (doveadm "
 				"popvault key rotate makes a new one)");
 		}
-		if (popvault_keystore_create(keys_dir, user->username,
-					     &secrets, pk, &error) < 0)
-			return key_fail(cmd, user, MAIL_ERROR_NOTPOSSIBLE,
-					error);
 		key_print_keys(user, keys_dir, TRUE);
 		break;
 	case KEY_LIST:

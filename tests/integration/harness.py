@@ -309,8 +309,11 @@ class Dovecot:
     def __init__(self, users, plugin=None, mail_format="maildir",
                  extra_conf="", userdb="passwd-file", mail_plugins=None,
                  with_popvault=True, debug=True, name="dc", ports=None,
-                 login_env=None, module_dir=None, home_root=None, tls=False):
+                 login_env=None, module_dir=None, home_root=None, tls=False,
+                 master_users=None):
         self.users = {u.name: u for u in users}
+        # {name: password}: a master passdb ("user*master" logins)
+        self.master_users = dict(master_users or {})
         # a directory of homes shared with another instance (cluster
         # tests); None: homes live in this instance's own directory
         self.home_root = home_root
@@ -432,12 +435,24 @@ class Dovecot:
         return os.path.join(root, user)
 
     def _write_userdb(self):
+        # userdb="passwd-file-both": one passwd-file is passdb and userdb,
+        # as most small setups (dovecot-conf/userdb/passwd-file.example)
+        both = self.userdb == "passwd-file-both"
         with open(os.path.join(self.tmp, "passwd"), "w") as f:
             for u in self.users.values():
-                f.write("%s:{PLAIN}%s::::::%s\n" % (
-                    u.name, u.password, " ".join(
-                        "%s=%s" % kv for kv in u.passdb_fields.items())))
-        if self.userdb == "sqlite":
+                fields = list(u.passdb_fields.items())
+                if both:
+                    fields += [("userdb_" + k, v) for k, v in u.fields.items()
+                               if v is not None]
+                f.write("%s:{PLAIN}%s:%s:%s::%s::%s\n" % (
+                    u.name, u.password, self.mail_uid if both else "",
+                    self.mail_gid if both else "",
+                    self.home(u.name) if both else "",
+                    " ".join("%s=%s" % kv for kv in fields)))
+        with open(os.path.join(self.tmp, "master-users"), "w") as f:
+            for name, password in self.master_users.items():
+                f.write("%s:{PLAIN}%s\n" % (name, password))
+        if self.userdb.startswith("sqlite"):
             self._write_sqlite()
             return
         with open(os.path.join(self.tmp, "userdb"), "w") as f:
@@ -457,7 +472,8 @@ class Dovecot:
         self._write_userdb()
         # passwd-file is re-read when its mtime changes; within the same
         # second it would not be
-        path = os.path.join(self.tmp, "userdb")
+        path = os.path.join(self.tmp, "passwd" if self.userdb ==
+                            "passwd-file-both" else "userdb")
         if os.path.exists(path):
             later = time.time() + 2
             os.utime(path, (later, later))
@@ -467,13 +483,14 @@ class Dovecot:
         db = os.path.join(self.tmp, "users.sqlite")
         con = sqlite3.connect(db)
         con.execute("CREATE TABLE users (username TEXT PRIMARY KEY, "
-                    "home TEXT, uid INTEGER, gid INTEGER%s)" %
+                    "password TEXT, home TEXT, uid INTEGER, gid INTEGER%s)" %
                     "".join(", %s TEXT" % c for c in cols))
         for u in self.users.values():
-            con.execute("INSERT INTO users VALUES (?, ?, ?, ?%s)" %
+            con.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?%s)" %
                         (", ?" * len(cols)),
-                        [u.name, self.home(u.name), self.mail_uid,
-                         self.mail_gid] + [u.fields.get(c) for c in cols])
+                        [u.name, "{PLAIN}" + u.password, self.home(u.name),
+                         self.mail_uid, self.mail_gid] +
+                        [u.fields.get(c) for c in cols])
         con.commit()
         con.close()
         os.chmod(db, 0o644)
@@ -485,6 +502,8 @@ class Dovecot:
                     "WHERE username = '%%u'\n" %
                     "".join(", %s" % c for c in cols))
             f.write("iterate_query = SELECT username AS user FROM users\n")
+            f.write("password_query = SELECT username AS user, password "
+                    "FROM users WHERE username = '%u'\n")
 
     def config(self):
         t = self.tmp
@@ -497,12 +516,31 @@ class Dovecot:
             "sdbox": "sdbox:~/sdbox",
             "mdbox": "mdbox:~/mdbox",
         }[self.mail_format]
-        if self.userdb == "sqlite":
+        passdb = ("passdb {\n  driver = passwd-file\n"
+                  "  args = scheme=PLAIN username_format=%%u %s/passwd\n}\n"
+                  % t)
+        if self.userdb.startswith("sqlite"):
             userdb = ("userdb {\n  driver = sql\n  args = %s/sql.conf.ext\n}\n"
                       % t)
+        elif self.userdb == "passwd-file-both":
+            userdb = ("userdb {\n  driver = passwd-file\n"
+                      "  args = username_format=%%u %s/passwd\n}\n" % t)
         else:
             userdb = ("userdb {\n  driver = passwd-file\n"
                       "  args = username_format=%%u %s/userdb\n}\n" % t)
+        if self.userdb == "sqlite-both":
+            # SQL passdb and userdb; the users' passdb fields are handed
+            # over as in docs/encryption.md: override_fields
+            override = sorted({"%s=%s" % kv for u in self.users.values()
+                               for kv in u.passdb_fields.items()})
+            passdb = ("passdb {\n  driver = sql\n  args = %s/sql.conf.ext\n"
+                      "%s}\n" % (t, "  override_fields = %s\n" %
+                                  " ".join(override) if override else ""))
+        if self.master_users:
+            passdb = ("auth_master_user_separator = *\n"
+                      "passdb {\n  driver = passwd-file\n  master = yes\n"
+                      "  pass = yes\n  args = scheme=PLAIN %s/master-users\n"
+                      "}\n" % t) + passdb
         plugin = "".join("  %s = %s\n" % kv for kv in self.plugin.items())
         login_env = " ".join("%s=%s" % kv for kv in self.login_env.items())
         login_plugins = ("protocol pop3 {\n  login_plugins = popvault_login\n}"
@@ -538,11 +576,7 @@ namespace inbox {{
     special_use = \\Trash
   }}
 }}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {t}/passwd
-}}
-{userdb}
+{passdb}{userdb}
 service pop3-login {{
   chroot =
   inet_listener pop3 {{

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <dirent.h>
+#include <sys/inotify.h>
 
 static char tmpdir[] = "/tmp/popvault-keys-test.XXXXXX";
 
@@ -352,6 +353,97 @@ static void test_keystore_tampering(void)
 	test_end();
 }
 
+/* Names of key files that appeared in or left keys since the watch
+   began, read without blocking. */
+static const char *key_file_events(int fd)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	const struct inotify_event *ev;
+	string_t *str = t_str_new(64);
+	ssize_t n, i;
+
+	while ((n = read(fd, buf, sizeof(buf))) > 0) {
+		for (i = 0; i < n; i += sizeof(*ev) + ev->len) {
+			ev = (const void *)(buf + i);
+			if (ev->len > 0 && ev->name[0] != '.')
+				str_printfa(str, "%s ", ev->name);
+		}
+	}
+	return str_c(str);
+}
+
+static void test_keystore_create_race(void)
+{
+	const char *keys = t_strconcat(tmpdir, "/race/.popvault/keys", NULL);
+	unsigned char master[POPVAULT_MASTER_KEY_SIZE];
+	unsigned char pk[POPVAULT_PK_SIZE], pk2[POPVAULT_PK_SIZE];
+	struct popvault_key_secrets secrets, empty;
+	const char *error;
+	int fd;
+
+	test_begin("popvault key store: racing creators publish one key pair");
+	i_zero(&empty); empty.password = "";
+	test_assert(popvault_keystore_create(keys, "r", &empty, pk,
+					     &error) < 0 &&
+		    strstr(error, "empty password") != NULL);
+	test_assert(popvault_keystore_exists(keys, &error) == 0);
+
+	memset(master, 5, sizeof(master));
+	i_zero(&secrets); secrets.master = master;
+	test_assert(popvault_keystore_create(keys, "r", &secrets, pk,
+					     &error) == 1);
+	/* A creator that comes second (it saw no "current" a moment ago)
+	   must leave no trace: a key file that appears and goes again is
+	   one a concurrent reader lists and then misses ("<id>.key is
+	   missing"), failing its whole session. */
+	fd = inotify_init1(IN_NONBLOCK);
+	i_assert(fd != -1);
+	i_assert(inotify_add_watch(fd, keys, IN_CREATE | IN_MOVED_TO |
+				   IN_DELETE | IN_MOVED_FROM) != -1);
+	test_assert(popvault_keystore_create(keys, "r", &secrets, pk2,
+					     &error) == 0 &&
+		    memcmp(pk, pk2, sizeof(pk)) == 0);
+	test_assert_strcmp(key_file_events(fd), "");
+	i_close_fd(&fd);
+	test_assert(load_count(keys, "r", &secrets, &error) == 1);
+	test_end();
+}
+
+static void test_keystore_public_mac(void)
+{
+	const char *keys = t_strconcat(tmpdir, "/mac/.popvault/keys", NULL);
+	unsigned char master[POPVAULT_MASTER_KEY_SIZE];
+	unsigned char other[POPVAULT_MASTER_KEY_SIZE];
+	unsigned char pk[POPVAULT_PK_SIZE], pk2[POPVAULT_PK_SIZE];
+	struct popvault_key_secrets secrets, wrong, none;
+	const char *error;
+	bool created;
+
+	test_begin("popvault key store: the master key vouches for current");
+	memset(master, 3, sizeof(master));
+	memset(other, 4, sizeof(other));
+	i_zero(&secrets); secrets.master = master;
+	i_zero(&wrong); wrong.master = other;
+	i_zero(&none);
+	test_assert(popvault_keystore_get_current(keys, "m", &secrets, pk,
+						  &created, &error) == 0 &&
+		    created);
+	test_assert(popvault_keystore_get_current(keys, "m", &secrets, pk2,
+						  &created, &error) == 0 &&
+		    !created && memcmp(pk, pk2, sizeof(pk)) == 0);
+	/* another master key, or the store under another user's name */
+	test_assert(popvault_keystore_get_current(keys, "m", &wrong, pk2,
+						  &created, &error) < 0 &&
+		    strstr(error, "does not vouch") != NULL);
+	test_assert(popvault_keystore_get_current(keys, "n", &secrets, pk2,
+						  &created, &error) < 0 &&
+		    strstr(error, "does not vouch") != NULL);
+	/* password mode has nothing to check against */
+	test_assert(popvault_keystore_get_current(keys, "n", &none, pk2,
+						  &created, &error) == 0);
+	test_end();
+}
+
 static void test_cleanup(void)
 {
 	const char *error;
@@ -368,6 +460,8 @@ int main(void)
 		test_keystore_password,
 		test_keystore_recovery,
 		test_keystore_tampering,
+		test_keystore_create_race,
+		test_keystore_public_mac,
 		test_cleanup,
 		NULL
 	};
