@@ -485,7 +485,7 @@ static void test_keystore_memory(void)
 	pw_only.password = password;
 	T_BEGIN {
 		test_assert(popvault_keystore_create(keys, "u", &both, pk,
-						     &error) == 0);
+						     &error) == 1);
 		test_assert(popvault_keystore_set_recovery(keys, "u", &both,
 			recovery, &recovery_id, &error) == 0);
 		/* a session unlocks with the password, then the master key */
