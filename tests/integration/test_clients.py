@@ -8,7 +8,7 @@ login_delay in both modes, encryption) one user; what the client stored
 locally (the files it wrote) and what the server kept (IMAP inventory)
 are checked. An encrypting user's bodies must equal a plain user's byte
 for byte. Every client login must have used TLS (pop3-login's log line).
-Thunderbird is not covered here."""
+Thunderbird has its own test (test_thunderbird.py, make check-thunderbird)."""
 
 import os
 import pwd
