@@ -52,6 +52,9 @@ struct popvault_settings {
 	const char *master_key;
 	bool require_encrypted;
 	const char *key_password;
+	/* let an FTS index hold the plaintext words of a user with
+	   encrypted mail (popvault-crypt-leaks.c) */
+	bool allow_fts;
 
 	/* TRUE when at least one popvault_* setting was present */
 	bool any_set;
