@@ -25,4 +25,12 @@ int popvault_crypt_check_fts(struct mail_user *user,
 			     const struct popvault_settings *set,
 			     struct event *event, const char **error_r);
 
+/* mail_temp_dir not on a memory file system (tmpfs, ramfs) without
+   popvault_allow_disk_temp=yes. Dovecot spills plaintext there: LMTP and
+   dovecot-lda input over 128 KiB, IMAP BINARY conversion over 8 KiB,
+   zlib's seekable read copy. With the opt-in, one warning. */
+int popvault_crypt_check_temp_dir(struct mail_user *user,
+				  const struct popvault_settings *set,
+				  struct event *event, const char **error_r);
+
 #endif

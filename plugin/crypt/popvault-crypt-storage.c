@@ -815,10 +815,16 @@ int popvault_crypt_user_created(struct mail_user *user,
 		}
 	}
 	/* Dovecot's own writers of plaintext: refused before any mail of
-	   the user is read or delivered */
-	if (popvault_crypt_user_has_encrypted_mail(set, cuser->keys_dir,
+	   the user is read or delivered (LMTP creates the recipient at
+	   RCPT, before DATA is spooled). Not for the raw user that holds
+	   mail being delivered (autocreated, no creator): failing it would
+	   stop the whole lmtp process, and the recipient is checked. */
+	if ((!user->autocreated || user->creator != NULL) &&
+	    popvault_crypt_user_has_encrypted_mail(set, cuser->keys_dir,
 						   puser->event) &&
-	    popvault_crypt_check_fts(user, set, puser->event, error_r) < 0)
+	    (popvault_crypt_check_fts(user, set, puser->event, error_r) < 0 ||
+	     popvault_crypt_check_temp_dir(user, set, puser->event,
+					   error_r) < 0))
 		return -1;
 	puser->crypt = cuser;
 	/* not for a shared folder's owner (user->creator): that is another

@@ -8,7 +8,7 @@ import secrets
 import shutil
 import tempfile
 
-from harness import dovecot
+from harness import MEMORY_TMP, dovecot
 
 MAGIC = b"\x89PVLT\r\n\x1a"
 HEADER_SIZE = 116
@@ -27,8 +27,8 @@ def crypt_dovecot(users, **kwargs):
     with open(master, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
     os.chmod(master, 0o644)
-    tmpdir = os.path.join(keydir, "mailtmp")
-    os.mkdir(tmpdir)
+    # in memory: popvault refuses encrypting users otherwise
+    tmpdir = tempfile.mkdtemp(prefix="popvault-mailtmp-", dir=MEMORY_TMP)
     os.chmod(tmpdir, 0o1777)
     for fields in [u.fields for u in users] + [kwargs.get("plugin", {})]:
         for k, v in list(fields.items()):
@@ -46,6 +46,7 @@ def crypt_dovecot(users, **kwargs):
             yield dc
     finally:
         shutil.rmtree(keydir, ignore_errors=True)
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def enc_fields(cipher="aes-256-gcm", **extra):

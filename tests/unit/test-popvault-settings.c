@@ -312,7 +312,7 @@ static void test_roundtrip_strings(void)
 	test_assert(strcmp(popvault_duration_to_str(61), "61s") == 0);
 	/* the names table has every setting exactly once */
 	for (i = 0; popvault_setting_name(i) != NULL; i++) ;
-	test_assert(i == 17);
+	test_assert(i == 18);
 	test_end();
 }
 
