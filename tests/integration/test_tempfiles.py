@@ -260,3 +260,26 @@ def test_raw_device_scan_finds_no_plaintext():
             assert not fs.has(m), m
         # the scan does see the stored mail: encrypted containers
         assert fs.has(MAGIC)
+
+
+def test_global_settings_keep_lmtp_running():
+    """popvault_encrypt in plugin {} also reaches LMTP's raw mail user
+    (the incoming message's holder), which has no opt-in of its own: it is
+    not refused, or the lmtp process would stop for every recipient. Two
+    connections, so the second one's raw user meets the loaded plugin."""
+    with Ext4Image(32) as fs:
+        users = [User("optin", fields={"popvault_allow_disk_temp": "yes"}),
+                 User("enc")]
+        plugin = {"popvault_encrypt": "yes",
+                  "popvault_master_key": "<MASTER>"}
+        with crypt_dovecot(users, plugin=plugin, extra_conf=(
+                "mail_temp_dir = %s\nservice lmtp {\n  process_limit = 1\n"
+                "}\n" % fs.mnt)) as dc:
+            for n in range(2):
+                dc.deliver("optin", make_message("global %d" % n))
+                c = dc.lmtp()
+                r = c.deliver("enc", make_message("refused"))["enc"]
+                c.quit()
+                assert r.startswith("4"), r
+            assert len(message_files(dc, "optin")) == 2
+            assert not [l for l in dc.log_errors() if "Fatal" in l]
