@@ -201,15 +201,20 @@ def test_disk_temp_dir_fails_closed():
         assert fs.has(mark_ok)
 
 
-def test_raw_device_scan_finds_no_plaintext():
+def _raw_device_scan(compressed):
     """mail root on its own ext4 image, mail_temp_dir in memory: LMTP of
     20 MB held mid-DATA, dovecot-lda through a pipe, APPEND, IMAP BINARY
-    of a 1 MB base64 attachment held selected, POP3 and IMAP reads: no
+    of a 1 MB base64 attachment held selected, POP3 and IMAP reads (with
+    zlib: its seekable copy of the 20 MB message held selected): no
     marker on the raw image, mounted or not."""
     marks = {k: marker() for k in ("lmtp", "lda", "append", "binary")}
+    conf = {}
+    if compressed:
+        conf = {"mail_plugins": "zlib popvault",
+                "plugin": {"zlib_save": "gz"}}
     with Ext4Image(128) as fs:
         users = [User("enc", fields=enc_fields())]
-        with crypt_dovecot(users, home_root=fs.mnt) as dc:
+        with crypt_dovecot(users, home_root=fs.mnt, **conf) as dc:
             assert open_temp_files(dc.mail_temp_dir) == []
             # LMTP DATA of 20 MB, stopped after 12 MB: spooled in memory
             held = HeldData(dc, "enc", make_message(
@@ -247,6 +252,13 @@ def test_raw_device_scan_finds_no_plaintext():
                 assert not fs.has(marks["binary"])
                 st, out = i.command("FETCH 1:4 BODY.PEEK[]")
                 assert " OK" in st and marks["lda"].encode() in out, st
+                if compressed:
+                    # zlib keeps a seekable plaintext copy of the mail it
+                    # read last while the mailbox stays selected
+                    st, out = i.command("FETCH 1 BODY.PEEK[]")
+                    assert marks["lmtp"].encode() in out, st
+                    wait_temp_file(dc.mail_temp_dir, 19 << 20)
+                    assert not fs.has(marks["lmtp"])
             finally:
                 i.logout()
             p = dc.pop3("enc")
@@ -260,6 +272,14 @@ def test_raw_device_scan_finds_no_plaintext():
             assert not fs.has(m), m
         # the scan does see the stored mail: encrypted containers
         assert fs.has(MAGIC)
+
+
+def test_raw_device_scan_finds_no_plaintext():
+    _raw_device_scan(compressed=False)
+
+
+def test_raw_device_scan_finds_no_plaintext_compressed():
+    _raw_device_scan(compressed=True)
 
 
 def test_global_settings_keep_lmtp_running():
