@@ -600,7 +600,8 @@ plugin {{
     def cleanup(self):
         if self.tmp and not os.environ.get("POPVAULT_KEEP_TMP"):
             shutil.rmtree(self.tmp, ignore_errors=True)
-            shutil.rmtree(self.mail_temp_dir, ignore_errors=True)
+            if getattr(self, "mail_temp_dir", None):
+                shutil.rmtree(self.mail_temp_dir, ignore_errors=True)
 
     def __enter__(self):
         return self.start()
