@@ -3,7 +3,7 @@
 /* popvault encrypts what it saves, but some of Dovecot's own writers see
    the plaintext of every message they handle. These checks run when the
    user is created, so a combination that would leak refuses the login
-   (POP3 -ERR [SYS/TEMP], IMAP NO) and the delivery (LMTP 4xx, dovecot-lda
+   (POP3 -ERR [SYS/TEMP], IMAP BYE) and the delivery (LMTP 4xx, dovecot-lda
    75) instead of leaking quietly. */
 
 #include "lib.h"
