@@ -815,10 +815,11 @@ int popvault_crypt_user_created(struct mail_user *user,
 		}
 	}
 	/* Dovecot's own writers of plaintext: refused before any mail of
-	   the user is read or delivered (LMTP creates the recipient at
-	   RCPT, before DATA is spooled). Not for the raw user that holds
-	   mail being delivered (autocreated, no creator): failing it would
-	   stop the whole lmtp process, and the recipient is checked. */
+	   the user is read or saved (LMTP sets the recipient up after DATA,
+	   or at RCPT with lmtp_rcpt_check_quota, docs/encryption.md). Not
+	   for the raw user that holds mail being delivered (autocreated,
+	   no creator): failing it would stop the whole lmtp process, and
+	   the recipient is checked. */
 	if ((!user->autocreated || user->creator != NULL) &&
 	    popvault_crypt_user_has_encrypted_mail(set, cuser->keys_dir,
 						   puser->event) &&

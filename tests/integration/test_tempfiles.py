@@ -148,16 +148,20 @@ def test_disk_temp_dir_fails_closed():
                      popvault_allow_disk_temp="yes")),
                  User("peruser", fields=enc_fields(mail_temp_dir=mem)),
                  User("plain")]
+        # as docs/encryption.md says: lmtp_rcpt_check_quota makes LMTP
+        # set the recipient up at RCPT, before DATA is spooled
         with crypt_dovecot(users, extra_conf="mail_temp_dir = %s\n"
-                           % mnt) as dc:
+                           "lmtp_rcpt_check_quota = yes\n" % mnt) as dc:
             big = make_message("big", body=big_body(mark_enc, 300 << 10))
-            # LMTP refuses at RCPT, before any DATA is spooled
+            # LMTP refuses the RCPT: the DATA never leaves this process
             c = dc.lmtp()
-            r = c.deliver("enc", big)["enc"]
+            assert c.command("MAIL FROM:<s@example.com>").startswith("250")
+            r = c.command("RCPT TO:<enc>")
             c.quit()
             assert r.startswith("4"), r
             line = dc.wait_log(
-                r"Error: .*popvault: user enc: mail_temp_dir=%s is on a "
+                r"Error: .*Failed to initialize user enc: "
+                r"popvault: user enc: mail_temp_dir=%s is on a "
                 r"disk \(file system type 0xef53\)[^\n]*" % re.escape(mnt)
             ).group(0)
             assert "popvault_allow_disk_temp=yes allows it" in line, line
@@ -175,7 +179,8 @@ def test_disk_temp_dir_fails_closed():
             # LMTP spools into the lmtp service's mail_temp_dir: a
             # per-user one (in memory) can't vouch for that spool
             c = dc.lmtp()
-            r = c.deliver("peruser", make_message("x"))["peruser"]
+            assert c.command("MAIL FROM:<s@example.com>").startswith("250")
+            r = c.command("RCPT TO:<peruser>")
             c.quit()
             assert r.startswith("4"), r
             dc.wait_log(r"Error: .*popvault: user peruser: LMTP spools into "
@@ -197,8 +202,10 @@ def test_disk_temp_dir_fails_closed():
                         r"mail_temp_dir=%s is on a disk .*\(allowed by "
                         r"popvault_allow_disk_temp=yes\)" % re.escape(mnt))
         fs.unmount()
-        assert not fs.has(mark_enc)
         assert fs.has(mark_ok)
+        # neither LMTP (refused at RCPT) nor dovecot-lda (refused before
+        # reading the pipe) ever had the refused user's message
+        assert not fs.has(mark_enc)
 
 
 def _raw_device_scan(compressed):
