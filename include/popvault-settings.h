@@ -61,6 +61,11 @@ struct popvault_settings {
 	const char *master_key;
 	bool require_encrypted;
 	const char *key_password;
+	/* let an FTS index, or Dovecot's temporary files on a disk,
+	   hold the plaintext of a user with encrypted mail
+	   (popvault-crypt-leaks.c) */
+	bool allow_fts;
+	bool allow_disk_temp;
 
 	/* TRUE when at least one popvault_* setting was present */
 	bool any_set;

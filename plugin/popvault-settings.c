@@ -69,6 +69,8 @@ static const struct popvault_setting_def popvault_setting_defs[] = {
 	DEF("master_key", PV_TYPE_STRING, master_key, NULL, 0),
 	DEF("require_encrypted", PV_TYPE_BOOL, require_encrypted, "no", 0),
 	DEF("key_password", PV_TYPE_STRING, key_password, NULL, 0),
+	DEF("allow_fts", PV_TYPE_BOOL, allow_fts, "no", 0),
+	DEF("allow_disk_temp", PV_TYPE_BOOL, allow_disk_temp, "no", 0),
 };
 
 static const struct {

@@ -27,8 +27,8 @@
 #include "popvault-action.h"
 #include "popvault-crypt-keys.h"
 #include "popvault-crypt-stream.h"
+#include "popvault-crypt-leaks.h"
 
-#include <sys/stat.h>
 #include <sodium.h>
 
 /* The epoch design (one X25519 per epoch on both sides) only pays off
@@ -675,27 +675,15 @@ static int crypt_copy(struct mail_save_context *ctx, struct mail *mail)
 	return cbox->module_ctx.super.copy(ctx, mail);
 }
 
-/* Whether mail of the user may be decrypted into dovecot.index.cache: the
-   user encrypts (or refuses plaintext), or has a key store, so encrypted
-   mail of theirs may exist. Without a key store nothing can decrypt, so a
-   user who only inherits a global popvault_master_key keeps Dovecot's
-   cache. Checked at every mailbox open: a key pair created later (the
-   first encrypted delivery) turns the cache off from the next open on. */
+/* Whether mail of the user may be decrypted into dovecot.index.cache:
+   only when it may be encrypted (popvault_crypt_user_has_encrypted_mail()).
+   Checked at every mailbox open: a key pair created later (the first
+   encrypted delivery) turns the cache off from the next open on. */
 static bool crypt_user_needs_cache_off(struct popvault_crypt_user *cuser)
 {
-	struct stat st;
-
-	if (cuser->set->encrypt || cuser->set->require_encrypted)
-		return TRUE;
-	if (stat(cuser->keys_dir, &st) == 0)
-		return TRUE;
-	if (errno != ENOENT) {
-		/* can't tell: stay on the safe side */
-		e_error(cuser->event, "crypt: stat(%s) failed: %m",
-			cuser->keys_dir);
-		return TRUE;
-	}
-	return FALSE;
+	return popvault_crypt_user_has_encrypted_mail(cuser->set,
+						      cuser->keys_dir,
+						      cuser->event);
 }
 
 static void crypt_mailbox_allocated(struct mailbox *box)
@@ -876,6 +864,19 @@ int popvault_crypt_user_created(struct mail_user *user,
 			return -1;
 		}
 	}
+	/* Dovecot's own writers of plaintext: refused before any mail of
+	   the user is read or saved (LMTP sets the recipient up after DATA,
+	   or at RCPT with lmtp_rcpt_check_quota, docs/encryption.md). Not
+	   for the raw user that holds mail being delivered (autocreated,
+	   no creator): failing it would stop the whole lmtp process, and
+	   the recipient is checked. */
+	if ((!user->autocreated || user->creator != NULL) &&
+	    popvault_crypt_user_has_encrypted_mail(set, cuser->keys_dir,
+						   puser->event) &&
+	    (popvault_crypt_check_fts(user, set, puser->event, error_r) < 0 ||
+	     popvault_crypt_check_temp_dir(user, set, puser->event,
+					   error_r) < 0))
+		return -1;
 	puser->crypt = cuser;
 	if (set->encrypt && cuser->key_password != NULL &&
 	    crypt_user_is_login(user))

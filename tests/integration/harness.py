@@ -27,6 +27,8 @@ SYSTEM_MODULEDIR = "/usr/lib/dovecot/modules"
 DOVECOT_LDA = "/usr/lib/dovecot/dovecot-lda"
 PLUGIN_SO = "lib20_popvault_plugin.so"
 LOGIN_PLUGIN_SO = "lib20_popvault_login_plugin.so"
+# a tmpfs every Linux system mounts
+MEMORY_TMP = "/dev/shm"
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 BUILD_DIR = os.environ.get("POPVAULT_BUILD_DIR", "")
@@ -348,6 +350,11 @@ class Dovecot:
         for d in ("run", "state", "home", "modules", "login-modules"):
             os.mkdir(os.path.join(self.tmp, d))
         os.chmod(os.path.join(self.tmp, "run"), 0o755)
+        # popvault refuses users with encrypted mail when mail_temp_dir is
+        # on a disk (docs/encryption.md): every server gets one in memory
+        self.mail_temp_dir = tempfile.mkdtemp(prefix="popvault-%s-"
+                                              % self.name, dir=MEMORY_TMP)
+        os.chmod(self.mail_temp_dir, 0o1777)
         self._identities()
         self._modules()
         for name in ("pop3", "imap", "lmtp") + (("pop3s",) if self.tls
@@ -560,6 +567,7 @@ default_internal_group = {grp.getgrgid(pwd.getpwnam(self.internal_user).pw_gid).
 default_login_user = {self.login_user}
 first_valid_uid = 1
 mail_location = {location}
+mail_temp_dir = {self.mail_temp_dir}
 mail_plugin_dir = {t}/modules
 mail_plugins = $mail_plugins {plugins}
 postmaster_address = postmaster@popvault.test
@@ -654,6 +662,8 @@ plugin {{
     def cleanup(self):
         if self.tmp and not os.environ.get("POPVAULT_KEEP_TMP"):
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if getattr(self, "mail_temp_dir", None):
+                shutil.rmtree(self.mail_temp_dir, ignore_errors=True)
 
     def __enter__(self):
         return self.start()

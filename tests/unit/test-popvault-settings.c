@@ -317,7 +317,7 @@ static void test_roundtrip_strings(void)
 	test_assert(strcmp(popvault_duration_to_str(61), "61s") == 0);
 	/* the names table has every setting exactly once */
 	for (i = 0; popvault_setting_name(i) != NULL; i++) ;
-	test_assert(i == 17);
+	test_assert(i == 19);
 	test_assert(strcmp(popvault_login_delay_mode_to_str(
 		POPVAULT_LOGIN_DELAY_REFUSE), "refuse") == 0);
 	test_assert(strcmp(popvault_login_delay_mode_to_str(
