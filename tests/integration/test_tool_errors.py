@@ -150,9 +150,10 @@ def test_sweep_names_the_user_once():
                 assert n == 2 * len(names), out
 
 
-def test_crypt_tools_name_the_user_once():
-    """encrypt and decrypt (and verify, which shares the printing): the
-    same one user column."""
+def test_crypt_and_key_tools_name_the_user_once():
+    """encrypt and decrypt (and verify, which shares the printing), key
+    list (and the other key commands, alike): the same one user
+    column."""
     users = [User(u, fields={"popvault_encrypt": "yes",
                              "popvault_master_key": "<MASTER>"})
              for u in ("ann", "ben")]
@@ -173,3 +174,9 @@ def test_crypt_tools_name_the_user_once():
             _, out, _ = dc.doveadm("-f", fmt, *opts, "popvault", op, *who)
             assert _check_user_once(out, fmt, who, names, "mailbox") == \
                 len(names), out
+        for who, names in WHO:
+            for fmt in ("json", "flow", "table"):
+                _, out, _ = dc.doveadm("-f", fmt, "popvault", "key", "list",
+                                       *who)
+                assert _check_user_once(out, fmt, who, names, "key_id") == \
+                    len(names), out
