@@ -34,11 +34,11 @@ void popvault_crypt_deinit(void);
    fails here. */
 struct mail;
 int popvault_crypt_mail_was_encrypted(struct mail *mail, bool *encrypted_r);
-/* doveadm popvault decrypt, before any user: mail of users without crypt
-   settings is then read through the crypt hooks too, which only tell
-   containers apart (popvault_crypt_mail_was_encrypted() says encrypted;
-   reading them fails) instead of handing the ciphertext out as the
-   message. The rest of the process's users are unaffected. */
+/* doveadm popvault decrypt and verify, before any user: mail of users
+   without crypt settings is then read through the crypt hooks too,
+   which only tell containers apart (popvault_crypt_mail_was_encrypted()
+   says encrypted; reading them fails) instead of handing the ciphertext
+   out as the message. Other processes are unaffected. */
 void popvault_crypt_see_containers(void);
 /* For encrypt/decrypt, before they copy anything: 1 when the user's
    private keys unlock with what this process has (or there is no key

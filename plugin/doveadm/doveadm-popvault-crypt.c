@@ -1326,8 +1326,9 @@ static void crypt_tool_init(struct doveadm_mail_cmd_context *_ctx,
 		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
 
 	/* a user without crypt settings may still have encrypted mail,
-	   which must not pass for plaintext that needs no decrypting */
-	if (cmd->op == CRYPT_TOOL_DECRYPT)
+	   which must not pass for plaintext (that needs no decrypting, or
+	   reads fine) */
+	if (cmd->op != CRYPT_TOOL_ENCRYPT)
 		popvault_crypt_see_containers();
 
 	if (cmd->password_stdin) {

@@ -5,6 +5,7 @@ can't be opened is not reported as done, and every form of -u/-A names
 the user once."""
 
 import json
+import os
 import re
 
 from harness import User, dovecot, make_message
@@ -73,6 +74,28 @@ def test_encrypt_copies_nothing_when_the_keys_do_not_unlock():
         assert PW not in log and WRONG not in log
 
 
+def test_encrypt_removes_a_copy_it_cannot_read_back():
+    """The check before copying passes when the user has no current key
+    pair (the first copy makes one with the secrets at hand), but an
+    older key pair this run can't open fails every read (the receiver
+    loads them all): that copy is expunged in the same run, the original
+    stays (the base left the copy beside it)."""
+    with crypt_dovecot([User("pam", "login-pw", {})]) as dc:
+        before = _password_mode(dc)
+        keys = os.path.join(dc.home("pam"), ".popvault", "keys")
+        os.unlink(os.path.join(keys, "current"))
+        rc, out, err = dc.doveadm(
+            "-f", "flow", *ENCRYPT, "-o",
+            "plugin/popvault_master_key=" + dc.master_key, "popvault",
+            "encrypt", "-u", "pam", check=False)
+        assert rc == 75, (rc, out, err)
+        assert len(_results(out)) == 1 and _results(out)[0].startswith(
+            "failed: can't read the copy back: "), out
+        assert _results(out)[0].endswith("copy removed, original kept"), out
+        assert imap_inventory(dc, "pam") == before
+        assert _magic(dc, "pam") == [False] * 3
+
+
 def test_decrypt_without_a_key_fails_and_counts_what_is_left():
     """A user with no crypt setting left (password mode, no -P): decrypt
     can open nothing, so it fails and says how many messages are left
@@ -90,6 +113,13 @@ def test_decrypt_without_a_key_fails_and_counts_what_is_left():
         assert "user pam: 3 encrypted message(s) left" in err, err
         assert "-P" in err, err
         assert _magic(dc, "pam") == [True] * 3
+        # verify names the reason for each message
+        rc, out, err = dc.doveadm("-f", "flow", "popvault", "verify",
+                                  "-u", "pam", check=False)
+        assert rc == 65, (rc, out, err)
+        assert _results(out) == ["failed: Encrypted, and no key for it "
+                                 "here (no popvault_master_key or "
+                                 "popvault_key_password)"] * 3, out
 
         _, out, _ = dc.doveadm("-f", "flow", "popvault", "decrypt", "-u",
                                "pam", "-P", input=_stdin(PW))
