@@ -425,13 +425,15 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 	if (cuser == NULL) {
 		/* a user without crypt settings (crypt_see_containers):
 		   the stored bytes, unless they are a container */
-		if (!crypt_stream_is_encrypted(*stream))
-			return cmail->module_ctx.super.istream_opened(mail, stream);
-		cmail->opened_encrypted = TRUE;
-		mail_storage_set_error(mail->box->storage,
-			MAIL_ERROR_NOTPOSSIBLE, "Encrypted, and no key for it "
-			"here (no popvault_master_key or popvault_key_password)");
-		return -1;
+		if (crypt_stream_is_encrypted(*stream)) {
+			cmail->opened_encrypted = TRUE;
+			mail_storage_set_error(mail->box->storage,
+				MAIL_ERROR_NOTPOSSIBLE, "Encrypted, and no key "
+				"for it here (no popvault_master_key or "
+				"popvault_key_password)");
+			return -1;
+		}
+		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
 	if (!crypt_stream_is_encrypted(*stream)) {
 		if ((*stream)->stream_errno != 0)

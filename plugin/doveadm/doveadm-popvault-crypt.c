@@ -81,8 +81,8 @@ struct crypt_tool_cmd_context {
 	/* -P: the key password (password mode), one line from stdin */
 	bool password_stdin;
 	char *password;
-	/* decrypt, per user: no crypt settings, so encrypted mail reads as
-	   its stored bytes and can't be decrypted here */
+	/* decrypt, per user: no crypt settings, so nothing here opens
+	   encrypted mail (popvault_crypt_see_containers()) */
 	bool no_keys;
 	/* decrypt, per user: encrypted messages left for that reason */
 	unsigned int left_encrypted;
