@@ -111,6 +111,8 @@ static MODULE_CONTEXT_DEFINE_INIT(popvault_crypt_mail_module,
 				  &mail_module_register);
 
 static ARRAY(struct sender_cache_entry *) sender_cache;
+/* popvault_crypt_see_containers() was called */
+static bool crypt_see_containers = FALSE;
 
 /* client_disconnect() exists only in the pop3 binary */
 #pragma weak client_disconnect
@@ -438,6 +440,19 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
 	cmail->opened_encrypted = FALSE;
+	if (cuser == NULL) {
+		/* a user without crypt settings (crypt_see_containers):
+		   the stored bytes, unless they are a container */
+		if (crypt_stream_is_encrypted(*stream)) {
+			cmail->opened_encrypted = TRUE;
+			mail_storage_set_error(mail->box->storage,
+				MAIL_ERROR_NOTPOSSIBLE, "Encrypted, and no key "
+				"for it here (no popvault_master_key or "
+				"popvault_key_password)");
+			return -1;
+		}
+		return cmail->module_ctx.super.istream_opened(mail, stream);
+	}
 	if (!crypt_stream_is_encrypted(*stream)) {
 		if ((*stream)->stream_errno != 0)
 			return cmail->module_ctx.super.istream_opened(mail, stream);
@@ -531,7 +546,7 @@ static void crypt_mail_allocated(struct mail *_mail)
 	struct mail_vfuncs *v = mail->vlast;
 	struct popvault_crypt_mail *cmail;
 
-	if (crypt_box_user(_mail->box) == NULL)
+	if (crypt_box_user(_mail->box) == NULL && !crypt_see_containers)
 		return;
 	cmail = p_new(mail->pool, struct popvault_crypt_mail, 1);
 	cmail->module_ctx.super = *v;
@@ -553,10 +568,33 @@ int popvault_crypt_mail_was_encrypted(struct mail *mail, bool *encrypted_r)
 		*encrypted_r = FALSE;
 		return 0;
 	}
-	if (mail_get_stream(mail, NULL, NULL, &input) < 0)
-		return -1;
+	if (mail_get_stream(mail, NULL, NULL, &input) < 0) {
+		if (crypt_box_user(mail->box) != NULL ||
+		    !cmail->opened_encrypted)
+			return -1;
+		/* seen by popvault_crypt_see_containers() */
+		*encrypted_r = TRUE;
+		return 0;
+	}
 	*encrypted_r = cmail->opened_encrypted;
 	return 0;
+}
+
+void popvault_crypt_see_containers(void)
+{
+	crypt_see_containers = TRUE;
+}
+
+int popvault_crypt_user_unlock(struct mail_user *user, const char **error_r)
+{
+	struct popvault_crypt_user *cuser = crypt_user(user);
+	int ret;
+
+	if (cuser == NULL)
+		return 0;
+	if ((ret = popvault_keystore_exists(cuser->keys_dir, error_r)) <= 0)
+		return ret < 0 ? -1 : 1;
+	return crypt_user_get_receiver(cuser, error_r) == NULL ? -1 : 1;
 }
 
 bool popvault_crypt_user_encrypts(struct mail_user *user)

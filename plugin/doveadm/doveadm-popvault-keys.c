@@ -17,6 +17,7 @@
 #include "popvault-crypt.h"
 #include "popvault-crypt-keys.h"
 #include "popvault-secret-stdin.h"
+#include "popvault-doveadm.h"
 
 #include <sodium.h>
 
@@ -54,7 +55,8 @@ struct key_cmd_context {
 	const char *recovery_text;
 };
 
-static void key_print_keys(struct mail_user *user, const char *keys_dir,
+static void key_print_keys(struct key_cmd_context *cmd,
+			   struct mail_user *user, const char *keys_dir,
 			   bool current_only)
 {
 	ARRAY_TYPE(popvault_key_info) keys;
@@ -79,7 +81,7 @@ static void key_print_keys(struct mail_user *user, const char *keys_dir,
 			str_append(locks, ",password");
 		if (info->recovery)
 			str_append(locks, ",recovery");
-		doveadm_print(user->username);
+		popvault_doveadm_print_user(&cmd->ctx, user->username);
 		doveadm_print(info->key_id);
 		doveadm_print(info->created == 0 ? "-" :
 			      iso8601_date_create(info->created));
@@ -125,17 +127,17 @@ static int key_cmd_run(struct doveadm_mail_cmd_context *_ctx,
 				"the user has a key pair already (doveadm "
 				"popvault key rotate makes a new one)");
 		}
-		key_print_keys(user, keys_dir, TRUE);
+		key_print_keys(cmd, user, keys_dir, TRUE);
 		break;
 	case KEY_LIST:
-		key_print_keys(user, keys_dir, FALSE);
+		key_print_keys(cmd, user, keys_dir, FALSE);
 		break;
 	case KEY_ROTATE:
 		if (popvault_keystore_rotate(keys_dir, user->username,
 					     &secrets, pk, &error) < 0)
 			return key_fail(cmd, user, MAIL_ERROR_NOTPOSSIBLE,
 					error);
-		key_print_keys(user, keys_dir, TRUE);
+		key_print_keys(cmd, user, keys_dir, TRUE);
 		break;
 	case KEY_PASSWORD:
 		secrets.password = cmd->old_password;
@@ -145,7 +147,7 @@ static int key_cmd_run(struct doveadm_mail_cmd_context *_ctx,
 						   &error) < 0)
 			return key_fail(cmd, user, MAIL_ERROR_NOTPOSSIBLE,
 					error);
-		doveadm_print(user->username);
+		popvault_doveadm_print_user(_ctx, user->username);
 		doveadm_print("password changed");
 		break;
 	case KEY_RECOVERY:
@@ -154,7 +156,7 @@ static int key_cmd_run(struct doveadm_mail_cmd_context *_ctx,
 						   &recovery_id, &error) < 0)
 			return key_fail(cmd, user, MAIL_ERROR_NOTPOSSIBLE,
 					error);
-		doveadm_print(user->username);
+		popvault_doveadm_print_user(_ctx, user->username);
 		doveadm_print(recovery_id);
 		/* shown this once; popvault keeps only its public half */
 		doveadm_print(popvault_recovery_key_format(recovery));
@@ -242,18 +244,18 @@ static void key_cmd_init(struct doveadm_mail_cmd_context *_ctx,
 	case KEY_GENERATE:
 	case KEY_LIST:
 	case KEY_ROTATE:
-		doveadm_print_header_simple("user");
+		popvault_doveadm_header_user(_ctx);
 		doveadm_print_header_simple("key_id");
 		doveadm_print_header_simple("created");
 		doveadm_print_header_simple("current");
 		doveadm_print_header_simple("locked_by");
 		break;
 	case KEY_PASSWORD:
-		doveadm_print_header_simple("user");
+		popvault_doveadm_header_user(_ctx);
 		doveadm_print_header_simple("result");
 		break;
 	case KEY_RECOVERY:
-		doveadm_print_header_simple("user");
+		popvault_doveadm_header_user(_ctx);
 		doveadm_print_header_simple("recovery_id");
 		doveadm_print_header_simple("recovery_key");
 		break;

@@ -10,6 +10,7 @@
 #include "popvault-action.h"
 #include "popvault-ledger.h"
 #include "popvault-progress.h"
+#include "popvault-doveadm.h"
 #include "array.h"
 #include "hash.h"
 #include "istream.h"
@@ -57,6 +58,22 @@ cmd_get_user(struct doveadm_mail_cmd_context *ctx, struct mail_user *user)
 	return puser;
 }
 
+void popvault_doveadm_header_user(struct doveadm_mail_cmd_context *ctx)
+{
+	if (ctx->iterate_single_user) {
+		doveadm_print_header("username", "Username",
+				     DOVEADM_PRINT_HEADER_FLAG_HIDE_TITLE);
+	}
+}
+
+void popvault_doveadm_print_user(struct doveadm_mail_cmd_context *ctx,
+				 const char *username)
+{
+	/* otherwise doveadm printed it already */
+	if (ctx->iterate_single_user)
+		doveadm_print(username);
+}
+
 /* ---- doveadm popvault status ---- */
 
 /* downloaded / never_downloaded of a user without a retention window; one
@@ -72,9 +89,7 @@ cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
 	struct popvault_sweep_stats stats;
 	const char *error;
 
-	/* -A and a wildcard -u: doveadm printed the user already */
-	if (ctx->iterate_single_user)
-		doveadm_print(user->username);
+	popvault_doveadm_print_user(ctx, user->username);
 	if (puser == NULL) {
 		/* not an error for -A: show that nothing applies */
 		doveadm_print("inactive");
@@ -130,13 +145,7 @@ cmd_popvault_status_init(struct doveadm_mail_cmd_context *ctx,
 		"never_downloaded", "next_expiry",
 	};
 
-	/* doveadm adds this very column itself for -A and a wildcard -u
-	   (doveadm_mail_cmd_exec()), not for a single -u: every form then
-	   names the user once, in the same column */
-	if (ctx->iterate_single_user) {
-		doveadm_print_header("username", "Username",
-				     DOVEADM_PRINT_HEADER_FLAG_HIDE_TITLE);
-	}
+	popvault_doveadm_header_user(ctx);
 	for (unsigned int i = 0; i < N_ELEMENTS(fields); i++)
 		doveadm_print_header_simple(fields[i]);
 }
@@ -155,6 +164,7 @@ static struct doveadm_mail_cmd_context *cmd_popvault_status_alloc(void)
 /* ---- doveadm popvault sweep ---- */
 
 struct sweep_report_ctx {
+	struct doveadm_mail_cmd_context *cmd;
 	const char *username;
 	bool dry_run;
 };
@@ -167,7 +177,7 @@ static void sweep_report(const char *reason, struct mail *mail,
 
 	if (mail_get_special(mail, MAIL_FETCH_GUID, &guid) < 0)
 		guid = "";
-	doveadm_print(rctx->username);
+	popvault_doveadm_print_user(rctx->cmd, rctx->username);
 	doveadm_print(mailbox_get_vname(mail->box));
 	doveadm_print(dec2str(mail->uid));
 	doveadm_print(guid);
@@ -184,7 +194,8 @@ cmd_popvault_sweep_run(struct doveadm_mail_cmd_context *_ctx,
 		container_of(_ctx, struct popvault_cmd_context, ctx);
 	struct popvault_user *puser = cmd_get_user(_ctx, user);
 	struct sweep_report_ctx rctx = {
-		.username = user->username, .dry_run = ctx->dry_run
+		.cmd = _ctx, .username = user->username,
+		.dry_run = ctx->dry_run
 	};
 	struct popvault_sweep_stats stats;
 	unsigned int recovered;
@@ -220,13 +231,14 @@ cmd_popvault_sweep_run(struct doveadm_mail_cmd_context *_ctx,
 }
 
 static void
-cmd_popvault_sweep_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
+cmd_popvault_sweep_init(struct doveadm_mail_cmd_context *ctx,
 			const char *const args[] ATTR_UNUSED)
 {
 	static const char *const fields[] = {
-		"user", "mailbox", "uid", "guid", "reason", "expired",
-		"result",
+		"mailbox", "uid", "guid", "reason", "expired", "result",
 	};
+
+	popvault_doveadm_header_user(ctx);
 	for (unsigned int i = 0; i < N_ELEMENTS(fields); i++)
 		doveadm_print_header_simple(fields[i]);
 }
