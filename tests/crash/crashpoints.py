@@ -1,0 +1,720 @@
+#!/usr/bin/env python3
+"""Crash-point enumeration (issue 17, docs/fault-injection.md): every
+operation that changes mail, keys or state, killed once at each of its
+mutating system calls, from the same starting state; then the user's
+next session, the next normal run of the operation and the invariants.
+
+  tests/crash/crashpoints.py --build-dir build [--ci] [-k NAME] [--list]
+
+--ci runs every crash point of the key commands and, of the other
+operations, the first and last crash point of each kind of call (same
+syscall on the same kind of file): every kind of step each operation
+takes is cut once at its start and once at its end. Prints per
+operation the crash points, the violations and the time; exits 1 on
+any violation."""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+
+import crash_util as cl  # noqa: E402
+import harness  # noqa: E402
+from harness import User, make_message  # noqa: E402
+from crypt_util import crypt_dovecot, enc_fields  # noqa: E402
+
+PW_A, PW_B = "crash-pw-old", "crash-pw-new"
+KEY_PW = {"userdb_popvault_key_password": "%w"}
+
+
+def msgs(prefix, sizes):
+    return [make_message("%s%d" % (prefix, i),
+                         msgid="<%s%d@crash.test>" % (prefix, i),
+                         body=("%s %d line\r\n" % (prefix, i)) * (n // 12 + 1))
+            for i, n in enumerate(sizes)]
+
+
+class Env:
+    """One Dovecot with wrapped pop3/lmtp and the operation's users."""
+
+    def __init__(self, dc, crash_dir, users):
+        self.dc, self.crash_dir, self.users = dc, crash_dir, users
+        self.snap = os.path.join(crash_dir, "snapshot")
+        self.n = 0
+
+    def trace_path(self):
+        self.n += 1
+        return os.path.join(self.crash_dir, "t%d.trace" % self.n)
+
+    @property
+    def scope(self):
+        s = [os.path.join(self.dc.tmp, "home") + "/"]
+        if getattr(self.dc, "mail_temp_dir", None):
+            s.append(self.dc.mail_temp_dir + "/")
+        return s
+
+
+class Run:
+    def __init__(self, rc=0, out="", err="", trace=None, killed=None):
+        self.rc, self.out, self.err = rc, out, err
+        self.trace, self.killed = trace, killed
+
+
+# --- operations -----------------------------------------------------------
+
+class Op:
+    """An operation: a starting state, one run (optionally killed at a
+    crash point), and what counts as finished."""
+    fmt = "maildir"
+    crypt = False
+    key_command = False
+    user = "u"
+    fields = {}
+    passdb_fields = {}
+    password = None
+    extra_conf = ""
+
+    def users(self):
+        return [User(self.user, self.password, dict(self.fields),
+                     dict(self.passdb_fields))]
+
+    def prepare(self, env):
+        pass
+
+    def run(self, env, point):
+        raise NotImplementedError
+
+    def rerun_ok(self, run):
+        return run.rc == 0
+
+    # what the invariant checks read with
+    def inventory(self, env):
+        return cl.imap_inventory(env.dc, self.user)
+
+    def pop3_view(self, env):
+        return cl.pop3_view(env.dc, self.user)
+
+    def may_vanish(self, env):
+        return set()
+
+
+class Doveadm(Op):
+    args = ()
+    input = None
+    env = None
+
+    def run(self, env, point):
+        trace = env.trace_path()
+        rc, out, err = cl.doveadm_traced(
+            env.dc, ["-f", "tab"] + list(self.args) + ["-u", self.user],
+            trace, point, input=self.input, env=self.env)
+        return Run(rc, out, err, trace)
+
+
+class Pop3Session(Op):
+    """RETR and DELE of given messages (by UIDL, so a re-run means the
+    same ones), then QUIT; the pop3 process is the one killed."""
+    retr = (0, 2, 3)
+    dele = (1, 2)
+    env = None
+    sizes = (300, 5000, 90000, 800, 20000, 1200)
+
+    def prepare(self, env):
+        env.dc.deliver_many(self.user, msgs("m", self.sizes))
+        # the UIDLs to act on, in the starting state
+        p = cl.pop3(env.dc, self.user)
+        uidls = [u for _, u in p.uidl()]
+        p.quit()
+        self.retr_u = [uidls[i] for i in self.retr]
+        self.dele_u = [uidls[i] for i in self.dele]
+
+    def session(self, c):
+        listed = {u: n for n, u in c.uidl()}
+        for u in self.retr_u:
+            if u in listed:
+                c.multi("RETR %s" % listed[u])
+        for u in self.dele_u:
+            if u in listed:
+                c.command("DELE %s" % listed[u])
+        c.quit()
+
+    def run(self, env, point):
+        trace = env.trace_path()
+        cl.arm(env.crash_dir, "pop3", trace, point, self.env)
+        c = None
+        try:
+            c = cl.pop3(env.dc, self.user)
+            self.session(c)
+        except (EOFError, OSError, AssertionError):
+            pass
+        finally:
+            if c:
+                c.close()
+            cl.disarm(env.crash_dir, "pop3")
+        ended = cl.wait_trace_end(trace)
+        return Run(0 if ended else 1, trace=trace)
+
+
+class Lmtp(Op):
+    """One LMTP delivery; its re-run is the next delivery."""
+    sizes = (2000,)
+
+    def prepare(self, env):
+        env.dc.deliver_many(self.user, msgs("old", (400, 3000)))
+        self.count = 0
+
+    def run(self, env, point):
+        trace = env.trace_path()
+        self.count += 1
+        # the same message every time: the crashed one and the re-run's
+        # one are told apart by order (the re-run's is "next")
+        msg = msgs("new%d" % (self.count % 2 if point is None else 0),
+                   self.sizes)[0]
+        cl.arm(env.crash_dir, "lmtp", trace, point)
+        reply = ""
+        try:
+            reply = cl.lmtp_deliver(env.dc, self.user, msg)
+        except (EOFError, OSError, AssertionError):
+            pass
+        finally:
+            cl.disarm(env.crash_dir, "lmtp")
+        cl.wait_trace_end(trace)
+        return Run(0 if reply.startswith("250") else 1, reply, "", trace)
+
+    def may_vanish(self, env):
+        # killed before its 250, a message may be there whole or not at
+        # all (the MTA sends it again)
+        return {"<new00@crash.test>"}
+
+
+# -- keys --
+
+class KeyOp(Doveadm):
+    """A password-mode user with two key pairs (one rotation), mail
+    under both, and a recovery key the admin holds."""
+    crypt = True
+    key_command = True
+    user = "alice"
+    password = PW_A
+    fields = {"popvault_encrypt": "yes"}
+    passdb_fields = KEY_PW
+    old_password, new_password = PW_A, PW_A
+
+    def prepare(self, env):
+        dc = env.dc
+        cl.pop3(dc, self.user).quit()      # first login: the key pair
+        dc.deliver_many(self.user, msgs("k", (500, 3 * 65536 + 7)))
+        _, out, _ = dc.doveadm("-f", "tab", "popvault", "key", "recovery",
+                               "-u", self.user, "-p", PW_A)
+        env.recovery = cl.RECOVERY_RX.search(out).group(0)
+        dc.doveadm("popvault", "key", "rotate", "-u", self.user, "-p", PW_A)
+        dc.deliver_many(self.user, msgs("r", (700,)))
+        self.args = self.command(env)
+
+    def inventory(self, env):
+        # the mail reads with the old password or, once the command got
+        # that far, the new one (a login would need the passdb changed)
+        for pw in dict.fromkeys((self.old_password, self.new_password)):
+            inv = cl.doveadm_inventory(
+                env.dc, self.user,
+                ("-o", "plugin/popvault_key_password=" + pw))
+            if inv is not None:
+                env.read_with = pw
+                return inv
+        raise AssertionError("the mail reads with neither password")
+
+    def pop3_view(self, env):
+        if env.read_with != self.password:
+            # the passdb would have to change too: nothing to log in with
+            return None
+        return cl.pop3_view(env.dc, self.user)
+
+
+class KeyRecovery(KeyOp):
+    name = "key recovery"
+
+    def command(self, env):
+        return ("popvault", "key", "recovery", "-p", PW_A)
+
+
+class KeyRotate(KeyOp):
+    name = "key rotate"
+
+    def command(self, env):
+        return ("popvault", "key", "rotate", "-p", PW_A)
+
+
+class KeyPasswordOld(KeyOp):
+    name = "key password -o"
+    new_password = PW_B
+
+    def command(self, env):
+        return ("popvault", "key", "password", "-o", PW_A, "-n", PW_B)
+
+
+class KeyPasswordRecovery(KeyOp):
+    name = "key password -r"
+    new_password = PW_B
+
+    def command(self, env):
+        return ("popvault", "key", "password", "-r", env.recovery,
+                "-n", PW_B)
+
+
+class KeyGenerate(KeyOp):
+    """generate for a user with a master key and no key pair yet."""
+    name = "key generate"
+    user = "gen"
+    password = None
+    passdb_fields = {}
+    fields = enc_fields()
+
+    def prepare(self, env):
+        env.recovery = None
+        self.args = ("popvault", "key", "generate")
+
+    def inventory(self, env):
+        env.read_with = None
+        return cl.imap_inventory(env.dc, self.user)
+
+    def pop3_view(self, env):
+        return cl.pop3_view(env.dc, self.user)
+
+    def rerun_ok(self, run):
+        # killed after the key pair became current, the re-run says so
+        return run.rc == 0 or "has a key pair already" in run.err
+
+
+class KeyFirstLogin(Pop3Session):
+    """The key pair created at the first login in password mode."""
+    name = "key creation at first login"
+    crypt = True
+    key_command = True
+    user = "alice"
+    password = PW_A
+    fields = {"popvault_encrypt": "yes"}
+    passdb_fields = KEY_PW
+    retr = dele = ()
+
+    def prepare(self, env):
+        env.recovery = None
+        self.retr_u = self.dele_u = []
+
+    def inventory(self, env):
+        env.read_with = PW_A
+        return cl.imap_inventory(env.dc, self.user)
+
+
+class KeyFirstDelivery(Lmtp):
+    name = "key creation at first delivery"
+    crypt = True
+    key_command = True
+    user = "m"
+    fields = enc_fields()
+
+    def prepare(self, env):
+        env.recovery = None
+        self.count = 0
+
+
+# -- mail --
+
+class LmtpPlain(Lmtp):
+    name = "lmtp plaintext small"
+
+
+class LmtpEncSmall(Lmtp):
+    name = "lmtp encrypted small"
+    crypt = True
+    fields = enc_fields()
+
+
+class LmtpEncChunks(Lmtp):
+    name = "lmtp encrypted multi-chunk"
+    crypt = True
+    fields = enc_fields()
+    sizes = (3 * 65536 + 100,)
+
+
+POLICIES = {
+    "move": {"popvault_after_retr": "move:Archive",
+             "popvault_on_dele": "move:Trash"},
+    "hide": {"popvault_after_retr": "hide", "popvault_on_dele": "hide"},
+    "delete": {"popvault_after_retr": "delete",
+               "popvault_on_dele": "expunge"},
+    "keep": {"popvault_after_retr": "keep", "popvault_on_dele": "keep"},
+}
+
+
+def pop3_ops():
+    out = []
+    for pol, fields in POLICIES.items():
+        out.append(type("Pop3_" + pol, (Pop3Session,), {
+            "name": "pop3 QUIT %s/%s" % (fields["popvault_after_retr"],
+                                         fields["popvault_on_dele"]),
+            "fields": fields}))
+    return out
+
+
+class PostSessionSweep(Pop3Session):
+    """The retention sweep a POP3 session runs after the client left:
+    never-downloaded mail two days old moves to Expired."""
+    name = "post-session sweep"
+    fields = {"popvault_retain_unread": "1d",
+              "popvault_expire_action": "move:Expired"}
+    retr = dele = ()
+    env = cl.faketime_env("+2d")
+
+
+class DoveadmSweep(Doveadm):
+    name = "doveadm popvault sweep"
+    fields = PostSessionSweep.fields
+    args = ("popvault", "sweep")
+    env = cl.faketime_env("+2d")
+
+    def prepare(self, env):
+        env.dc.deliver_many(self.user, msgs("s", (300, 4000, 900, 70000)))
+
+
+class MoveRecovery(Pop3Session):
+    """The next session after a move cut short (the copy is in Archive,
+    the original still in INBOX with $PopvaultMoving): the recovery in
+    that session is what gets killed."""
+    name = "move recovery"
+    fields = POLICIES["move"]
+    retr = dele = ()
+
+    def prepare(self, env):
+        super().prepare(env)
+        # cut a real move short: kill pop3 at the last link() or
+        # rename() of the QUIT that moves the first and third message
+        c = cl.pop3(env.dc, self.user)
+        uidls = [u for _, u in c.uidl()]
+        c.quit()
+        p = Pop3Session()
+        p.user, p.retr_u, p.dele_u = self.user, uidls[0:3:2], []
+        trace = env.trace_path()
+        cl.arm(env.crash_dir, "pop3", trace)
+        c = cl.pop3(env.dc, self.user)
+        p.session(c)
+        cl.wait_trace_end(trace)
+        link = [pt for pt in cl.parse_trace(trace, env.scope)
+                if pt.syscall in ("link", "linkat", "rename")]
+        assert link, "no move seen"
+        Pop3Session.run(p, env, link[-1])
+        self.retr_u = self.dele_u = []
+
+
+class Crypt(Doveadm):
+    crypt = True
+    sizes = (300, 4000, 70000, 900)
+
+    def prepare(self, env):
+        dc = env.dc
+        if self.op == "encrypt":
+            dc.deliver_many(self.user, msgs("c", self.sizes))
+        else:
+            dc.deliver_many(self.user, msgs("c", self.sizes))
+        self.args = ("popvault", self.op) if self.op == "encrypt" else (
+            "-o", "plugin/popvault_encrypt=no", "popvault", self.op)
+
+    def rerun_ok(self, run):
+        # mdbox: the first run after a cut-short one repairs the storage
+        # and asks for one more (exit 75, docs/encryption.md)
+        return run.rc in (0, 75)
+
+
+def crypt_ops():
+    out = []
+    for fmt in ("maildir", "sdbox", "mdbox"):
+        out.append(type("Encrypt_" + fmt, (Crypt,), {
+            "name": "encrypt " + fmt, "fmt": fmt, "op": "encrypt",
+            # plaintext mail, then encryption turned on for the tool
+            "fields": enc_fields(popvault_encrypt="no"),
+            "args_prefix": ()}))
+        out.append(type("Decrypt_" + fmt, (Crypt,), {
+            "name": "decrypt " + fmt, "fmt": fmt, "op": "decrypt",
+            "fields": enc_fields()}))
+    return out
+
+
+class UidlImport(Doveadm):
+    name = "uidl import"
+    fields = {"popvault_uidl_ledger": "yes"}
+
+    def prepare(self, env):
+        env.dc.deliver_many(self.user, msgs("i", (300, 400, 500, 600)))
+        path = os.path.join(env.crash_dir, "import.txt")
+        with open(path, "w") as f:
+            for i in range(4):
+                f.write("OLD-%d <i%d@crash.test>\n" % (i, i))
+        self.args = ("popvault", "uidl", "import", path)
+
+
+class LoginDelay(Pop3Session):
+    name = "login-delay dict update"
+    fields = {"popvault_login_delay": "15mins"}
+    retr = (0,)
+    dele = ()
+
+
+def all_ops():
+    ops = [KeyRecovery, KeyRotate, KeyPasswordOld, KeyPasswordRecovery,
+           KeyGenerate, KeyFirstLogin, KeyFirstDelivery,
+           LmtpPlain, LmtpEncSmall, LmtpEncChunks]
+    ops += pop3_ops()
+    ops += [PostSessionSweep, DoveadmSweep, MoveRecovery]
+    ops += crypt_ops()
+    ops += [UidlImport, LoginDelay]
+    return ops
+
+
+# --- the driver -----------------------------------------------------------
+
+def fix_encrypt_fields(op, env):
+    """encrypt: plaintext was delivered with encryption off; the tool
+    runs with it on (-o beats the userdb field)."""
+    if getattr(op, "op", None) == "encrypt":
+        op.args = ("-o", "plugin/popvault_encrypt=yes", "popvault",
+                   "encrypt")
+
+
+class Checker:
+    def __init__(self, op, env):
+        self.op, self.env = op, env
+        self.dc = env.dc
+
+    def state(self):
+        """(inventory, POP3 view), each taken by the user's next
+        session; raises when a session fails or is slow."""
+        t0 = time.time()
+        if self.op.key_command:
+            # which password reads decides how POP3 can log in
+            inv = self.op.inventory(self.env)
+            view = self.op.pop3_view(self.env)
+        else:
+            view = self.op.pop3_view(self.env)
+            inv = self.op.inventory(self.env)
+        took = time.time() - t0
+        return inv, view, took
+
+    def keys_ok(self, shown):
+        """Violations of the key invariants: the recovery key the admin
+        holds (or the one just shown) opens every private key."""
+        held = [r for r in shown if r]
+        if not held:
+            return []
+        kd = os.path.join(self.dc.home(self.op.user), ".popvault", "keys")
+        if any(not cl.recovery_opens(kd, r) for r in held):
+            return []
+        return [("recovery", "no recovery key the admin was shown (%s) "
+                 "opens every private key: %s" % (
+                     ", ".join(r[:14] for r in held),
+                     cl.recovery_opens(kd, held[-1])))]
+
+
+def run_op(op_cls, only_ci, list_only, log):
+    op = op_cls()
+    crash_dir = tempfile.mkdtemp(prefix="popvault-crash-")
+    os.chmod(crash_dir, 0o755)
+    users = op.users()
+    extra = cl.service_conf(crash_dir) + op.extra_conf
+    maker = crypt_dovecot if op.crypt else harness.dovecot
+    t0 = time.time()
+    violations = []
+    stats = {"points": 0, "run": 0, "drifted": 0, "not_killed": 0}
+    try:
+        with maker(users, mail_format=op.fmt, extra_conf=extra,
+                   debug=False) as dc:
+            env = Env(dc, crash_dir, [u.name for u in users])
+            env.recovery = None
+            env.read_with = op.password
+            op.prepare(env)
+            fix_encrypt_fields(op, env)
+            cl.snapshot(dc, env.users, env.snap)
+            chk = Checker(op, env)
+
+            # before: the inventory, from a copy of the starting state
+            before, view0, _ = chk.state()
+            # the recording run, uninterrupted, and where it ends
+            cl.restore(dc, env.users, env.snap)
+            rec = op.run(env, None)
+            if rec.rc != 0 and not op.rerun_ok(rec):
+                raise AssertionError("%s: the uninterrupted run failed: "
+                                     "%s %s" % (op.name, rec.out, rec.err))
+            points = cl.parse_trace(rec.trace, env.scope)
+            shown = [env.recovery] + cl.RECOVERY_RX.findall(rec.out)
+            ref_mid, view_mid, _ = chk.state()
+            rr = op.run(env, None)
+            shown_ref = shown + cl.RECOVERY_RX.findall(rr.out)
+            ref_end, view_end, _ = chk.state()
+            for kind, what in chk.keys_ok(shown_ref[-1:]):
+                violations.append(("reference", kind, what))
+            stats["points"] = len(points)
+            chosen = select(points, op, only_ci)
+            if list_only:
+                for p in points:
+                    print("    %s%s" % ("* " if p in chosen else "  ", p))
+                chosen = []
+            vanish = op.may_vanish(env)
+            for i, point in enumerate(chosen):
+                cl.restore(dc, env.users, env.snap)
+                log_at = os.path.getsize(dc.log_path)
+                tag = "%s#%d" % (point.syscall, point.k)
+                run = op.run(env, point)
+                stats["run"] += 1
+                killed = cl.killed_call(run.trace, env.scope)
+                if killed is None:
+                    stats["not_killed"] += 1
+                elif killed[1].rsplit(" = ", 1)[0] != \
+                        point.desc.rsplit(" = ", 1)[0]:
+                    stats["drifted"] += 1
+                    log("    drifted %s: killed at %s" % (point, killed[1]))
+                got = check_point(chk, op, env, run, before, view0, ref_mid,
+                                  view_mid, ref_end, view_end, vanish,
+                                  [env.recovery])
+                got += [("log", l) for l in cl.log_crashes(dc, log_at)]
+                for kind, what in got:
+                    violations.append((tag, kind, what))
+                    log("    %s %s: %s: %s" % (tag, point.desc[:70], kind,
+                                               what[:300]))
+    finally:
+        shutil.rmtree(crash_dir, ignore_errors=True)
+    stats["seconds"] = time.time() - t0
+    return stats, violations
+
+
+def check_point(chk, op, env, run, before, view0, ref_mid, view_mid,
+                ref_end, view_end, vanish, shown):
+    """The invariants after a kill: the next session, the state in the
+    middle, the re-run, the state at the end, the keys."""
+    out = []
+    dc = env.dc
+    shown = shown + cl.RECOVERY_RX.findall(run.out)
+    locks = cl.stale_locks(dc, env.users)
+    try:
+        inv, view, took = chk.state()
+    except Exception as e:  # noqa: BLE001 - every failure is a finding
+        out.append(("session", "next session failed: %s (locks left: %s)"
+                    % (str(e)[:200], [os.path.basename(l) for l in locks])))
+        # go on from what Dovecot's stale-lock timeout would release
+        for l in locks:
+            os.unlink(l)
+        try:
+            inv, view, took = chk.state()
+        except Exception as e2:  # noqa: BLE001
+            out.append(("session", "still failing: %s" % str(e2)[:200]))
+            return out
+    if took > cl.SESSION_TIMEOUT:
+        out.append(("session", "next session took %.1f s" % took))
+    before_v = {k: v for k, v in before.items()}
+    ref_m = dict(ref_mid)
+    for mid in vanish:
+        if mid in ref_m and mid not in inv:
+            ref_m.pop(mid)
+    out += cl.compare(before_v, inv, ref_m, "crash")
+    out += cl.compare_uidls(view0, view, view_mid, "crash")
+    out += chk.keys_ok(shown)
+    # the next normal run of the same operation finishes the job
+    rr = op.run(env, None)
+    shown = shown + cl.RECOVERY_RX.findall(rr.out)
+    if not op.rerun_ok(rr):
+        out.append(("rerun", "re-run failed: rc %s %s" % (
+            rr.rc, (rr.out + rr.err)[-300:])))
+    if rr.rc == 75:
+        rr = op.run(env, None)
+        shown = shown + cl.RECOVERY_RX.findall(rr.out)
+    try:
+        inv2, view2, took2 = chk.state()
+    except Exception as e:  # noqa: BLE001
+        out.append(("session", "session after the re-run failed: %s"
+                    % str(e)[:200]))
+        return out
+    ref_e = dict(ref_end)
+    for mid in vanish:
+        if mid in ref_e and mid not in inv2:
+            ref_e.pop(mid)
+    out += cl.compare(before_v, inv2, ref_e, "rerun")
+    out += cl.compare_uidls(view0, view2, view_end, "rerun")
+    # after a completed re-run only its own (newest) key counts
+    newest = shown[-1:] if len(shown) > 1 else shown
+    out += chk.keys_ok(newest)
+    # LMTP takes mail, the next POP3 session reads it
+    probe = make_message("probe", msgid="<probe@crash.test>")
+    try:
+        r = cl.lmtp_deliver(dc, op.user, probe)
+        if not r.startswith("250"):
+            out.append(("session", "LMTP after the re-run: %s" % r))
+    except Exception as e:  # noqa: BLE001
+        out.append(("session", "LMTP after the re-run: %s" % e))
+    return out
+
+
+def kind_of(point):
+    return re.sub(r"\(#.*?,|, #\)|=.*$", "", point.desc)
+
+
+def select(points, op, only_ci):
+    """All points, or the CI subset: all of a key command's; of the
+    others the first and the last of each kind of call."""
+    if not only_ci or op.key_command:
+        return list(points)
+    first, last = {}, {}
+    for p in points:
+        k = (p.syscall, re.sub(r"\d+|#", "", p.desc.split(",")[0]))
+        first.setdefault(k, p)
+        last[k] = p
+    keep = set(map(id, first.values())) | set(map(id, last.values()))
+    return [p for p in points if id(p) in keep]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build-dir", default="build")
+    ap.add_argument("--ci", action="store_true",
+                    help="key commands fully, the rest a subset")
+    ap.add_argument("-k", action="append", default=[],
+                    help="only operations whose name contains this")
+    ap.add_argument("--list", action="store_true",
+                    help="list the crash points, run none")
+    ap.add_argument("-v", action="store_true")
+    args = ap.parse_args()
+    harness.BUILD_DIR = os.path.abspath(args.build_dir)
+    if not os.access(cl.STRACE, os.X_OK):
+        print("strace missing (apt-get install strace)")
+        return 2
+    ops = [o for o in all_ops()
+           if not args.k or any(k in o.name for k in args.k)]
+    start = time.time()
+    total_v = 0
+    rows = []
+    for op in ops:
+        print("== %s (%s)" % (op.name, op.fmt), flush=True)
+        stats, violations = run_op(op, args.ci, args.list,
+                                   lambda s: print(s, flush=True))
+        total_v += len(violations)
+        rows.append((op.name, op.fmt, stats, violations))
+        print("   %d crash points, %d run, %d violations, %d drifted, "
+              "%d not reached, %.1f s" % (
+                  stats["points"], stats["run"], len(violations),
+                  stats["drifted"], stats["not_killed"], stats["seconds"]),
+              flush=True)
+    print("\n| operation | storage | crash points | run | violations | "
+          "time |\n|---|---|---|---|---|---|")
+    for name, fmt, st, v in rows:
+        print("| %s | %s | %d | %d | %d | %.0f s |" % (
+            name, fmt, st["points"], st["run"], len(v), st["seconds"]))
+    print("total: %d crash points run, %d violations, %.0f s" % (
+        sum(r[2]["run"] for r in rows), total_v, time.time() - start))
+    return 1 if total_v else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
