@@ -1063,6 +1063,8 @@ int popvault_keystore_set_password(const char *keys_dir, const char *username,
 	return ret;
 }
 
+/* Removes from every key file the seals to recovery keys other than
+   rp; a key file that lacks rp's seal keeps its others (see publish). */
 static int recovery_drop_others(const char *keys_dir,
 				const ARRAY_TYPE(const_string) *ids,
 				const struct recovery_pub *rp,
@@ -1080,13 +1082,30 @@ static int recovery_drop_others(const char *keys_dir,
 				   sizeof(rp->id)) == 0)
 				kf.recovery[n++] = kf.recovery[i];
 		}
-		if (n == kf.recovery_count)
+		if (n == kf.recovery_count || n == 0)
 			continue;
 		kf.recovery_count = n;
 		if (keyfile_write(keys_dir, &kf, error_r) < 0)
 			return -1;
 	}
 	return 0;
+}
+
+/* Keeps only the seal to the published recovery key (if any): seals to
+   keys of earlier runs that never got published were never confirmed
+   shown, and must not push the admin's key out of RECOVERY_WRAPS_MAX. */
+static void recovery_keep_published(struct keyfile *kf,
+				    const struct recovery_pub *published)
+{
+	unsigned int i, n;
+
+	for (i = n = 0; i < kf->recovery_count; i++) {
+		if (published != NULL &&
+		    memcmp(kf->recovery[i].id, published->id,
+			   sizeof(published->id)) == 0)
+			kf->recovery[n++] = kf->recovery[i];
+	}
+	kf->recovery_count = n;
 }
 
 int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
@@ -1098,21 +1117,24 @@ int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
 	unsigned char sk[POPVAULT_SK_SIZE];
 	ARRAY_TYPE(const_string) ids;
 	struct pw_kek_cache cache;
-	struct recovery_pub rp;
+	struct recovery_pub rp, published;
 	struct keyfile kf;
-	const char *id, *text;
-	int ret = 0;
+	const char *id;
+	int ret = 0, have_published;
 
 	t_array_init(&ids, 8);
 	if (keys_dir_create(keys_dir, error_r) < 0 ||
-	    keystore_key_ids(keys_dir, &ids, error_r) < 0)
+	    keystore_key_ids(keys_dir, &ids, error_r) < 0 ||
+	    (have_published = read_recovery_pub(keys_dir, &published,
+						error_r)) < 0)
 		return -1;
 	crypto_box_keypair(rp.pk, recovery_r);
 	popvault_key_id(rp.pk, rp.id);
 
-	/* Seal every key to the new recovery key first, then publish it,
-	   and only then drop the old seals: killed anywhere, every key
-	   still opens with the old recovery key or the new one. */
+	/* Seal every key to the new recovery key, next to the seal to the
+	   published one. Nothing else changes until the caller has shown
+	   the new key (popvault_keystore_publish_recovery): killed before
+	   that, the recovery key the admin holds still opens every key. */
 	i_zero(&cache);
 	array_foreach_elem(&ids, id) {
 		if (keyfile_read(keys_dir, id, &kf, error_r) < 0 ||
@@ -1122,6 +1144,8 @@ int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
 			ret = -1;
 			break;
 		}
+		recovery_keep_published(&kf, have_published > 0 ?
+					&published : NULL);
 		keyfile_seal_recovery(&kf, &rp, sk);
 		sodium_memzero(sk, sizeof(sk));
 		if ((ret = keyfile_write(keys_dir, &kf, error_r)) < 0)
@@ -1134,15 +1158,59 @@ int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
 		return -1;
 	}
 	*recovery_id_r = binary_to_hex(rp.id, sizeof(rp.id));
-	text = t_strdup_printf(RECOVERY_MAGIC"\nkey_id %s\ncreated %ld\n"
-			       "public %s\n", *recovery_id_r, (long)time(NULL),
-			       binary_to_hex(rp.pk, sizeof(rp.pk)));
-	if (replace_file(keys_dir, RECOVERY_NAME, text, strlen(text),
-			 error_r) < 0 ||
-	    recovery_drop_others(keys_dir, &ids, &rp, error_r) < 0) {
-		sodium_memzero(recovery_r, POPVAULT_RECOVERY_KEY_SIZE);
+	return 0;
+}
+
+int popvault_keystore_publish_recovery(const char *keys_dir,
+	const unsigned char recovery[POPVAULT_RECOVERY_KEY_SIZE],
+	const char **error_r)
+{
+	ARRAY_TYPE(const_string) ids;
+	struct recovery_pub rp;
+	struct keyfile kf;
+	const char *id, *text;
+	unsigned int i;
+	bool sealed;
+
+	if (crypto_scalarmult_base(rp.pk, recovery) != 0) {
+		*error_r = "invalid recovery key";
 		return -1;
 	}
+	popvault_key_id(rp.pk, rp.id);
+	t_array_init(&ids, 8);
+	if (keystore_key_ids(keys_dir, &ids, error_r) < 0)
+		return -1;
+	/* a key pair made since the seals were written (a rotation, a
+	   first delivery) is sealed to the old recovery key only: publish
+	   nothing, the old key stays the one that opens everything */
+	array_foreach_elem(&ids, id) {
+		if (keyfile_read(keys_dir, id, &kf, error_r) < 0)
+			return -1;
+		sealed = FALSE;
+		for (i = 0; i < kf.recovery_count; i++) {
+			if (memcmp(kf.recovery[i].id, rp.id,
+				   sizeof(rp.id)) == 0)
+				sealed = TRUE;
+		}
+		if (!sealed) {
+			*error_r = t_strdup_printf("%s was created meanwhile "
+				"and is not sealed to the new recovery key: "
+				"the previous recovery key stays valid, run "
+				"the command again",
+				keyfile_path(keys_dir, id));
+			return -1;
+		}
+	}
+	text = t_strdup_printf(RECOVERY_MAGIC"\nkey_id %s\ncreated %ld\n"
+			       "public %s\n", binary_to_hex(rp.id, sizeof(rp.id)),
+			       (long)time(NULL),
+			       binary_to_hex(rp.pk, sizeof(rp.pk)));
+	/* new key pairs are sealed to it from now on; then the previous
+	   recovery key's seals go */
+	if (replace_file(keys_dir, RECOVERY_NAME, text, strlen(text),
+			 error_r) < 0 ||
+	    recovery_drop_others(keys_dir, &ids, &rp, error_r) < 0)
+		return -1;
 	return 0;
 }
 
@@ -1163,6 +1231,7 @@ int popvault_keystore_list(const char *keys_dir, pool_t pool,
 	struct recovery_pub rp;
 	struct keyfile kf;
 	const char *id, *current = "";
+	unsigned int i;
 	int ret;
 
 	*recovery_id_r = NULL;
@@ -1184,9 +1253,12 @@ int popvault_keystore_list(const char *keys_dir, pool_t pool,
 		info->current = strcmp(id, current) == 0;
 		info->master = kf.have_master_wrap;
 		info->password = kf.have_password_wrap;
-		info->recovery = ret > 0 && kf.recovery_count > 0 &&
-			memcmp(kf.recovery[kf.recovery_count - 1].id, rp.id,
-			       sizeof(rp.id)) == 0;
+		info->recovery = FALSE;
+		for (i = 0; ret > 0 && i < kf.recovery_count; i++) {
+			if (memcmp(kf.recovery[i].id, rp.id,
+				   sizeof(rp.id)) == 0)
+				info->recovery = TRUE;
+		}
 		sodium_memzero(&kf, sizeof(kf));
 	}
 	array_sort(keys_r, key_info_cmp);
