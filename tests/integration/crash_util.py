@@ -61,14 +61,16 @@ class CrashPoint:
         return "%s#%d %s" % (self.syscall, self.k, self.desc)
 
 
-def _normalize(text, scope):
-    """A call's shape without run-specific names: scope prefix, numbers
-    and hex (PIDs, random temp names, times) and sizes replaced."""
+def _normalize(name, args, scope):
+    """A call's shape without run-specific names: scope prefix, data
+    written, numbers and hex (PIDs, random temp names, times, sizes)
+    replaced."""
     for s in scope:
-        text = text.replace(s, "~")
-    text = re.sub(r"\"(?:[^\"\\]|\\.)*\"\.*", lambda m: m.group(0)
-                  if "/" in m.group(0) else '"…"', text)
-    return re.sub(r"[0-9a-f]{6,}|\d+", "#", text)
+        args = args.replace(s, "~")
+    args = re.sub(r"\"(?:[^\"\\]|\\.)*\"\.*", lambda m: m.group(0)
+                  if name not in FD_CALLS and "/" in m.group(0) else '"…"',
+                  args)
+    return name + "(" + re.sub(r"[0-9a-f]{6,}|\d+", "#", args)
 
 
 def _mutating(name, args, scope):
@@ -112,7 +114,7 @@ def parse_trace(path, scope):
             counts[name] = counts.get(name, 0) + 1
             if name == "execve":
                 continue
-            shape = _normalize(name + "(" + args, scope)
+            shape = _normalize(name, args, scope)
             if _mutating(name, args, scope) is not None:
                 points.append(CrashPoint(name, counts[name], shape))
                 reply = None
@@ -139,8 +141,7 @@ def killed_call(path, scope):
             last = m
     if last is None or not last.group(3).rstrip().endswith("= ?"):
         return None
-    return last.group(2), _normalize(last.group(2) + "(" + last.group(3),
-                                     scope)
+    return last.group(2), _normalize(last.group(2), last.group(3), scope)
 
 
 def strace_args(trace_path, point=None):
@@ -183,7 +184,7 @@ def stale_locks(dc, users):
     out = []
     for u in users:
         for d, _, files in os.walk(dc.home(u)):
-            out += [os.path.join(d, n) for n in files if n.endswith(".lock")]
+            out += [os.path.join(d, n) for n in files if "lock" in n]
     return out
 
 
