@@ -20,6 +20,8 @@
 
 #define KEYFILE_MAGIC "popvault-keypair 1"
 #define KEYFILE_SUFFIX ".key"
+/* a key file re-wrapped by key password, waiting to replace <id>.key */
+#define PENDING_SUFFIX ".pending"
 #define KEY_ID_HEX_LEN (POPVAULT_KEY_ID_SIZE * 2)
 #define CURRENT_NAME "current"
 #define RECOVERY_NAME "recovery"
@@ -692,17 +694,26 @@ static int replace_file(const char *dir, const char *name,
 	return fsync_dir(dir, error_r);
 }
 
-static int keyfile_write(const char *keys_dir, const struct keyfile *kf,
-			 const char **error_r)
+/* suffix: "" for the key file itself, PENDING_SUFFIX for the copy
+   key password writes next to it first */
+static int keyfile_write_as(const char *keys_dir, const struct keyfile *kf,
+			    const char *suffix, const char **error_r)
 {
 	const char *id_hex = binary_to_hex(kf->key_id, sizeof(kf->key_id));
 	string_t *str = keyfile_format(kf);
 	int ret;
 
-	ret = replace_file(keys_dir, t_strconcat(id_hex, KEYFILE_SUFFIX, NULL),
+	ret = replace_file(keys_dir, t_strconcat(id_hex, KEYFILE_SUFFIX,
+						 suffix, NULL),
 			   str_data(str), str_len(str), error_r);
 	sodium_memzero(str_c_modifiable(str), str_len(str));
 	return ret;
+}
+
+static int keyfile_write(const char *keys_dir, const struct keyfile *kf,
+			 const char **error_r)
+{
+	return keyfile_write_as(keys_dir, kf, "", error_r);
 }
 
 /* Returns 1 and the key id when "current" exists, 0 when it doesn't. */
@@ -973,6 +984,32 @@ int popvault_keystore_rotate(const char *keys_dir, const char *username,
 	return 0;
 }
 
+/* key password killed between renaming two re-wrapped files: the key
+   whose file still has the old wrap has its new one waiting in
+   <id>.key.pending, so the new password opens every key too. */
+static int keyfile_unwrap_pending(const char *keys_dir, const char *id,
+				  const char *username,
+				  const struct popvault_key_secrets *secrets,
+				  struct pw_kek_cache *cache,
+				  unsigned char sk_r[POPVAULT_SK_SIZE])
+{
+	const char *path = t_strconcat(keyfile_path(keys_dir, id),
+				       PENDING_SUFFIX, NULL);
+	string_t *str = t_str_new(1024);
+	struct keyfile kf;
+	const char *error;
+	int ret;
+
+	if (read_small_file(path, str, &error) <= 0)
+		return -1;
+	ret = keyfile_parse(path, str_c(str), &kf, &error) < 0 ||
+		strcmp(binary_to_hex(kf.key_id, sizeof(kf.key_id)), id) != 0 ||
+		keyfile_unwrap_sk(&kf, path, username, secrets, cache, sk_r,
+				  &error) < 0 ? -1 : 0;
+	sodium_memzero(&kf, sizeof(kf));
+	return ret;
+}
+
 int popvault_keystore_load_receiver(const char *keys_dir,
 				    const char *username,
 				    const struct popvault_key_secrets *secrets,
@@ -993,10 +1030,12 @@ int popvault_keystore_load_receiver(const char *keys_dir,
 		return -1;
 	i_zero(&cache);
 	array_foreach_elem(&ids, id) {
-		if (keyfile_read(keys_dir, id, &kf, error_r) < 0 ||
-		    keyfile_unwrap_sk(&kf, keyfile_path(keys_dir, id),
-				      username, secrets, &cache, sk,
-				      error_r) < 0) {
+		if ((keyfile_read(keys_dir, id, &kf, error_r) < 0 ||
+		     keyfile_unwrap_sk(&kf, keyfile_path(keys_dir, id),
+				       username, secrets, &cache, sk,
+				       error_r) < 0) &&
+		    keyfile_unwrap_pending(keys_dir, id, username, secrets,
+					   &cache, sk) < 0) {
 			ret = -1;
 			break;
 		}
@@ -1053,14 +1092,31 @@ int popvault_keystore_set_password(const char *keys_dir, const char *username,
 		ret = keyfile_wrap_password(&kf, username, new_password,
 					    &new_cache, sk, error_r);
 		sodium_memzero(sk, sizeof(sk));
-		if (ret < 0 || (ret = keyfile_write(keys_dir, &kf, error_r)) < 0)
+		if (ret < 0 || (ret = keyfile_write_as(keys_dir, &kf,
+						       PENDING_SUFFIX,
+						       error_r)) < 0)
 			break;
 	}
 	pw_kek_cache_clear(&old_cache);
 	pw_kek_cache_clear(&new_cache);
 	pw_kek_cache_clear(&resume_cache);
 	sodium_memzero(&kf, sizeof(kf));
-	return ret;
+	if (ret < 0)
+		return -1;
+	/* Every key is re-wrapped next to its file; only now are they
+	   switched. Killed before, the old password opens every key;
+	   killed between two renames, the new one does (the readers look
+	   at <id>.key.pending), and a re-run finishes. */
+	array_foreach_elem(&ids, id) {
+		path = keyfile_path(keys_dir, id);
+		if (rename(t_strconcat(path, PENDING_SUFFIX, NULL),
+			   path) < 0) {
+			*error_r = t_strdup_printf("rename(%s%s) failed: %m",
+						   path, PENDING_SUFFIX);
+			return -1;
+		}
+	}
+	return fsync_dir(keys_dir, error_r);
 }
 
 /* Removes from every key file the seals to recovery keys other than
