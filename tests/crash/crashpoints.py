@@ -174,10 +174,12 @@ class Lmtp(Op):
     def run(self, env, point):
         trace = env.trace_path()
         self.count += 1
-        # the same message every time: the crashed one and the re-run's
-        # one are told apart by order (the re-run's is "next")
-        msg = msgs("new%d" % (self.count % 2 if point is None else 0),
-                   self.sizes)[0]
+        # the driver alternates: a run (recorded or killed) delivers A,
+        # the re-run after it B
+        if not hasattr(self, "ab"):
+            # made once: the Date header is part of the bytes compared
+            self.ab = msgs("A", self.sizes) + msgs("B", self.sizes)
+        msg = self.ab[0 if self.count % 2 else 1]
         cl.arm(env.crash_dir, "lmtp", trace, point)
         reply = ""
         try:
@@ -192,7 +194,7 @@ class Lmtp(Op):
     def may_vanish(self, env):
         # killed before its 250, a message may be there whole or not at
         # all (the MTA sends it again)
-        return {"<new00@crash.test>"}
+        return {"<A0@crash.test>"}
 
 
 # -- keys --
@@ -540,7 +542,8 @@ def run_op(op_cls, only_ci, list_only, log, excl_dotlocks=False):
     maker = crypt_dovecot if op.crypt else harness.dovecot
     t0 = time.time()
     violations = []
-    stats = {"points": 0, "run": 0, "drifted": 0, "not_killed": 0}
+    stats = {"points": 0, "run": 0, "drifted": 0, "not_killed": 0,
+             "newlock": 0}
     try:
         with maker(users, mail_format=op.fmt, extra_conf=extra,
                    debug=False) as dc:
@@ -593,6 +596,10 @@ def run_op(op_cls, only_ci, list_only, log, excl_dotlocks=False):
                                   [env.recovery])
                 got += [("log", l) for l in cl.log_crashes(dc, log_at)]
                 for kind, what in got:
+                    if kind == "newlock":
+                        stats["newlock"] += 1
+                        log("    %s: %s (documented)" % (tag, what[:200]))
+                        continue
                     violations.append((tag, kind, what))
                     log("    %s %s: %s: %s" % (tag, point.desc[:70], kind,
                                                what[:300]))
@@ -613,8 +620,15 @@ def check_point(chk, op, env, run, before, view0, ref_mid, view_mid,
     try:
         inv, view, took = chk.state()
     except Exception as e:  # noqa: BLE001 - every failure is a finding
-        out.append(("session", "next session failed: %s (locks left: %s)"
-                    % (str(e)[:200], [os.path.basename(l) for l in locks])))
+        names = [os.path.basename(l) for l in locks]
+        # Dovecot writes a new index log into its .newlock dotlock and
+        # renames it into place; killed in between, the lock no longer
+        # holds a PID and only its stale timeout frees it (once per
+        # mailbox, when its index is created: docs/fault-injection.md)
+        kind = "newlock" if names and all(
+            n.endswith(".newlock") for n in names) else "session"
+        out.append((kind, "next session failed: %s (locks left: %s)"
+                    % (str(e)[:200], names)))
         # go on from what Dovecot's stale-lock timeout would release
         for l in locks:
             os.unlink(l)
@@ -631,7 +645,7 @@ def check_point(chk, op, env, run, before, view0, ref_mid, view_mid,
         if mid in ref_m and mid not in inv:
             ref_m.pop(mid)
     out += cl.compare(before_v, inv, ref_m, "crash")
-    out += cl.compare_uidls(view0, view, view_mid, "crash")
+    out += cl.compare_uidls(view0, view, view_mid, "crash", vanish)
     out += chk.keys_ok(shown)
     # the next normal run of the same operation finishes the job
     rr = op.run(env, None)
@@ -653,7 +667,7 @@ def check_point(chk, op, env, run, before, view0, ref_mid, view_mid,
         if mid in ref_e and mid not in inv2:
             ref_e.pop(mid)
     out += cl.compare(before_v, inv2, ref_e, "rerun")
-    out += cl.compare_uidls(view0, view2, view_end, "rerun")
+    out += cl.compare_uidls(view0, view2, view_end, "rerun", vanish)
     # after a completed re-run only its own (newest) key counts
     newest = shown[-1:] if len(shown) > 1 else shown
     out += chk.keys_ok(newest)
@@ -694,10 +708,10 @@ def one_op(index, args):
     stats, violations = run_op(op, args.ci, args.list, lines.append,
                                args.excl_dotlocks)
     lines.append("   %d crash points, %d run, %d violations, %d drifted, "
-                 "%d not reached, %.1f s" % (
+                 "%d not reached, %d index-log .newlock waits, %.1f s" % (
                      stats["points"], stats["run"], len(violations),
                      stats["drifted"], stats["not_killed"],
-                     stats["seconds"]))
+                     stats["newlock"], stats["seconds"]))
     return lines, (op.name, op.fmt, stats, len(violations))
 
 
@@ -728,10 +742,11 @@ def main():
             print("\n".join(lines), flush=True)
             rows.append(row)
     print("\n| operation | storage | crash points | run | violations | "
-          "time |\n|---|---|---|---|---|---|")
+          ".newlock waits | time |\n|---|---|---|---|---|---|---|")
     for name, fmt, st, nv in rows:
-        print("| %s | %s | %d | %d | %d | %.0f s |" % (
-            name, fmt, st["points"], st["run"], nv, st["seconds"]))
+        print("| %s | %s | %d | %d | %d | %d | %.0f s |" % (
+            name, fmt, st["points"], st["run"], nv, st["newlock"],
+            st["seconds"]))
     total_v = sum(r[3] for r in rows)
     print("total: %d crash points run, %d violations, %.0f s" % (
         sum(r[2]["run"] for r in rows), total_v, time.time() - start))
