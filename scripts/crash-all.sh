@@ -12,4 +12,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
-exec python3 tests/crash/crashpoints.py --build-dir build "$@"
+exec python3 tests/crash/crashpoints.py --build-dir build -j 2 "$@"

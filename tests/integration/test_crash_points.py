@@ -77,3 +77,52 @@ def test_key_recovery_killed_keeps_the_held_recovery_key():
             p.quit()
     finally:
         shutil.rmtree(crash_dir, ignore_errors=True)
+
+
+def test_key_password_killed_reads_with_old_or_new_password():
+    """Killed at any of its crash points, `key password` leaves the
+    mail readable with the old password or with the new one (never
+    neither: keys split between the two), and a re-run finishes."""
+    alice = User("alice", PW, {"popvault_encrypt": "yes"},
+                 passdb_fields=KEY_PW)
+    new_pw = "Crash-recovery-pw-2"
+    crash_dir = tempfile.mkdtemp(prefix="popvault-crash-")
+    try:
+        with crypt_dovecot([alice], debug=False) as dc:
+            cl.pop3(dc, "alice").quit()
+            dc.deliver("alice", make_message("one"))
+            # two key pairs: a kill can fall between their files
+            dc.doveadm("popvault", "key", "rotate", "-u", "alice", "-p", PW)
+            dc.deliver("alice", make_message("two"))
+            snap = os.path.join(crash_dir, "snap")
+            cl.snapshot(dc, ["alice"], snap)
+            scope = [os.path.join(dc.tmp, "home") + "/"]
+            args = ["popvault", "key", "password", "-u", "alice",
+                    "-o", PW, "-n", new_pw]
+
+            def reads(pw):
+                inv = cl.doveadm_inventory(
+                    dc, "alice", ("-o", "plugin/popvault_key_password=" +
+                                  pw))
+                return inv is not None and len(inv) == 2
+
+            trace = os.path.join(crash_dir, "record.trace")
+            rc, out, err = cl.doveadm_traced(dc, args, trace)
+            assert rc == 0, err
+            points = cl.parse_trace(trace, scope)
+            assert len(points) >= 8, points
+            failures = []
+            for i, point in enumerate(points):
+                cl.restore(dc, ["alice"], snap)
+                trace = os.path.join(crash_dir, "k%d.trace" % i)
+                rc, out, err = cl.doveadm_traced(dc, args, trace, point)
+                assert rc == -9 and cl.killed_call(trace, scope), (point, rc)
+                if not reads(PW) and not reads(new_pw):
+                    failures.append("%s: reads with neither" % point)
+                    continue
+                dc.doveadm(*args)
+                if not reads(new_pw):
+                    failures.append("%s: re-run did not finish" % point)
+            assert not failures, "\n".join(failures)
+    finally:
+        shutil.rmtree(crash_dir, ignore_errors=True)
