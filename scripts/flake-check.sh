@@ -7,13 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:?usage: scripts/flake-check.sh N [run.py options]}
 shift
-rm -rf build
+# packages and configure script as for any build, then a clean build of
+# its own (./build, the developer's, is left alone)
 bash scripts/setup.sh >/dev/null
+rm -rf build-flake
+mkdir build-flake
+(cd build-flake && ../configure --enable-werror >configure.log 2>&1 &&
+	make -j"$(nproc)" >make.log 2>&1) ||
+	{ tail -30 build-flake/make.log build-flake/configure.log; exit 1; }
 logdir=$(mktemp -d /tmp/popvault-flake.XXXXXX)
 failed_runs=0
 for i in $(seq 1 "$n"); do
 	start=$(date +%s)
-	if python3 tests/integration/run.py --build-dir build "$@" \
+	if python3 tests/integration/run.py --build-dir build-flake "$@" \
 		>"$logdir/run$i.log" 2>&1; then
 		status=ok
 	else
