@@ -337,8 +337,36 @@ def doveadm_inventory(dc, user, opts=()):
     return {k: sorted(v) for k, v in inv.items()}
 
 
+def master_children(dc, comm):
+    """PIDs of the Dovecot master's children named comm (/proc)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                name, rest = f.read().split(" (", 1)[1].rsplit(") ", 1)
+        except (OSError, IndexError, ValueError):
+            continue
+        if name == comm and int(rest.split()[1]) == dc.proc.pid:
+            out.append(int(pid))
+    return out
+
+
+def wait_session_end(dc, comm="pop3"):
+    """A POP3 session's work goes on after its QUIT reply (move
+    recovery, the retention sweep): wait for its process to end."""
+    deadline = time.time() + SESSION_TIMEOUT
+    while master_children(dc, comm):
+        if time.time() > deadline:
+            raise AssertionError("%s still running %d s after QUIT" % (
+                comm, SESSION_TIMEOUT))
+        time.sleep(0.01)
+
+
 def pop3_view(dc, user, password=None):
-    """{message-id: uidl} of what POP3 lists (UIDL, TOP n 0)."""
+    """{message-id: uidl} of what POP3 lists (UIDL, TOP n 0), once the
+    session's process has ended."""
     c = pop3(dc, user, password)
     try:
         view = {}
@@ -350,9 +378,10 @@ def pop3_view(dc, user, password=None):
                     mid = l.split(" ", 1)[1].strip()
             view[mid] = uidl
         c.quit()
-        return view
     finally:
         c.close()
+    wait_session_end(dc)
+    return view
 
 
 def compare(before, after, ref, phase):
