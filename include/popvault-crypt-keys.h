@@ -125,15 +125,24 @@ int popvault_keystore_set_password(const char *keys_dir, const char *username,
 				   const char *new_password,
 				   const char **error_r);
 
-/* Creates a recovery key pair, seals every private key to it, replaces
-   the previous recovery key (its seals are removed last) and returns the
-   recovery secret (shown once, never stored). secrets unlock the keys.
-   Returns 0 / -1. */
+/* Creates a recovery key pair, seals every private key to it next to
+   the seal to the published recovery key (seals to keys never published
+   are dropped) and returns the recovery secret (shown once, never
+   stored). Publishes nothing: the previous recovery key stays the one
+   new key pairs are sealed to. secrets unlock the keys. Returns 0 / -1. */
 int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
 				   const struct popvault_key_secrets *secrets,
 				   unsigned char recovery_r[POPVAULT_RECOVERY_KEY_SIZE],
 				   const char **recovery_id_r,
 				   const char **error_r);
+
+/* After the recovery key from popvault_keystore_set_recovery() has been
+   shown: checks that every key file is sealed to it, makes it the
+   published recovery key and then removes the seals to any other.
+   Returns 0 / -1 (nothing published when a key file lacks the seal). */
+int popvault_keystore_publish_recovery(const char *keys_dir,
+	const unsigned char recovery[POPVAULT_RECOVERY_KEY_SIZE],
+	const char **error_r);
 
 /* Every key pair, oldest first; recovery_id_r is NULL without one. */
 int popvault_keystore_list(const char *keys_dir, pool_t pool,

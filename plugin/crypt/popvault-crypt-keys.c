@@ -22,6 +22,8 @@
 
 #define KEYFILE_MAGIC "popvault-keypair 1"
 #define KEYFILE_SUFFIX ".key"
+/* a key file re-wrapped by key password, waiting to replace <id>.key */
+#define PENDING_SUFFIX ".pending"
 #define KEY_ID_HEX_LEN (POPVAULT_KEY_ID_SIZE * 2)
 #define CURRENT_NAME "current"
 #define RECOVERY_NAME "recovery"
@@ -843,17 +845,26 @@ static int replace_file(const char *dir, const char *name,
 	return fsync_dir(dir, error_r);
 }
 
-static int keyfile_write(const char *keys_dir, const struct keyfile *kf,
-			 const char **error_r)
+/* suffix: "" for the key file itself, PENDING_SUFFIX for the copy
+   key password writes next to it first */
+static int keyfile_write_as(const char *keys_dir, const struct keyfile *kf,
+			    const char *suffix, const char **error_r)
 {
 	const char *id_hex = binary_to_hex(kf->key_id, sizeof(kf->key_id));
 	string_t *str = keyfile_format(kf);
 	int ret;
 
-	ret = replace_file(keys_dir, t_strconcat(id_hex, KEYFILE_SUFFIX, NULL),
+	ret = replace_file(keys_dir, t_strconcat(id_hex, KEYFILE_SUFFIX,
+						 suffix, NULL),
 			   str_data(str), str_len(str), error_r);
 	sodium_memzero(str_c_modifiable(str), str_len(str));
 	return ret;
+}
+
+static int keyfile_write(const char *keys_dir, const struct keyfile *kf,
+			 const char **error_r)
+{
+	return keyfile_write_as(keys_dir, kf, "", error_r);
 }
 
 /* Returns 1 and the key id when "current" exists, 0 when it doesn't. */
@@ -1365,6 +1376,32 @@ int popvault_keystore_rotate(const char *keys_dir, const char *username,
 	return 0;
 }
 
+/* key password killed between renaming two re-wrapped files: the key
+   whose file still has the old wrap has its new one waiting in
+   <id>.key.pending, so the new password opens every key too. */
+static int keyfile_unwrap_pending(const char *keys_dir, const char *id,
+				  const char *username,
+				  const struct popvault_key_secrets *secrets,
+				  struct pw_kek_cache *cache,
+				  unsigned char sk_r[POPVAULT_SK_SIZE])
+{
+	const char *path = t_strconcat(keyfile_path(keys_dir, id),
+				       PENDING_SUFFIX, NULL);
+	string_t *str = t_str_new(1024);
+	struct keyfile kf;
+	const char *error;
+	int ret;
+
+	if (read_small_file(path, str, &error) <= 0)
+		return -1;
+	ret = keyfile_parse(path, str_c(str), &kf, &error) < 0 ||
+		strcmp(binary_to_hex(kf.key_id, sizeof(kf.key_id)), id) != 0 ||
+		keyfile_unwrap_sk(&kf, path, username, secrets, cache, sk_r,
+				  &error) < 0 ? -1 : 0;
+	sodium_memzero(&kf, sizeof(kf));
+	return ret;
+}
+
 int popvault_keystore_load_receiver(const char *keys_dir,
 				    const char *username,
 				    const struct popvault_key_secrets *secrets,
@@ -1385,10 +1422,12 @@ int popvault_keystore_load_receiver(const char *keys_dir,
 		return -1;
 	i_zero(&cache);
 	array_foreach_elem(&ids, id) {
-		if (keyfile_read(keys_dir, id, &kf, error_r) < 0 ||
-		    keyfile_unwrap_sk(&kf, keyfile_path(keys_dir, id),
-				      username, secrets, &cache, sk,
-				      error_r) < 0) {
+		if ((keyfile_read(keys_dir, id, &kf, error_r) < 0 ||
+		     keyfile_unwrap_sk(&kf, keyfile_path(keys_dir, id),
+				       username, secrets, &cache, sk,
+				       error_r) < 0) &&
+		    keyfile_unwrap_pending(keys_dir, id, username, secrets,
+					   &cache, sk) < 0) {
 			ret = -1;
 			break;
 		}
@@ -1450,17 +1489,40 @@ int popvault_keystore_set_password(const char *keys_dir, const char *username,
 		ret = keyfile_wrap_password(&kf, username, new_password,
 					    &new_cache, sk, error_r);
 		sodium_memzero(sk, sizeof(sk));
-		if (ret < 0 || (ret = keyfile_write(keys_dir, &kf, error_r)) < 0)
+		if (ret < 0 || (ret = keyfile_write_as(keys_dir, &kf,
+						       PENDING_SUFFIX,
+						       error_r)) < 0)
 			break;
 	}
 	pw_kek_cache_clear(&old_cache);
 	pw_kek_cache_clear(&new_cache);
 	pw_kek_cache_clear(&resume_cache);
 	sodium_memzero(&kf, sizeof(kf));
+	if (ret == 0) {
+		/* Every key is re-wrapped next to its file; only now are
+		   they switched. Killed before, the old password opens every
+		   key; killed between two renames, the new one does (the
+		   readers look at <id>.key.pending), and a re-run finishes. */
+		array_foreach_elem(&ids, id) {
+			path = keyfile_path(keys_dir, id);
+			if (rename(t_strconcat(path, PENDING_SUFFIX, NULL),
+				   path) < 0) {
+				*error_r = t_strdup_printf(
+					"rename(%s%s) failed: %m",
+					path, PENDING_SUFFIX);
+				ret = -1;
+				break;
+			}
+		}
+	}
+	if (ret == 0)
+		ret = fsync_dir(keys_dir, error_r);
 	file_unlock(&lock);
 	return ret;
 }
 
+/* Removes from every key file the seals to recovery keys other than
+   rp; a key file that lacks rp's seal keeps its others (see publish). */
 static int recovery_drop_others(const char *keys_dir,
 				const ARRAY_TYPE(const_string) *ids,
 				const struct recovery_pub *rp,
@@ -1478,7 +1540,7 @@ static int recovery_drop_others(const char *keys_dir,
 				   sizeof(rp->id)) == 0)
 				kf.recovery[n++] = kf.recovery[i];
 		}
-		if (n == kf.recovery_count)
+		if (n == kf.recovery_count || n == 0)
 			continue;
 		kf.recovery_count = n;
 		if (keyfile_write(keys_dir, &kf, error_r) < 0)
@@ -1487,30 +1549,50 @@ static int recovery_drop_others(const char *keys_dir,
 	return 0;
 }
 
-int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
-				   const struct popvault_key_secrets *secrets,
-				   unsigned char recovery_r[POPVAULT_RECOVERY_KEY_SIZE],
-				   const char **recovery_id_r,
-				   const char **error_r)
+/* Keeps only the seal to the published recovery key (if any): seals to
+   keys of earlier runs that never got published were never confirmed
+   shown, and must not push the admin's key out of RECOVERY_WRAPS_MAX. */
+static void recovery_keep_published(struct keyfile *kf,
+				    const struct recovery_pub *published)
+{
+	unsigned int i, n;
+
+	for (i = n = 0; i < kf->recovery_count; i++) {
+		if (published != NULL &&
+		    memcmp(kf->recovery[i].id, published->id,
+			   sizeof(published->id)) == 0)
+			kf->recovery[n++] = kf->recovery[i];
+	}
+	kf->recovery_count = n;
+}
+
+static int
+keystore_set_recovery_locked(const char *keys_dir, const char *username,
+			     const struct popvault_key_secrets *secrets,
+			     unsigned char recovery_r[POPVAULT_RECOVERY_KEY_SIZE],
+			     const char **recovery_id_r, const char **error_r)
 {
 	unsigned char sk[POPVAULT_SK_SIZE];
 	ARRAY_TYPE(const_string) ids;
 	struct pw_kek_cache cache;
-	struct recovery_pub rp;
+	struct recovery_pub rp, published;
 	struct keyfile kf;
-	const char *id, *text;
-	int ret = 0;
+	const char *id;
+	int ret = 0, have_published;
 
 	t_array_init(&ids, 8);
 	if (keys_dir_create(keys_dir, error_r) < 0 ||
-	    keystore_key_ids(keys_dir, &ids, error_r) < 0)
+	    keystore_key_ids(keys_dir, &ids, error_r) < 0 ||
+	    (have_published = read_recovery_pub(keys_dir, &published,
+						error_r)) < 0)
 		return -1;
 	crypto_box_keypair(rp.pk, recovery_r);
 	popvault_key_id(rp.pk, rp.id);
 
-	/* Seal every key to the new recovery key first, then publish it,
-	   and only then drop the old seals: killed anywhere, every key
-	   still opens with the old recovery key or the new one. */
+	/* Seal every key to the new recovery key, next to the seal to the
+	   published one. Nothing else changes until the caller has shown
+	   the new key (popvault_keystore_publish_recovery): killed before
+	   that, the recovery key the admin holds still opens every key. */
 	i_zero(&cache);
 	array_foreach_elem(&ids, id) {
 		if (keyfile_read(keys_dir, id, &kf, error_r) < 0 ||
@@ -1520,6 +1602,8 @@ int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
 			ret = -1;
 			break;
 		}
+		recovery_keep_published(&kf, have_published > 0 ?
+					&published : NULL);
 		keyfile_seal_recovery(&kf, &rp, sk);
 		sodium_memzero(sk, sizeof(sk));
 		if ((ret = keyfile_write(keys_dir, &kf, error_r)) < 0)
@@ -1532,16 +1616,95 @@ int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
 		return -1;
 	}
 	*recovery_id_r = binary_to_hex(rp.id, sizeof(rp.id));
-	text = t_strdup_printf(RECOVERY_MAGIC"\nkey_id %s\ncreated %ld\n"
-			       "public %s\n", *recovery_id_r, (long)time(NULL),
-			       binary_to_hex(rp.pk, sizeof(rp.pk)));
-	if (replace_file(keys_dir, RECOVERY_NAME, text, strlen(text),
-			 error_r) < 0 ||
-	    recovery_drop_others(keys_dir, &ids, &rp, error_r) < 0) {
-		sodium_memzero(recovery_r, POPVAULT_RECOVERY_KEY_SIZE);
+	return 0;
+}
+
+static int keystore_publish_recovery_locked(const char *keys_dir,
+	const unsigned char recovery[POPVAULT_RECOVERY_KEY_SIZE],
+	const char **error_r)
+{
+	ARRAY_TYPE(const_string) ids;
+	struct recovery_pub rp;
+	struct keyfile kf;
+	const char *id, *text;
+	unsigned int i;
+	bool sealed;
+
+	if (crypto_scalarmult_base(rp.pk, recovery) != 0) {
+		*error_r = "invalid recovery key";
 		return -1;
 	}
+	popvault_key_id(rp.pk, rp.id);
+	t_array_init(&ids, 8);
+	if (keystore_key_ids(keys_dir, &ids, error_r) < 0)
+		return -1;
+	/* a key pair made since the seals were written (a rotation, a
+	   first delivery) is sealed to the old recovery key only: publish
+	   nothing, the old key stays the one that opens everything */
+	array_foreach_elem(&ids, id) {
+		if (keyfile_read(keys_dir, id, &kf, error_r) < 0)
+			return -1;
+		sealed = FALSE;
+		for (i = 0; i < kf.recovery_count; i++) {
+			if (memcmp(kf.recovery[i].id, rp.id,
+				   sizeof(rp.id)) == 0)
+				sealed = TRUE;
+		}
+		if (!sealed) {
+			*error_r = t_strdup_printf("%s was created meanwhile "
+				"and is not sealed to the new recovery key: "
+				"the previous recovery key stays valid, run "
+				"the command again",
+				keyfile_path(keys_dir, id));
+			return -1;
+		}
+	}
+	text = t_strdup_printf(RECOVERY_MAGIC"\nkey_id %s\ncreated %ld\n"
+			       "public %s\n", binary_to_hex(rp.id, sizeof(rp.id)),
+			       (long)time(NULL),
+			       binary_to_hex(rp.pk, sizeof(rp.pk)));
+	/* new key pairs are sealed to it from now on; then the previous
+	   recovery key's seals go */
+	if (replace_file(keys_dir, RECOVERY_NAME, text, strlen(text),
+			 error_r) < 0 ||
+	    recovery_drop_others(keys_dir, &ids, &rp, error_r) < 0)
+		return -1;
 	return 0;
+}
+
+/* Both recovery steps rewrite every key file: under the store's lock, so
+   that a login adding a missing wrap meanwhile neither loses the new seal
+   nor has its wrap overwritten. */
+int popvault_keystore_set_recovery(const char *keys_dir, const char *username,
+				   const struct popvault_key_secrets *secrets,
+				   unsigned char recovery_r[POPVAULT_RECOVERY_KEY_SIZE],
+				   const char **recovery_id_r,
+				   const char **error_r)
+{
+	struct file_lock *lock;
+	int ret;
+
+	if (keys_dir_create(keys_dir, error_r) < 0 ||
+	    keystore_lock(keys_dir, &lock, error_r) < 0)
+		return -1;
+	ret = keystore_set_recovery_locked(keys_dir, username, secrets,
+					   recovery_r, recovery_id_r, error_r);
+	file_unlock(&lock);
+	return ret;
+}
+
+int popvault_keystore_publish_recovery(const char *keys_dir,
+	const unsigned char recovery[POPVAULT_RECOVERY_KEY_SIZE],
+	const char **error_r)
+{
+	struct file_lock *lock;
+	int ret;
+
+	if (keystore_lock(keys_dir, &lock, error_r) < 0)
+		return -1;
+	ret = keystore_publish_recovery_locked(keys_dir, recovery, error_r);
+	file_unlock(&lock);
+	return ret;
 }
 
 static int key_info_cmp(const struct popvault_key_info *a,
@@ -1561,6 +1724,7 @@ int popvault_keystore_list(const char *keys_dir, pool_t pool,
 	struct recovery_pub rp;
 	struct keyfile kf;
 	const char *id, *current = "";
+	unsigned int i;
 	int ret;
 
 	*recovery_id_r = NULL;
@@ -1582,9 +1746,12 @@ int popvault_keystore_list(const char *keys_dir, pool_t pool,
 		info->current = strcmp(id, current) == 0;
 		info->master = kf.have_master_wrap;
 		info->password = kf.have_password_wrap;
-		info->recovery = ret > 0 && kf.recovery_count > 0 &&
-			memcmp(kf.recovery[kf.recovery_count - 1].id, rp.id,
-			       sizeof(rp.id)) == 0;
+		info->recovery = FALSE;
+		for (i = 0; ret > 0 && i < kf.recovery_count; i++) {
+			if (memcmp(kf.recovery[i].id, rp.id,
+				   sizeof(rp.id)) == 0)
+				info->recovery = TRUE;
+		}
 		sodium_memzero(&kf, sizeof(kf));
 	}
 	array_sort(keys_r, key_info_cmp);

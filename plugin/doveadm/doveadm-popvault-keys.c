@@ -28,6 +28,7 @@
 #pragma weak doveadm_print
 #pragma weak doveadm_print_header_simple
 #pragma weak doveadm_print_init
+#pragma weak doveadm_print_flush
 
 enum key_op {
 	KEY_GENERATE,
@@ -160,7 +161,14 @@ static int key_cmd_run(struct doveadm_mail_cmd_context *_ctx,
 		doveadm_print(recovery_id);
 		/* shown this once; popvault keeps only its public half */
 		doveadm_print(popvault_recovery_key_format(recovery));
+		/* out before the previous recovery key loses its seals: a
+		   run killed before this line leaves that key valid */
+		doveadm_print_flush();
+		ret = popvault_keystore_publish_recovery(keys_dir, recovery,
+							 &error);
 		sodium_memzero(recovery, sizeof(recovery));
+		if (ret < 0)
+			return key_fail(cmd, user, MAIL_ERROR_TEMP, error);
 		break;
 	}
 	return 0;

@@ -1,16 +1,16 @@
 """doveadm popvault encrypt | decrypt | verify (issue 6): existing mail
 changes form in place with its flags, keywords, dates and POP3 UIDLs;
-a run killed at any point and run again loses and duplicates nothing;
+a run killed at its crash points (crash_util.py) and run again loses
+and duplicates nothing;
 verify names exactly the damaged messages."""
 
 import os
-import random
 import re
-import signal
-import subprocess
-import time
+import shutil
+import tempfile
 
-from harness import DOVEADM, User, make_message
+import crash_util as cl
+from harness import User, make_message
 from crypt_util import (CHUNK, HEADER_SIZE, MAGIC, TAG, crypt_dovecot,
                         enc_fields, message_files)
 
@@ -180,65 +180,82 @@ def _lines(out):
             for l in out.splitlines() if l.strip()]
 
 
-def _killed_runs(dc, op, kills, rnd, opts=()):
-    """Runs `op` and kills it with SIGKILL at random points, `kills`
-    times (after k result lines plus a random delay); returns how many
-    messages the killed runs reported."""
+def _recorded_points(dc, op, opts=()):
+    """The crash points of `op` from the current state: one run under
+    strace on a copy of the user's home, then the home put back
+    (crash_util.py). A kill at one of them lands at the same call every
+    time."""
+    tmp = tempfile.mkdtemp(prefix="popvault-crash-")
+    try:
+        snap = os.path.join(tmp, "snap")
+        cl.snapshot(dc, [USER], snap)
+        trace = os.path.join(tmp, "record.trace")
+        rc, out, err = cl.doveadm_traced(dc, _tool_args(op, opts), trace)
+        assert rc in (0, 75), (rc, err)
+        points = cl.parse_trace(trace, [dc.home(USER) + "/"])
+        cl.restore(dc, [USER], snap)
+        return points
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tool_args(op, opts=()):
+    return list(opts) + ["-f", "flow", "popvault", op, "-u", USER]
+
+
+def _run_killed(dc, op, point, opts=()):
+    """Runs `op` killed with SIGKILL as it enters `point`'s call; returns
+    the result lines it printed before."""
+    tmp = tempfile.mkdtemp(prefix="popvault-crash-")
+    try:
+        trace = os.path.join(tmp, "kill.trace")
+        rc, out, err = cl.doveadm_traced(dc, _tool_args(op, opts), trace,
+                                         point)
+        killed = cl.killed_call(trace, [dc.home(USER) + "/"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert rc == -9 and killed and killed[0] == point.syscall, \
+        (point, rc, killed, err)
+    if os.environ.get("POPVAULT_DEBUG_TOOLS"):
+        print("killed at %s: %s" % (point, err))
+    return len(out.splitlines())
+
+
+def _killed_runs(dc, op, kills, opts=()):
+    """Runs `op` and kills it `kills` times, each from the state the
+    last kill left, at the crash point k/(kills+1) of the way through
+    the mutating calls a recording run from that state makes; returns
+    how many messages the killed runs reported."""
     reported = 0
-    for _ in range(kills):
-        p = subprocess.Popen([DOVEADM, "-c", dc.config_path] + list(opts) +
-                             ["-f", "flow", "popvault", op, "-u", USER],
-                             stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-        want = rnd.randint(0, 6)
-        got = 0
-        while got < want:
-            line = p.stdout.readline()
-            if not line:
-                break
-            got += 1
-        time.sleep(rnd.uniform(0, 0.01))
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-        rest = p.stdout.read()
-        err = p.stderr.read()
-        p.wait()
-        p.stdout.close()
-        p.stderr.close()
-        if os.environ.get("POPVAULT_DEBUG_TOOLS"):
-            print("killed run after %d lines: %s" % (got, err.decode()))
-        # Killed while creating maildir's dovecot-uidlist.lock, the lock
-        # can stay without a PID in it; Dovecot then waits for it to turn
-        # stale (2 minutes). The process is gone: remove what it left.
-        for d, _, files in os.walk(dc.home(USER)):
-            for name in files:
-                if name == "dovecot-uidlist.lock":
-                    os.unlink(os.path.join(d, name))
-        reported += got + len(rest.splitlines())
+    for k in range(kills):
+        points = _recorded_points(dc, op, opts)
+        if not points:
+            break
+        reported += _run_killed(
+            dc, op, points[len(points) * (k + 1) // (kills + 1)], opts)
     return reported
 
 
-def _kill_in_window(dc, op, count):
-    """Kills `op` with SIGKILL while a copy and its original both exist
-    (more message files than messages): the window a re-run must finish
-    without a new copy. Returns True when it caught the window."""
-    p = subprocess.Popen([DOVEADM, "-c", dc.config_path, "-f", "flow",
-                          "popvault", op, "-u", USER],
-                         stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    caught = False
-    try:
-        while p.poll() is None:
-            if len(_mail_files(dc)) > count:
-                os.kill(p.pid, signal.SIGKILL)
-                caught = True
-                break
-    finally:
-        p.wait()
-    for d, _, files in os.walk(dc.home(USER)):
-        if "dovecot-uidlist.lock" in files:
-            os.unlink(os.path.join(d, "dovecot-uidlist.lock"))
-    return caught
+def _kill_in_window(dc, op):
+    """Kills `op` when a copy and its original both exist (maildir): the
+    first copy is renamed from tmp/ into new/, and the run is killed at
+    its last write to dovecot.index.log before it unlinks an original,
+    so the expunge is not recorded yet: the window a re-run must finish
+    without a new copy."""
+    points = _recorded_points(dc, op)
+    copied = None
+    for i, point in enumerate(points):
+        if point.syscall == "rename" and "/tmp/" in point.desc and \
+                "Maildir/new/" in point.desc:
+            copied = i
+        elif copied is not None and point.syscall == "unlink" and \
+                re.search(r"Maildir/(new|cur)/", point.desc):
+            log = [p for p in points[copied:i]
+                   if p.syscall in ("write", "pwrite64") and
+                   "dovecot.index.log>" in p.desc]
+            _run_killed(dc, op, log[-1])
+            return
+    raise AssertionError("no unlink of an original after a copy")
 
 
 def _check_same(before, after, uidl=True):
@@ -276,9 +293,12 @@ def _rerun(dc, mail_format, op, opts=()):
 
 
 def _roundtrip(mail_format, kills, window_kill=False):
-    rnd = random.Random(mail_format)
     user = User(USER, fields=_fields(False))
-    with crypt_dovecot([user], mail_format=mail_format) as dc:
+    # a writer killed between creating dovecot-uidlist.lock and writing
+    # its PID into it would hold up the next run for Dovecot's 120 s
+    # stale timeout; link()ed dotlocks are never empty (docs/admin-guide.md)
+    with crypt_dovecot([user], mail_format=mail_format,
+                       extra_conf="dotlock_use_excl = no\n") as dc:
         _populate(dc, 12)
         before = _snapshot(dc)
         assert len(before) == 16
@@ -291,14 +311,12 @@ def _roundtrip(mail_format, kills, window_kill=False):
         rc, out, err = _tool(dc, "decrypt", check=False)
         assert rc == 65 and "would be encrypted again" in err, (rc, err)
 
-        caught = False
         if window_kill:
-            for _ in range(5):
-                caught = _kill_in_window(dc, "encrypt", len(before))
-                if caught:
-                    break
-            assert caught, "never caught a run between copy and expunge"
-        reported = _killed_runs(dc, "encrypt", kills, rnd)
+            files = len(_mail_files(dc))
+            _kill_in_window(dc, "encrypt")
+            # a copy and its original, one more file than messages
+            assert len(_mail_files(dc)) == files + 1, _mail_files(dc)
+        reported = _killed_runs(dc, "encrypt", kills)
         rc, out, err = _rerun(dc, mail_format, "encrypt")
         # a kill during a dbox save leaves files the index doesn't know
         # (sdbox) or an inconsistent storage (mdbox): Dovecot and the run
@@ -314,7 +332,7 @@ def _roundtrip(mail_format, kills, window_kill=False):
         done = _lines(out)
         assert all(l["result"] in ("encrypted", "completed")
                    for l in done), out
-        if caught and kills == 0:
+        if window_kill:
             # the message caught in the window is finished, not copied
             # again
             assert [l for l in done if l["result"] == "completed"], out
@@ -338,7 +356,7 @@ def _roundtrip(mail_format, kills, window_kill=False):
         else:
             opts = ()
             _set_encrypt(dc, False)
-        _killed_runs(dc, "decrypt", kills // 2, rnd, opts=opts)
+        _killed_runs(dc, "decrypt", kills // 2, opts=opts)
         _rerun(dc, mail_format, "decrypt", opts=opts)
         for path in _mail_files(dc):
             with open(path, "rb") as f:

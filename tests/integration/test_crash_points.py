@@ -1,0 +1,128 @@
+"""Crash points as regression tests (issue 17): a command killed exactly
+at each of its mutating system calls (strace, crash_util.py), from the
+same starting state, keeps its promise. The full enumeration over every
+operation is tests/crash/crashpoints.py (docs/fault-injection.md)."""
+
+import os
+import tempfile
+import shutil
+
+import crash_util as cl
+from harness import User, make_message
+from crypt_util import crypt_dovecot
+
+PW = "Crash-recovery-pw-1"
+KEY_PW = {"userdb_popvault_key_password": "%w"}
+
+
+def _recovery(dc, user):
+    rc, out, err = dc.doveadm("-f", "tab", "popvault", "key", "recovery",
+                              "-u", user, "-p", PW)
+    return cl.RECOVERY_RX.search(out).group(0)
+
+
+def test_key_recovery_killed_keeps_the_held_recovery_key():
+    """Killed anywhere before it has printed the new recovery key, `key
+    recovery` leaves every private key sealed to the recovery key the
+    admin already holds; killed after, to the one it printed; a re-run
+    finishes and its key opens every private key."""
+    alice = User("alice", PW, {"popvault_encrypt": "yes"},
+                 passdb_fields=KEY_PW)
+    crash_dir = tempfile.mkdtemp(prefix="popvault-crash-")
+    try:
+        with crypt_dovecot([alice], debug=False) as dc:
+            cl.pop3(dc, "alice").quit()          # the first key pair
+            dc.deliver("alice", make_message("one"))
+            held = _recovery(dc, "alice")
+            # a second key pair, so a kill can fall between two files
+            dc.doveadm("popvault", "key", "rotate", "-u", "alice", "-p", PW)
+            keys = os.path.join(dc.home("alice"), ".popvault", "keys")
+            assert cl.recovery_opens(keys, held) == []
+            snap = os.path.join(crash_dir, "snap")
+            cl.snapshot(dc, ["alice"], snap)
+            scope = [os.path.join(dc.tmp, "home") + "/"]
+            args = ["-f", "tab", "popvault", "key", "recovery", "-u",
+                    "alice", "-p", PW]
+
+            trace = os.path.join(crash_dir, "record.trace")
+            rc, out, err = cl.doveadm_traced(dc, args, trace)
+            assert rc == 0, err
+            points = cl.parse_trace(trace, scope)
+            # two key files and the recovery file, each written to a
+            # temporary file, fsynced and renamed, twice for the keys
+            assert len(points) >= 12, points
+            failures = []
+            for i, point in enumerate(points):
+                cl.restore(dc, ["alice"], snap)
+                trace = os.path.join(crash_dir, "k%d.trace" % i)
+                rc, out, err = cl.doveadm_traced(dc, args, trace, point)
+                assert rc == -9 and cl.killed_call(trace, scope), (point, rc)
+                shown = cl.RECOVERY_RX.findall(out)
+                ok = [r for r in [held] + shown
+                      if cl.recovery_opens(keys, r) == []]
+                if not ok or (not shown and ok != [held]):
+                    failures.append("%s: the held recovery key opens "
+                                    "not %s" % (point, cl.recovery_opens(
+                                        keys, held)))
+                    continue
+                # the next run finishes; its key opens everything
+                new = _recovery(dc, "alice")
+                if cl.recovery_opens(keys, new):
+                    failures.append("%s: re-run's key opens not %s" % (
+                        point, cl.recovery_opens(keys, new)))
+            assert not failures, "\n".join(failures)
+            # and the mail still reads with the password
+            p = cl.pop3(dc, "alice")
+            assert p.stat()[0] == 1
+            p.quit()
+    finally:
+        shutil.rmtree(crash_dir, ignore_errors=True)
+
+
+def test_key_password_killed_reads_with_old_or_new_password():
+    """Killed at any of its crash points, `key password` leaves the
+    mail readable with the old password or with the new one (never
+    neither: keys split between the two), and a re-run finishes."""
+    alice = User("alice", PW, {"popvault_encrypt": "yes"},
+                 passdb_fields=KEY_PW)
+    new_pw = "Crash-recovery-pw-2"
+    crash_dir = tempfile.mkdtemp(prefix="popvault-crash-")
+    try:
+        with crypt_dovecot([alice], debug=False) as dc:
+            cl.pop3(dc, "alice").quit()
+            dc.deliver("alice", make_message("one"))
+            # two key pairs: a kill can fall between their files
+            dc.doveadm("popvault", "key", "rotate", "-u", "alice", "-p", PW)
+            dc.deliver("alice", make_message("two"))
+            snap = os.path.join(crash_dir, "snap")
+            cl.snapshot(dc, ["alice"], snap)
+            scope = [os.path.join(dc.tmp, "home") + "/"]
+            args = ["popvault", "key", "password", "-u", "alice",
+                    "-o", PW, "-n", new_pw]
+
+            def reads(pw):
+                inv = cl.doveadm_inventory(
+                    dc, "alice", ("-o", "plugin/popvault_key_password=" +
+                                  pw))
+                return inv is not None and len(inv) == 2
+
+            trace = os.path.join(crash_dir, "record.trace")
+            rc, out, err = cl.doveadm_traced(dc, args, trace)
+            assert rc == 0, err
+            points = cl.parse_trace(trace, scope)
+            assert len(points) >= 8, points
+            failures = []
+            for i, point in enumerate(points):
+                cl.restore(dc, ["alice"], snap)
+                trace = os.path.join(crash_dir, "k%d.trace" % i)
+                rc, out, err = cl.doveadm_traced(dc, args, trace, point)
+                assert rc == -9 and cl.killed_call(trace, scope), (point, rc)
+                if not reads(PW) and not reads(new_pw):
+                    failures.append("%s: reads with neither" % point)
+                    continue
+                dc.doveadm(*args)
+                if not reads(new_pw):
+                    failures.append("%s: re-run did not finish" % point)
+            assert not failures, "\n".join(failures)
+    finally:
+        shutil.rmtree(crash_dir, ignore_errors=True)
