@@ -106,3 +106,25 @@ def imap_append(dc, user, msg, box="INBOX"):
         assert r.startswith("a1 OK"), r
     finally:
         c.logout()
+
+
+def lmtp_reply(dc, user, message):
+    """The LMTP reply to one delivery, on a connection of its own."""
+    c = dc.lmtp()
+    try:
+        return c.deliver(user, message)[user]
+    finally:
+        c.quit()
+
+
+def read_until_bye(c, command):
+    """Sends an IMAP command whose failure ends the connection and returns
+    every line the server sent until it closed."""
+    c.cmd(command)
+    lines = []
+    try:
+        while True:
+            lines.append(c.readline())
+    except EOFError:
+        pass
+    return lines

@@ -11,7 +11,8 @@ import re
 import threading
 
 from harness import User, make_message
-from crypt_util import MAGIC, crypt_dovecot, enc_fields, message_files
+from crypt_util import MAGIC, crypt_dovecot, enc_fields, lmtp_reply, \
+    message_files, read_until_bye
 from test_keys import KEY_PW, PASSWORD_MODE, keys_dir, key_files, \
     current_key, key_list, pop3_read_all
 
@@ -64,14 +65,6 @@ def password_opens(dc, user, key_id, password):
     derived = ctypes.create_string_buffer(32)
     assert lib.crypto_scalarmult_base(derived, sk.raw) == 0
     return derived.raw == pk
-
-
-def lmtp_reply(dc, user, message):
-    c = dc.lmtp()
-    try:
-        return c.deliver(user, message)[user]
-    finally:
-        c.quit()
 
 
 def pop3_login(dc, login, password):
@@ -180,13 +173,7 @@ def test_master_user_never_locks_with_its_password():
         assert " OK" in c.login("bob*admin", ADMIN_PW)
         st, _ = c.command("EXAMINE INBOX")
         assert " OK" in st, st
-        c.cmd("f1 FETCH 1 (BODY.PEEK[])")
-        lines = []
-        try:
-            while True:
-                lines.append(c.readline())
-        except EOFError:
-            pass
+        lines = read_until_bye(c, "f1 FETCH 1 (BODY.PEEK[])")
         c.close()
         assert not any("BODY[]" in l for l in lines), lines
         assert file_bytes(dc, "bob") == before

@@ -14,7 +14,7 @@ import time
 
 from harness import User, make_message
 from crypt_util import MAGIC, crypt_dovecot, enc_fields, message_files, \
-    all_files
+    read_until_bye, all_files
 
 # distinctive, so a leak into a log or file is found by a plain search
 PW_A = "Tr0ub4dor-7xq-first"
@@ -213,13 +213,7 @@ def test_password_mode_end_to_end():
         c = dc.imap("alice")
         st, out = c.command("EXAMINE INBOX")
         assert " OK" in st, st
-        c.cmd("f1 FETCH 1 (BODY.PEEK[])")
-        lines = []
-        try:
-            while True:
-                lines.append(c.readline())
-        except EOFError:
-            pass
+        lines = read_until_bye(c, "f1 FETCH 1 (BODY.PEEK[])")
         assert any(l.startswith("* BYE FETCH failed: The mailbox's "
                                 "encryption keys did not unlock")
                    for l in lines), lines

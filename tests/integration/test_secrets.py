@@ -18,7 +18,7 @@ import shutil
 import tempfile
 
 from harness import Dovecot, HarnessError, User, make_message
-from crypt_util import MAGIC, message_files
+from crypt_util import MAGIC, lmtp_reply, message_files
 from test_keys import private_keys_via_recovery
 
 ENC = {"popvault_encrypt": "yes"}
@@ -83,14 +83,6 @@ def log_bytes(dc):
     """The whole log as bytes: a secret's raw bytes are searched too."""
     with open(dc.log_path, "rb") as f:
         return f.read()
-
-
-def lmtp_reply(dc, user, message):
-    c = dc.lmtp()
-    try:
-        return c.deliver(user, message)[user]
-    finally:
-        c.quit()
 
 
 def deliver_and_read(dc, user):
