@@ -10,6 +10,7 @@
 #include "popvault-dict.h"
 #include "popvault-ledger.h"
 #include "popvault-crypt.h"
+#include "popvault-compat.h"
 
 struct popvault_user_module popvault_user_module =
 	MODULE_CONTEXT_INIT(&mail_user_module_register);
@@ -17,34 +18,6 @@ struct popvault_user_module popvault_user_module =
 struct event_category event_category_popvault = {
 	.name = "popvault",
 };
-
-static const char *user_setting_lookup(const char *name, void *context)
-{
-	struct mail_user *user = context;
-	const char *value = mail_user_plugin_getenv(user, name);
-
-	/* Dovecot treats an empty plugin setting as unset */
-	return value == NULL || value[0] == '\0' ? NULL : value;
-}
-
-static void
-user_setting_iter(void *context,
-		  void (*cb)(const char *name, void *cb_context),
-		  void *cb_context)
-{
-	struct mail_user *user = context;
-	const char *const *envs;
-	unsigned int i, count;
-
-	if (!array_is_created(&user->set->plugin_envs))
-		return;
-	/* plugin_envs is a flat key, value, key, value ... array */
-	envs = array_get(&user->set->plugin_envs, &count);
-	for (i = 0; i + 1 < count; i += 2) {
-		if (str_begins(envs[i], POPVAULT_SETTING_PREFIX))
-			cb(envs[i], cb_context);
-	}
-}
 
 static void popvault_mail_user_deinit(struct mail_user *user)
 {
@@ -96,9 +69,7 @@ void popvault_mail_user_created(struct mail_user *user)
 	struct popvault_settings set;
 	const char *error;
 
-	if (popvault_settings_parse(user->pool, user_setting_lookup,
-				    user_setting_iter, user, &set,
-				    &error) < 0) {
+	if (popvault_compat_user_settings(user, &set, &error) < 0) {
 		/* Failing the user makes pop3 answer -ERR [SYS/TEMP] and
 		   lmtp 4xx: a wrong policy must never run as a guessed one. */
 		user->error = p_strdup_printf(user->pool,

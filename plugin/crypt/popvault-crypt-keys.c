@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <sodium.h>
+#include "popvault-compat.h"
 
 #define KEYFILE_MAGIC "popvault-keypair 1"
 #define KEYFILE_SUFFIX ".key"
@@ -161,7 +162,7 @@ int popvault_master_key_read(const char *setting,
 		/* hex */
 	} else {
 		buffer_set_used_size(dec, 0);
-		if (base64_decode(text, len, NULL, dec) < 0)
+		if (base64_scheme_decode(&base64_scheme, 0, text, len, dec) < 0)
 			buffer_set_used_size(dec, 0);
 	}
 	if (dec->used != POPVAULT_MASTER_KEY_SIZE) {
@@ -752,10 +753,10 @@ static int read_recovery_pub(const char *keys_dir, struct recovery_pub *rp_r,
 		return -1;
 	}
 	for (; *lines != NULL; lines++) {
-		if (str_begins(*lines, "key_id ")) {
+		if (str_begins_with(*lines, "key_id ")) {
 			have_id = hex_field(*lines + 7, rp_r->id,
 					    sizeof(rp_r->id)) == 0;
-		} else if (str_begins(*lines, "public ")) {
+		} else if (str_begins_with(*lines, "public ")) {
 			have_pk = hex_field(*lines + 7, rp_r->pk,
 					    sizeof(rp_r->pk)) == 0;
 		}
@@ -1217,7 +1218,7 @@ int popvault_recovery_key_parse(const char *text,
 	int ret;
 
 	text = t_str_trim(text, " \t\r\n");
-	if (str_begins(text, RECOVERY_TEXT_PREFIX))
+	if (str_begins_with(text, RECOVERY_TEXT_PREFIX))
 		text += strlen(RECOVERY_TEXT_PREFIX);
 	for (; *text != '\0'; text++) {
 		if (*text != '-' && *text != ' ')

@@ -28,6 +28,7 @@
 #include "popvault-crypt-stream.h"
 
 #include <sodium.h>
+#include "popvault-compat.h"
 
 /* The epoch design (one X25519 per epoch on both sides) only pays off
    when a delivery process keeps its sender across deliveries: each
@@ -712,7 +713,6 @@ int popvault_crypt_user_created(struct mail_user *user,
 				const char **error_r)
 {
 	const struct popvault_settings *set = &puser->set;
-	const struct mail_storage_settings *mail_set;
 	struct popvault_crypt_user *cuser;
 	const char *home, *error;
 
@@ -742,8 +742,7 @@ int popvault_crypt_user_created(struct mail_user *user,
 			"(the key store lives there)";
 		return -1;
 	}
-	mail_set = mail_user_set_get_storage_set(user);
-	if (set->encrypt && mail_set->mail_attachment_dir[0] != '\0') {
+	if (set->encrypt && popvault_compat_attachment_dir(user)[0] != '\0') {
 		*error_r = "popvault_encrypt=yes can't be used with "
 			"mail_attachment_dir (attachments would be stored "
 			"in plaintext)";

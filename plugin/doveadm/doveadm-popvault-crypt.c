@@ -47,6 +47,7 @@
 #include "popvault-ledger.h"
 #include "popvault-progress.h"
 #include "popvault-retention.h"
+#include "popvault-compat.h"
 
 /* Only the doveadm binary defines these (see doveadm-popvault.c). */
 #pragma weak doveadm_cmd_register_ver2
@@ -56,6 +57,7 @@
 #pragma weak doveadm_print_flush
 #pragma weak doveadm_print_header_simple
 #pragma weak doveadm_print_init
+#pragma weak doveadm_cmd_param_str
 
 enum crypt_tool_op {
 	CRYPT_TOOL_ENCRYPT,
@@ -721,7 +723,7 @@ static void crypt_tool_dedup(struct crypt_tool_box *bctx)
 	dup = mail_alloc(t, 0, NULL);
 	iter = hash_table_iterate_init(bctx->targets);
 	while (hash_table_iterate(iter, bctx->targets, &key, &list)) {
-		if (!str_begins(key, "dup\t"))
+		if (!str_begins_with(key, "dup\t"))
 			continue;
 		msgs = array_get(list, &count);
 		if (count < 2 || !mail_set_uid(keep, msgs[0]->uid))
@@ -795,7 +797,7 @@ static bool crypt_tool_sdbox_has_orphans(struct mailbox *box)
 		return FALSE;
 	hdr = mail_index_get_header(box->view);
 	while (!found && (d = readdir(dirp)) != NULL) {
-		if (str_begins(d->d_name, "u.") &&
+		if (str_begins_with(d->d_name, "u.") &&
 		    str_to_uint32(d->d_name + 2, &uid) == 0 &&
 		    uid < hdr->next_uid &&
 		    !mail_index_lookup_seq(box->view, uid, &seq))
@@ -821,7 +823,7 @@ static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 	bctx.user = user;
 	bctx.progress = progress;
 	bctx.target_encrypted = cmd->op == CRYPT_TOOL_ENCRYPT;
-	bctx.uidl_format = mail_user_set_get_storage_set(user)->pop3_uidl_format;
+	bctx.uidl_format = popvault_compat_pop3_uidl_format(user);
 	/* verify changes nothing a read does not have to */
 	bctx.box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS |
 				 (cmd->op == CRYPT_TOOL_VERIFY ?
@@ -1043,9 +1045,9 @@ static void crypt_tool_remove_leftovers(struct crypt_tool_cmd_context *cmd,
 		return;
 	while ((d = readdir(dirp)) != NULL) {
 		len = strlen(d->d_name);
-		if (!(str_begins(d->d_name, "m.") && len > 7 &&
+		if (!(str_begins_with(d->d_name, "m.") && len > 7 &&
 		      strcmp(d->d_name + len - 7, ".broken") == 0) &&
-		    !(str_begins(d->d_name, ".temp.") &&
+		    !(str_begins_with(d->d_name, ".temp.") &&
 		      crypt_tool_temp_is_stale(d->d_name)))
 			continue;
 		path = t_strconcat(dir, "/", d->d_name, NULL);
@@ -1201,23 +1203,13 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 	return ret;
 }
 
-static bool crypt_tool_parse_arg(struct doveadm_mail_cmd_context *_ctx,
-				 int c)
+static void crypt_tool_init(struct doveadm_mail_cmd_context *_ctx
+			    POPVAULT_DOVEADM_INIT_ARGS)
 {
 	struct crypt_tool_cmd_context *cmd =
 		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
 
-	if (c != 'm')
-		return FALSE;
-	cmd->mailbox = p_strdup(_ctx->pool, optarg);
-	return TRUE;
-}
-
-static void crypt_tool_init(struct doveadm_mail_cmd_context *_ctx,
-			    const char *const args[] ATTR_UNUSED)
-{
-	struct crypt_tool_cmd_context *cmd =
-		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
+	(void)doveadm_cmd_param_str(_ctx->cctx, "mailbox", &cmd->mailbox);
 
 	doveadm_print_header_simple("user");
 	doveadm_print_header_simple("mailbox");
@@ -1234,8 +1226,7 @@ crypt_tool_alloc(enum crypt_tool_op op)
 
 	cmd = doveadm_mail_cmd_alloc(struct crypt_tool_cmd_context);
 	cmd->op = op;
-	cmd->ctx.getopt_args = "m:";
-	cmd->ctx.v.parse_arg = crypt_tool_parse_arg;
+	popvault_doveadm_getopt(&cmd->ctx, "m:");
 	cmd->ctx.v.init = crypt_tool_init;
 	cmd->ctx.v.run = crypt_tool_run;
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
