@@ -32,6 +32,30 @@ FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 BUILD_DIR = os.environ.get("POPVAULT_BUILD_DIR", "")
 
 
+def _dovecot_version():
+    """(major, minor) of the Dovecot under test: DOVECOT_VERSION ("2.4")
+    if set, else `dovecot --version`. The configuration is rendered in
+    that version's syntax."""
+    text = os.environ.get("DOVECOT_VERSION")
+    if not text:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            text = subprocess.run([DOVECOT, "--version"], capture_output=True,
+                                  text=True, timeout=10).stdout
+    m = re.match(r"\s*(\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else (2, 3)
+
+
+DOVECOT_VERSION = _dovecot_version()
+DOVECOT_24 = DOVECOT_VERSION >= (2, 4)
+SETTINGS_SO = "libpopvault_settings.so"
+
+
+def by_version(conf_23, conf_24):
+    """A test's configuration snippet in the syntax of the Dovecot under
+    test."""
+    return conf_24 if DOVECOT_24 else conf_23
+
+
 # scripts/check-sanitize.sh: the plugin is built with ASan+UBSan and
 # Dovecot is not, so the sanitizer runtime is preloaded into Dovecot's
 # processes only (never into this test process), reports go to files in
@@ -70,6 +94,26 @@ def require_binaries():
     if not os.path.exists(plugin):
         raise HarnessError("built plugin not found at %s (run make first)"
                            % plugin)
+    if DOVECOT_24:
+        # 2.4 reads settings modules only from its compiled-in directory and
+        # exposes them only when the plugin is there too: run the tests
+        # against an installed build (scripts/trixie-root.sh's chroot)
+        for built, installed in (
+                (os.path.join(BUILD_DIR, ".libs", SETTINGS_SO),
+                 os.path.join(SYSTEM_MODULEDIR, "settings", SETTINGS_SO)),
+                (plugin, os.path.join(SYSTEM_MODULEDIR, PLUGIN_SO))):
+            if not _same_file_content(built, installed):
+                raise HarnessError("Dovecot 2.4 needs this build installed: "
+                                   "%s differs from %s (make install)"
+                                   % (installed, built))
+
+
+def _same_file_content(a, b):
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read()
+    except OSError:
+        return False
 
 
 # ports handed out by this process: the kernel may give a just-released
@@ -405,9 +449,12 @@ class Dovecot:
     def _write_userdb(self):
         with open(os.path.join(self.tmp, "passwd"), "w") as f:
             for u in self.users.values():
-                f.write("%s:{PLAIN}%s::::::%s\n" % (
-                    u.name, u.password, " ".join(
-                        "%s=%s" % kv for kv in u.passdb_fields.items())))
+                fields = " ".join("%s=%s" % kv
+                                  for kv in u.passdb_fields.items())
+                if DOVECOT_24:
+                    fields = fields.replace("%w", "%{password}")
+                f.write("%s:{PLAIN}%s::::::%s\n" % (u.name, u.password,
+                                                    fields))
         if self.userdb == "sqlite":
             self._write_sqlite()
             return
@@ -457,12 +504,17 @@ class Dovecot:
                     "".join(", %s" % c for c in cols))
             f.write("iterate_query = SELECT username AS user FROM users\n")
 
-    def config(self):
-        t = self.tmp
+    def _plugins(self):
         if self.mail_plugins is not None:
-            plugins = self.mail_plugins
-        else:
-            plugins = "popvault" if self.with_popvault else ""
+            return self.mail_plugins
+        return "popvault" if self.with_popvault else ""
+
+    def config(self):
+        return self._config_24() if DOVECOT_24 else self._config_23()
+
+    def _config_23(self):
+        t = self.tmp
+        plugins = self._plugins()
         location = {
             "maildir": "maildir:~/Maildir",
             "sdbox": "sdbox:~/sdbox",
@@ -503,7 +555,19 @@ import_environment = TZ CORE_OUTOFMEM CORE_ERROR LD_PRELOAD FAKETIME FAKETIME_DO
 {SANITIZE_CONF}
 login_plugin_dir = {t}/login-modules
 {login_plugins}
-lmtp_save_to_detail_mailbox = no
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {t}/passwd
+}}
+{userdb}
+{self._common_conf()}plugin {{
+{plugin}}}
+{self.extra_conf}
+"""
+
+    def _common_conf(self):
+        """The part both versions write alike: namespace and services."""
+        return f"""lmtp_save_to_detail_mailbox = no
 namespace inbox {{
   inbox = yes
   separator = /
@@ -511,15 +575,9 @@ namespace inbox {{
     special_use = \\Trash
   }}
 }}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {t}/passwd
-}}
-{userdb}
 service pop3-login {{
   chroot =
   inet_listener pop3 {{
-    address = 127.0.0.1
     port = {self.ports["pop3"]}
   }}
   inet_listener pop3s {{
@@ -529,7 +587,6 @@ service pop3-login {{
 service imap-login {{
   chroot =
   inet_listener imap {{
-    address = 127.0.0.1
     port = {self.ports["imap"]}
   }}
   inet_listener imaps {{
@@ -538,7 +595,6 @@ service imap-login {{
 }}
 service lmtp {{
   inet_listener lmtp {{
-    address = 127.0.0.1
     port = {self.ports["lmtp"]}
   }}
 }}
@@ -550,8 +606,72 @@ service stats {{
     mode = 0666
   }}
 }}
-plugin {{
-{plugin}}}
+"""
+
+    def _config_24(self):
+        t = self.tmp
+        driver, path = {
+            "maildir": ("maildir", "~/Maildir"),
+            "sdbox": ("sdbox", "~/sdbox"),
+            "mdbox": ("mdbox", "~/mdbox"),
+        }[self.mail_format]
+        plugins = "".join("  %s = yes\n" % p for p in self._plugins().split())
+        env = ["TZ", "CORE_OUTOFMEM", "CORE_ERROR", "LD_PRELOAD", "FAKETIME",
+               "FAKETIME_DONT_FAKE_MONOTONIC", "FAKETIME_NO_CACHE",
+               "NO_FAKE_STAT", "ASAN_OPTIONS", "UBSAN_OPTIONS"]
+        import_env = "".join("  %s = %%{env:%s}\n" % (e, e) for e in env)
+        import_env += "".join("  %s = %s\n" % kv
+                              for kv in self.login_env.items())
+        login_plugins = ("protocol pop3 {\n  login_plugins {\n"
+                         "    popvault_login = yes\n  }\n}"
+                         if self.login_env else "")
+        if self.userdb == "sqlite":
+            cols = sorted({k for u in self.users.values() for k in u.fields})
+            userdb = ("sql_driver = sqlite\nsqlite_path = %s/users.sqlite\n"
+                      "userdb sql {\n  query = SELECT home, uid, gid%s "
+                      "FROM users WHERE username = '%%{user}'\n"
+                      "  iterate_query = SELECT username AS user FROM users\n"
+                      "}\n" % (t, "".join(", %s" % c for c in cols)))
+        else:
+            userdb = ("userdb passwd-file {\n  passwd_file_path = %s/userdb\n"
+                      "}\n" % t)
+        settings = "".join("%s = %s\n" % kv for kv in self.plugin.items())
+        return f"""# generated by popvault's test harness (Dovecot 2.4)
+dovecot_config_version = 2.4.1
+dovecot_storage_version = 2.4.1
+protocols = pop3 imap lmtp
+listen = 127.0.0.1
+base_dir = {t}/run
+state_dir = {t}/state
+instance_name = popvault-{os.path.basename(t)}
+log_path = {t}/dovecot.log
+mail_debug = {"yes" if self.debug else "no"}
+auth_verbose = yes
+ssl = no
+auth_allow_cleartext = yes
+auth_mechanisms = plain
+default_internal_user = {self.internal_user}
+default_internal_group = {grp.getgrgid(pwd.getpwnam(self.internal_user).pw_gid).gr_name}
+default_login_user = {self.login_user}
+first_valid_uid = 1
+mail_driver = {driver}
+mail_path = {path}
+mail_plugin_dir = {t}/modules
+mail_plugins {{
+{plugins}}}
+postmaster_address = postmaster@popvault.test
+# lets doveadm(faketime=...) keep libfaketime across Dovecot's env clean-up
+import_environment {{
+{import_env}}}
+{SANITIZE_CONF}
+login_plugin_dir = {t}/login-modules
+{login_plugins}
+passdb passwd-file {{
+  passwd_file_path = {t}/passwd
+}}
+{userdb}
+{self._common_conf()}
+{settings}
 {self.extra_conf}
 """
 
