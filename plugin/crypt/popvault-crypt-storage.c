@@ -5,8 +5,9 @@
 
    - save_begin sits in a forced "lib95_" post-hook so it is the vfunc
      closest to storage: zlib (lib20_zlib) compresses, then we encrypt.
-   - istream_opened sits in popvault's own lib20_popvault hooks, which
-     run before lib20_zlib: we decrypt first, then zlib decompresses. */
+   - istream_opened sits in a forced "lib19_" hook, which runs before
+     lib20_zlib (2.3) and lib20_mail_compress (2.4, which sorts before
+     lib20_popvault): we decrypt first, then zlib decompresses. */
 
 #include "lib.h"
 #include "array.h"
@@ -796,17 +797,23 @@ static struct mail_storage_hooks popvault_crypt_post_hooks = {
 };
 
 /* Sorted by name among all plugins' hooks: lib95 runs last, so its
-   save_begin is the innermost layer (after compression). */
+   save_begin is the innermost layer (after compression); lib19 runs before
+   every lib20 plugin, so its istream_opened is the outer layer that
+   decrypts before decompression. */
 static struct module popvault_crypt_post_module = {
 	.path = "lib95_popvault_crypt_plugin.so"
 };
+static struct module popvault_crypt_read_module = {
+	.path = "lib19_popvault_crypt_read_plugin.so"
+};
 
-void popvault_crypt_init(struct module *module)
+void popvault_crypt_init(struct module *module ATTR_UNUSED)
 {
 	if (popvault_crypto_init() < 0)
 		i_fatal("popvault: crypt: libsodium initialization failed");
 	i_array_init(&sender_cache, SENDER_CACHE_MAX);
-	mail_storage_hooks_add(module, &popvault_crypt_read_hooks);
+	mail_storage_hooks_add_forced(&popvault_crypt_read_module,
+				      &popvault_crypt_read_hooks);
 	mail_storage_hooks_add_forced(&popvault_crypt_post_module,
 				      &popvault_crypt_post_hooks);
 }
