@@ -27,6 +27,10 @@ struct doveadm_mail_cmd_context;
 /* v.init lost its args parameter; options come from cctx */
 #  define POPVAULT_DOVEADM_INIT_ARGS
 #  define popvault_doveadm_getopt(ctx, getopt_args) ((void)(getopt_args))
+/* how messages tell the admin to write the login password and a
+   doveadm -o setting */
+#  define POPVAULT_HINT_PASSWORD_VAR "%{password}"
+#  define POPVAULT_HINT_SETTING_PREFIX ""
 #else
 #  include "settings-parser.h"
 /* 2.4 spells the two-argument form str_begins_with() */
@@ -34,6 +38,8 @@ struct doveadm_mail_cmd_context;
 #  define popvault_parse_interval(str, secs_r, error_r) \
 	settings_get_time(str, secs_r, error_r)
 #  define POPVAULT_DOVEADM_INIT_ARGS , const char *const args[] ATTR_UNUSED
+#  define POPVAULT_HINT_PASSWORD_VAR "%w"
+#  define POPVAULT_HINT_SETTING_PREFIX "plugin/"
 /* 2.3 turns each option back into getopt form and refuses it unless the
    command has getopt_args and a parse_arg callback. The commands read every
    option with doveadm_cmd_param_*() on both versions, so the callback only

@@ -735,7 +735,8 @@ int popvault_crypt_user_created(struct mail_user *user,
 	     strcmp(user->service, "imap") == 0)) {
 		*error_r = "popvault_encrypt=yes needs popvault_master_key or "
 			"popvault_key_password (e.g. "
-			"userdb_popvault_key_password=%w from the passdb)";
+			"userdb_popvault_key_password="
+			POPVAULT_HINT_PASSWORD_VAR " from the passdb)";
 		return -1;
 	}
 	if (mail_user_get_home(user, &home) <= 0 || home[0] != '/') {

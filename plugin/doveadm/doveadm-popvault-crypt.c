@@ -932,7 +932,8 @@ static int crypt_tool_check_user(struct crypt_tool_cmd_context *cmd,
 				"decrypted copies would be encrypted again; "
 				"turn encryption off for the user first "
 				"(popvault_encrypt=no, e.g. "
-				"doveadm -o plugin/popvault_encrypt=no)";
+				"doveadm -o " POPVAULT_HINT_SETTING_PREFIX
+				"popvault_encrypt=no)";
 			return -1;
 		}
 		if (puser != NULL && puser->set.require_encrypted) {
