@@ -7,6 +7,7 @@ the setting (and value). Dovecot 2.3 has no such hook: there the same
 configuration starts and every popvault user's login fails instead. Values
 inside protocol pop3 {} apply to POP3 only on both."""
 
+import os
 import re
 
 from harness import DOVECOT_24, HarnessError, User, dovecot, make_message
@@ -70,3 +71,45 @@ def test_protocol_pop3_value_applies_to_pop3_only():
         p = dc.pop3("u")
         assert p.stat()[0] == 0
         p.quit()
+
+
+def _uncommented_example(path):
+    """The example file with every commented-out setting switched on
+    (prose comments start with "# " or "##"), except mail_plugins, which
+    the harness sets, and the key settings, which name files and
+    passwords that exist only on a real server."""
+    out, depth, skip = [], 0, False
+    for line in open(path, encoding="utf-8").read().splitlines():
+        text = line.lstrip()
+        if depth == 0 and not re.match(r"#[^\s#]", text):
+            out.append(line)
+            continue
+        if depth == 0 and not text.startswith("#"):
+            continue
+        conf = text[1:] if text.startswith("#") else text
+        if depth == 0:
+            skip = re.match(r"(mail_plugins|popvault_master_key|"
+                            r"popvault_key_password)\b", conf) is not None
+        depth += conf.count("{") - conf.count("}")
+        if not skip:
+            out.append(conf)
+    return "\n".join(out) + "\n"
+
+
+def test_example_config_is_accepted():
+    """dovecot-conf/conf.d/90-popvault*.conf, uncommented, is accepted by
+    this host's doveconf and its values reach the user."""
+    name = "90-popvault-24.conf" if DOVECOT_24 else "90-popvault.conf"
+    path = os.path.join(os.path.dirname(__file__), "..", "..",
+                        "dovecot-conf", "conf.d", name)
+    conf = _uncommented_example(path)
+    assert "popvault_list_window = 30d" in conf, conf
+    # the example's own import_environment and login_plugins: CAPA
+    with dovecot([User("u")], extra_conf=conf) as dc:
+        _, out, _ = dc.doveadm("-f", "flow", "popvault", "status", "-u", "u")
+        assert "list_window=30d" in out and "list_since=2026-01-01" in out, \
+            out
+        p = dc.pop3()
+        r, lines = p.multi("CAPA")
+        p.close()
+        assert "LOGIN-DELAY 900 USER" in lines, lines
