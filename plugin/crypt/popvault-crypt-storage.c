@@ -22,7 +22,6 @@
 #include "mail-storage-hooks.h"
 #include "module-dir.h"
 #include "popvault-user.h"
-#include "popvault-pop3.h"
 #include "popvault-crypt.h"
 #include "popvault-action.h"
 #include "popvault-crypt-keys.h"
@@ -106,9 +105,8 @@ static MODULE_CONTEXT_DEFINE_INIT(popvault_crypt_mail_module,
 
 static ARRAY(struct sender_cache_entry *) sender_cache;
 
-/* client_disconnect() exists only in the pop3 binary */
-#pragma weak client_disconnect
-extern void client_disconnect(struct client *client, const char *reason);
+/* set by the pop3 code: crypt never calls into pop3 */
+static popvault_crypt_damaged_callback_t *crypt_damaged_callback;
 
 static struct popvault_crypt_user *crypt_user(struct mail_user *user)
 {
@@ -352,7 +350,6 @@ static void crypt_mark_damaged(struct popvault_crypt_user *cuser,
 static void crypt_stream_error(const char *error, void *context)
 {
 	struct crypt_stream_ctx *sctx = context;
-	struct client *client;
 
 	crypt_log_damaged(sctx->cuser, sctx->vname, sctx->uid, error);
 	if (sctx->pop3_box != NULL)
@@ -360,9 +357,14 @@ static void crypt_stream_error(const char *error, void *context)
 	/* pop3's fetch_callback() ends every reply with "." even when the
 	   stream failed: the client would take a truncated message for a
 	   whole one. Closing the connection first keeps the dot out. */
-	if (sctx->pop3_box != NULL && client_disconnect != NULL &&
-	    (client = popvault_pop3_client_for_box(sctx->pop3_box)) != NULL)
-		client_disconnect(client, "popvault: damaged message");
+	if (sctx->pop3_box != NULL && crypt_damaged_callback != NULL)
+		crypt_damaged_callback(sctx->pop3_box, "popvault: damaged message");
+}
+
+void popvault_crypt_set_damaged_callback(
+	popvault_crypt_damaged_callback_t *callback)
+{
+	crypt_damaged_callback = callback;
 }
 
 static void crypt_stream_ctx_free(struct crypt_stream_ctx *sctx)
