@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES="dovecot-dev dovecot-core dovecot-pop3d dovecot-imapd dovecot-lmtpd
 dovecot-sqlite libsodium-dev libssl-dev autoconf automake libtool pkg-config
 make gcc valgrind python3 sqlite3 curl fetchmail faketime redis-server
-clang libclang-rt-14-dev dpkg-dev debhelper fakeroot dh-autoreconf git"
+clang libclang-rt-dev dpkg-dev debhelper fakeroot dh-autoreconf git"
 
 missing=""
 for p in $PACKAGES; do
