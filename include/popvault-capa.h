@@ -9,8 +9,16 @@
    down. */
 const char *popvault_capa_expire(const struct popvault_settings *set);
 
+/* The import_environment variables that give pop3-login's CAPA (the
+   login plugin) its EXPIRE and LOGIN-DELAY values; pop3 sees them too. */
+#define POPVAULT_LOGIN_EXPIRE_ENV "POPVAULT_LOGIN_EXPIRE"
+#define POPVAULT_LOGIN_DELAY_ENV "POPVAULT_LOGIN_DELAY"
+
 /* The CAPA lines popvault adds for a user after login, each ending in
-   CRLF ("EXPIRE ...", and "LOGIN-DELAY ..." when set). */
-const char *popvault_capa_lines(const struct popvault_settings *set);
+   CRLF: "EXPIRE ...", and "LOGIN-DELAY ..." when the user has a delay or
+   delay_advertised (pop3-login announced LOGIN-DELAY, so RFC 2449 wants
+   every user's value after login, 0 included). */
+const char *popvault_capa_lines(const struct popvault_settings *set,
+				bool delay_advertised);
 
 #endif

@@ -18,6 +18,7 @@ struct dict;
 struct event;
 struct popvault_settings;
 struct doveadm_mail_cmd_context;
+struct mail_storage_service_user;
 
 #if DOVECOT_PREREQ(2, 4, 0)
 #  include "str-parse.h"
@@ -53,11 +54,20 @@ bool popvault_doveadm_parse_arg_accept(struct doveadm_mail_cmd_context *ctx,
 #endif
 
 /* Reads and validates (popvault_settings_parse()) the user's popvault_*
-   settings, global values overridden by userdb fields. 0 or -1 with
+   settings, global values overridden by userdb fields; for a shared
+   folder's owner (user->creator set) the owner's own settings. 1 on
+   success, 0 when that owner does not exist (error_r says why), -1 with
    error_r naming the setting and value. */
 int popvault_compat_user_settings(struct mail_user *user,
 				  struct popvault_settings *set_r,
 				  const char **error_r);
+
+/* Sets a popvault_* setting (name with its prefix) for one user of a
+   doveadm run, after the userdb lookup, so it wins over a userdb field.
+   0, or -1 with error_r naming the setting, never the value. */
+int popvault_compat_service_user_set(struct mail_storage_service_user *user,
+				     const char *name, const char *value,
+				     const char **error_r);
 
 /* Opens the dict that holds per-user popvault state. dict_uri is the
    popvault_dict value on 2.3 (NULL: none); on 2.4 the dict comes from the

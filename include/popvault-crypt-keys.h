@@ -13,10 +13,13 @@
                       recovery-v1 (sealed to a recovery public key)
      recovery         the recovery public key new key pairs are sealed to
 
-   Files are written to a temporary name, fsync()ed, then renamed (key
-   files, rotation of current) or linked (the first current, so two first
-   deliveries racing agree on one key pair), mode 0600 in a 0700
-   directory. */
+     .lock            held (fcntl) by whoever creates a key pair or adds
+                      a wrap, so racing first deliveries and logins make
+                      one key pair
+
+   Files are written to a temporary name, fsync()ed, then renamed, mode
+   0600 in a 0700 directory; a key file is complete on disk before
+   "current" names it, and none is removed, so readers need no lock. */
 
 #define POPVAULT_KEYS_SUBDIR ".popvault/keys"
 #define POPVAULT_MASTER_KEY_SIZE 32
@@ -46,30 +49,52 @@ struct popvault_key_info {
 };
 ARRAY_DEFINE_TYPE(popvault_key_info, struct popvault_key_info);
 
-/* setting is popvault_master_key: "<path" or "path". The file holds 32
-   bytes as 64 hex digits or base64, surrounding whitespace ignored.
-   Returns 0, or -1 with error_r naming the file and the cause. */
+/* setting is popvault_master_key: the key itself (32 bytes as 64 hex
+   digits or base64, surrounding whitespace ignored: what Dovecot's
+   config parser makes of `popvault_master_key = </path`), or the path of
+   a file holding it ("<path" or "path", as a userdb field gives it).
+   Returns 0, or -1 with error_r naming the setting and, when it looks
+   like one, the file: never the value or the file's content. */
 int popvault_master_key_read(const char *setting,
 			     unsigned char key_r[POPVAULT_MASTER_KEY_SIZE],
 			     const char **error_r);
+/* The key text alone (len bytes, no NUL needed). Returns 0, or -1 with
+   key_r zeroed; the caller names the source in its error. */
+int popvault_master_key_parse(const char *text, size_t len,
+			      unsigned char key_r[POPVAULT_MASTER_KEY_SIZE]);
 
 /* TRUE when keys_dir has a current key pair (-1 on an I/O error). */
 int popvault_keystore_exists(const char *keys_dir, const char **error_r);
 
 /* The public key new mail is encrypted to. When there is no current key
    pair yet, creates one wrapped with every secret given (needs master or
-   password, else fails); created_r tells. Returns 0, or -1 with error_r. */
+   password, else fails); created_r tells. With secrets->master the
+   current public key must carry a master-key wrap that opens (else -1:
+   a key pair planted without the master key gets no mail). Returns 0,
+   or -1 with error_r. */
 int popvault_keystore_get_current(const char *keys_dir, const char *username,
 				  const struct popvault_key_secrets *secrets,
 				  unsigned char pk_r[POPVAULT_PK_SIZE],
 				  bool *created_r, const char **error_r);
 
-/* Creates the first key pair (generate). When another process made one
-   first, that one wins and *pk_r is the winner's. Returns 0 / -1. */
+/* Creates the first key pair under the store's lock. Returns 1 when it
+   did, 0 when there was one already (*pk_r is then its public key,
+   unverified), -1 with error_r. */
 int popvault_keystore_create(const char *keys_dir, const char *username,
 			     const struct popvault_key_secrets *secrets,
 			     unsigned char pk_r[POPVAULT_PK_SIZE],
 			     const char **error_r);
+
+/* Adds to every key pair the wrap it lacks for the master key or the
+   password, unlocking it with the other one: a key pair made by LMTP in
+   master+password mode gets the password wrap at the user's login, one
+   made in password mode before a master key was set gets the master
+   wrap. Needs both secrets (else does nothing); a password that does
+   not open the existing password wraps adds none. added_r = key pairs
+   changed. Returns 0 / -1. */
+int popvault_keystore_add_wraps(const char *keys_dir, const char *username,
+				const struct popvault_key_secrets *secrets,
+				unsigned int *added_r, const char **error_r);
 
 /* A new current key pair; the old ones stay so old mail stays readable.
    secrets must unlock the current key pair (so a mistyped password never

@@ -44,6 +44,18 @@ void popvault_crypt_deinit(void);
    fails here. */
 struct mail;
 int popvault_crypt_mail_was_encrypted(struct mail *mail, bool *encrypted_r);
+/* doveadm popvault decrypt and verify, before any user: mail of users
+   without crypt settings is then read through the crypt hooks too,
+   which only tell containers apart (popvault_crypt_mail_was_encrypted()
+   says encrypted; reading them fails) instead of handing the ciphertext
+   out as the message. Other processes are unaffected. */
+void popvault_crypt_see_containers(void);
+/* For encrypt/decrypt, before they copy anything: 1 when the user's
+   private keys unlock with what this process has (or there is no key
+   pair yet: the first save creates one with the same secrets), 0 when
+   the user has no crypt settings at all (nothing here opens encrypted
+   mail), -1 with error_r when the keys do not unlock. */
+int popvault_crypt_user_unlock(struct mail_user *user, const char **error_r);
 /* TRUE when new mail of the user is stored encrypted. */
 bool popvault_crypt_user_encrypts(struct mail_user *user);
 

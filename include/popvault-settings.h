@@ -29,6 +29,14 @@ enum popvault_cipher_setting {
 	POPVAULT_CIPHER_SETTING_XCHACHA20POLY1305 = 2,
 };
 
+/* What a POP3 login inside popvault_login_delay gets */
+enum popvault_login_delay_mode {
+	/* logged in, an empty maildrop: clients see "no new mail" */
+	POPVAULT_LOGIN_DELAY_EMPTY = 0,
+	/* RFC 2449's -ERR [LOGIN-DELAY] after PASS */
+	POPVAULT_LOGIN_DELAY_REFUSE,
+};
+
 struct popvault_settings {
 	struct popvault_action after_retr;
 	struct popvault_action on_dele;
@@ -43,6 +51,7 @@ struct popvault_settings {
 	bool retain_count_top;
 	struct popvault_action expire_action;
 	unsigned int login_delay;
+	enum popvault_login_delay_mode login_delay_mode;
 	/* NULL = default file dict in the user's home */
 	const char *dict_uri;
 	bool uidl_ledger;
@@ -52,6 +61,11 @@ struct popvault_settings {
 	const char *master_key;
 	bool require_encrypted;
 	const char *key_password;
+	/* let an FTS index, or Dovecot's temporary files on a disk,
+	   hold the plaintext of a user with encrypted mail
+	   (popvault-crypt-leaks.c) */
+	bool allow_fts;
+	bool allow_disk_temp;
 
 	/* TRUE when at least one popvault_* setting was present */
 	bool any_set;
@@ -85,6 +99,8 @@ int popvault_parse_action(const char *value, unsigned int allowed_mask,
 int popvault_parse_mailbox_name(const char *name, const char **error_r);
 
 const char *popvault_action_to_str(const struct popvault_action *action);
+const char *
+popvault_login_delay_mode_to_str(enum popvault_login_delay_mode mode);
 const char *popvault_duration_to_str(unsigned int secs);
 
 /* The idx'th setting name, NULL past the last: lets docs and tests walk the

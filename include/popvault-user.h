@@ -19,9 +19,12 @@ struct popvault_user {
 
 	/* a POP3 session ran: sweep retention once the client is gone */
 	bool sweep_after_session;
-	/* LOGIN-DELAY or locked keys refused this POP3 login: INBOX must
-	   not be opened; the cause, for pop3's log line */
+	/* locked keys refused this POP3 login: INBOX must not be opened;
+	   the cause, for pop3's log line */
 	const char *pop3_login_refused;
+	/* a POP3 login inside popvault_login_delay: the session lists an
+	   empty maildrop (both modes; "refuse" also ends it at once) */
+	bool pop3_login_delayed;
 	/* encryption state; NULL when encryption is off (popvault-crypt.h) */
 	struct popvault_crypt_user *crypt;
 };
@@ -36,5 +39,11 @@ extern struct event_category event_category_popvault;
 struct popvault_user *popvault_user_get(struct mail_user *user);
 
 void popvault_mail_user_created(struct mail_user *user);
+
+/* A field of the userdb reply the session was made from: NULL when
+   absent, "" when it came without a value (how Dovecot sends an empty
+   one; as a setting it then reads "yes"). */
+const char *popvault_user_userdb_field(struct mail_user *user,
+				       const char *name);
 
 #endif

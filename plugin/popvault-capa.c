@@ -25,12 +25,13 @@ const char *popvault_capa_expire(const struct popvault_settings *set)
 	return dec2str(smallest / SECS_PER_DAY);
 }
 
-const char *popvault_capa_lines(const struct popvault_settings *set)
+const char *popvault_capa_lines(const struct popvault_settings *set,
+				bool delay_advertised)
 {
 	string_t *str = t_str_new(64);
 
 	str_printfa(str, "EXPIRE %s\r\n", popvault_capa_expire(set));
-	if (set->login_delay > 0)
+	if (set->login_delay > 0 || delay_advertised)
 		str_printfa(str, "LOGIN-DELAY %u\r\n", set->login_delay);
 	return str_c(str);
 }

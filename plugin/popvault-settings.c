@@ -20,6 +20,7 @@ enum popvault_setting_type {
 	PV_TYPE_BOOL,
 	PV_TYPE_STRING,
 	PV_TYPE_CIPHER,
+	PV_TYPE_LOGIN_DELAY_MODE,
 };
 
 #define ACTION_BIT(kind) (1U << (kind))
@@ -60,6 +61,8 @@ static const struct popvault_setting_def popvault_setting_defs[] = {
 	    ACTION_BIT(POPVAULT_ACTION_EXPUNGE) |
 	    ACTION_BIT(POPVAULT_ACTION_MOVE)),
 	DEF("login_delay", PV_TYPE_DURATION, login_delay, "0", 0),
+	DEF("login_delay_mode", PV_TYPE_LOGIN_DELAY_MODE, login_delay_mode,
+	    "empty", 0),
 	DEF("dict", PV_TYPE_STRING, dict_uri, NULL, 0),
 	DEF("uidl_ledger", PV_TYPE_BOOL, uidl_ledger, "no", 0),
 	DEF("encrypt", PV_TYPE_BOOL, encrypt, "no", 0),
@@ -67,6 +70,8 @@ static const struct popvault_setting_def popvault_setting_defs[] = {
 	DEF("master_key", PV_TYPE_STRING, master_key, NULL, 0),
 	DEF("require_encrypted", PV_TYPE_BOOL, require_encrypted, "no", 0),
 	DEF("key_password", PV_TYPE_STRING, key_password, NULL, 0),
+	DEF("allow_fts", PV_TYPE_BOOL, allow_fts, "no", 0),
+	DEF("allow_disk_temp", PV_TYPE_BOOL, allow_disk_temp, "no", 0),
 };
 
 static const struct {
@@ -264,19 +269,40 @@ static int parse_bool(const char *value, bool *bool_r, const char **error_r)
 	return 0;
 }
 
-static int parse_cipher(const char *value, enum popvault_cipher_setting *c_r,
-			const char **error_r)
+struct setting_word {
+	const char *word;
+	int value;
+};
+
+static const struct setting_word cipher_words[] = {
+	{ "aes-256-gcm", POPVAULT_CIPHER_SETTING_AES256GCM },
+	{ "xchacha20-poly1305", POPVAULT_CIPHER_SETTING_XCHACHA20POLY1305 },
+};
+static const struct setting_word login_delay_mode_words[] = {
+	{ "empty", POPVAULT_LOGIN_DELAY_EMPTY },
+	{ "refuse", POPVAULT_LOGIN_DELAY_REFUSE },
+};
+
+/* One of a fixed set of words into an enum field (stored as int) */
+static int
+parse_word(const char *value, const struct setting_word *words,
+	   unsigned int count, const char *what, int *value_r,
+	   const char **error_r)
 {
-	if (strcmp(value, "aes-256-gcm") == 0)
-		*c_r = POPVAULT_CIPHER_SETTING_AES256GCM;
-	else if (strcmp(value, "xchacha20-poly1305") == 0)
-		*c_r = POPVAULT_CIPHER_SETTING_XCHACHA20POLY1305;
-	else {
-		*error_r = "unknown cipher (allowed: aes-256-gcm, "
-			"xchacha20-poly1305)";
-		return -1;
+	string_t *allowed = t_str_new(64);
+	unsigned int i;
+
+	for (i = 0; i < count; i++) {
+		if (strcmp(value, words[i].word) == 0) {
+			*value_r = words[i].value;
+			return 0;
+		}
+		str_printfa(allowed, "%s%s", i == 0 ? "" : ", ",
+			    words[i].word);
 	}
-	return 0;
+	*error_r = t_strdup_printf("unknown %s (allowed: %s)", what,
+				   str_c(allowed));
+	return -1;
 }
 
 static int
@@ -299,7 +325,12 @@ parse_one(pool_t pool, const struct popvault_setting_def *def,
 	case PV_TYPE_BOOL:
 		return parse_bool(value, ptr, error_r);
 	case PV_TYPE_CIPHER:
-		return parse_cipher(value, ptr, error_r);
+		return parse_word(value, cipher_words, N_ELEMENTS(cipher_words),
+				  "cipher", ptr, error_r);
+	case PV_TYPE_LOGIN_DELAY_MODE:
+		return parse_word(value, login_delay_mode_words,
+				  N_ELEMENTS(login_delay_mode_words),
+				  "mode", ptr, error_r);
 	case PV_TYPE_STRING:
 		if (value[0] == '\0') {
 			*error_r = "empty value";
@@ -393,6 +424,18 @@ const char *popvault_action_to_str(const struct popvault_action *action)
 	for (i = 0; i < N_ELEMENTS(action_words); i++) {
 		if (action_words[i].kind == action->kind)
 			return action_words[i].word;
+	}
+	i_unreached();
+}
+
+const char *
+popvault_login_delay_mode_to_str(enum popvault_login_delay_mode mode)
+{
+	unsigned int i;
+
+	for (i = 0; i < N_ELEMENTS(login_delay_mode_words); i++) {
+		if (login_delay_mode_words[i].value == (int)mode)
+			return login_delay_mode_words[i].word;
 	}
 	i_unreached();
 }

@@ -2,8 +2,11 @@
 
 #include "lib.h"
 #include "array.h"
+#include "str.h"
+#include "var-expand.h"
 #include "mail-user.h"
 #include "mail-storage-settings.h"
+#include "mail-storage-service.h"
 #include "popvault-user.h"
 #include "popvault-action.h"
 #include "popvault-retention.h"
@@ -18,6 +21,25 @@ struct popvault_user_module popvault_user_module =
 struct event_category event_category_popvault = {
 	.name = "popvault",
 };
+
+const char *popvault_user_userdb_field(struct mail_user *user,
+				       const char *name)
+{
+	const char *const *field;
+	size_t len = strlen(name);
+
+	if (user->userdb_fields == NULL)
+		return NULL;
+	for (field = user->userdb_fields; *field != NULL; field++) {
+		if (strncmp(*field, name, len) != 0)
+			continue;
+		if ((*field)[len] == '\0')
+			return "";
+		if ((*field)[len] == '=')
+			return *field + len + 1;
+	}
+	return NULL;
+}
 
 static void popvault_mail_user_deinit(struct mail_user *user)
 {
@@ -68,8 +90,14 @@ void popvault_mail_user_created(struct mail_user *user)
 	struct popvault_user *puser;
 	struct popvault_settings set;
 	const char *error;
+	int ret;
 
-	if (popvault_compat_user_settings(user, &set, &error) < 0) {
+	if ((ret = popvault_compat_user_settings(user, &set, &error)) <= 0) {
+		if (ret == 0) {
+			/* the shared namespace marks it unusable */
+			e_debug(user->event, "popvault: %s", error);
+			return;
+		}
 		/* Failing the user makes pop3 answer -ERR [SYS/TEMP] and
 		   lmtp 4xx: a wrong policy must never run as a guessed one. */
 		user->error = p_strdup_printf(user->pool,
@@ -87,7 +115,10 @@ void popvault_mail_user_created(struct mail_user *user)
 	puser->set = set;
 	puser->event = event_create(user->event);
 	event_add_category(puser->event, &event_category_popvault);
-	event_set_append_log_prefix(puser->event, "popvault: ");
+	/* a shared folder's owner logs inside the reader's session */
+	event_set_append_log_prefix(puser->event, user->creator == NULL ?
+		"popvault: " : t_strdup_printf("popvault: owner %s: ",
+					       user->username));
 
 	puser->module_ctx.super = *v;
 	user->vlast = &puser->module_ctx.super;

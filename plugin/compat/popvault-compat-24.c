@@ -11,6 +11,7 @@
 #include "dict.h"
 #include "mail-user.h"
 #include "mail-storage-settings.h"
+#include "mail-storage-service.h"
 #include "popvault-settings.h"
 #include "popvault-settings-24.h"
 #include "popvault-compat.h"
@@ -68,7 +69,17 @@ int popvault_compat_user_settings(struct mail_user *user,
 	ret = popvault_settings_parse(user->pool, user_setting_lookup,
 				      user_setting_iter, &ctx, set_r, error_r);
 	settings_free(ctx.set);
-	return ret;
+	return ret < 0 ? -1 : 1;
+}
+
+int popvault_compat_service_user_set(struct mail_storage_service_user *user,
+				     const char *name, const char *value,
+				     const char **error_r ATTR_UNUSED)
+{
+	/* the user's own instance: its settings are read after this */
+	settings_override(mail_storage_service_user_get_settings_instance(user),
+			  name, value, SETTINGS_OVERRIDE_TYPE_CODE);
+	return 0;
 }
 
 int popvault_compat_dict_init(struct mail_user *user ATTR_UNUSED,

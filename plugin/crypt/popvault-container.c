@@ -61,6 +61,19 @@ struct popvault_msg_cipher {
 	bool key_pending;
 	/* the receiver whose spare contexts evp goes back to, or NULL */
 	struct popvault_receiver *owner;
+	/* in a struct guarded_cipher */
+	bool guarded;
+};
+
+/* A key wrap cipher that lives as long as an epoch (a sender's, or a
+   receiver's cached v2 epoch) holds the epoch's KEK or its AES key
+   schedule: it and its libsodium AES-GCM state share one guarded
+   allocation (sodium_malloc: own pages, wiped by sodium_free). Per
+   message ciphers stay on the heap, wiped when freed: a guarded
+   allocation costs system calls. */
+struct guarded_cipher {
+	crypto_aead_aes256gcm_state gcm_state;
+	struct popvault_msg_cipher mc;
 };
 
 struct popvault_sender {
@@ -117,7 +130,9 @@ struct popvault_receiver {
 	   and wiped by sodium_free() */
 	struct popvault_receiver_key *keys;
 	unsigned int keys_count;
-	struct popvault_epoch_cache cache[POPVAULT_RECEIVER_CACHE_SIZE];
+	/* the epoch secrets and KEKs live as long as the session: in
+	   guarded pages too (POPVAULT_RECEIVER_CACHE_SIZE entries) */
+	struct popvault_epoch_cache *cache;
 	uint64_t use_counter;
 	uint64_t x25519_count;
 	EVP_CIPHER_CTX *spare_ctx[RECEIVER_SPARE_CTX_MAX];
@@ -127,7 +142,8 @@ struct popvault_receiver {
 /* OpenSSL 3 looks an algorithm up in its provider tables on every
    EVP_aes_256_gcm()/EVP_sha256() init. Fetched once per process, reading
    a message no longer pays for that (callgrind: ~13 k instructions per
-   message). Key material never lives in these objects. */
+   message). The digest context is reset after each digest, so no
+   hash state of key material stays in it (pv_sha256_parts). */
 static EVP_CIPHER *pv_aes_gcm;
 static EVP_MD *pv_sha256;
 static EVP_MD_CTX *pv_md_ctx;
@@ -179,6 +195,7 @@ static void pv_sha256_parts(const struct pv_bytes *parts, unsigned int count,
 {
 	crypto_hash_sha256_state st;
 	unsigned int i;
+	bool ret;
 
 	if (pv_sha256 != NULL && pv_md_ctx != NULL &&
 	    EVP_DigestInit_ex2(pv_md_ctx, pv_sha256, NULL) == 1) {
@@ -187,7 +204,13 @@ static void pv_sha256_parts(const struct pv_bytes *parts, unsigned int count,
 					     parts[i].size) != 1)
 				break;
 		}
-		if (i == count && EVP_DigestFinal_ex(pv_md_ctx, out, NULL) == 1)
+		ret = i == count &&
+			EVP_DigestFinal_ex(pv_md_ctx, out, NULL) == 1;
+		/* the context keeps the last chaining value, which for the
+		   outer hash of an HMAC is the HKDF output (a KEK, an epoch
+		   secret): resetting frees the state with OPENSSL_clear_free */
+		(void)EVP_MD_CTX_reset(pv_md_ctx);
+		if (ret)
 			return;
 	}
 	crypto_hash_sha256_init(&st);
@@ -475,16 +498,31 @@ static void make_wrap_nonce(const struct popvault_header *hdr,
 				       nonce_size(hdr->cipher)));
 }
 
+static struct popvault_msg_cipher *msg_cipher_alloc(bool guarded)
+{
+	struct guarded_cipher *gc;
+
+	if (!guarded)
+		return i_new(struct popvault_msg_cipher, 1);
+	gc = sodium_malloc(sizeof(*gc));
+	if (gc == NULL)
+		i_fatal_status(FATAL_OUTOFMEM, "sodium_malloc() failed: %m");
+	memset(gc, 0, sizeof(*gc));
+	gc->mc.guarded = TRUE;
+	return &gc->mc;
+}
+
 static struct popvault_msg_cipher *
 msg_cipher_create(uint8_t cipher, uint8_t chunk_log2, bool encrypt,
 		  const unsigned char key[POPVAULT_DK_SIZE],
 		  const unsigned char header[POPVAULT_HEADER_SIZE],
-		  uint8_t version, struct popvault_receiver *owner)
+		  uint8_t version, struct popvault_receiver *owner,
+		  bool guarded)
 {
 	struct popvault_msg_cipher *mc;
 
 	i_assert(owner == NULL || !encrypt);
-	mc = i_new(struct popvault_msg_cipher, 1);
+	mc = msg_cipher_alloc(guarded);
 	mc->cipher = cipher;
 	mc->chunk_log2 = chunk_log2;
 	mc->encrypt = encrypt;
@@ -539,23 +577,30 @@ static int gcm_set_nonce(struct popvault_msg_cipher *mc,
 	return 0;
 }
 
-/* A cipher for key wraps (no chunk AAD): see gcm_state. */
+/* A cipher for key wraps (no chunk AAD): see gcm_state. Without an
+   owner it is an epoch's (v1 keys one per message, with the receiver
+   as owner), and guarded (struct guarded_cipher). */
 static struct popvault_msg_cipher *
 wrap_cipher_create(uint8_t cipher, bool encrypt,
 		   const unsigned char key[POPVAULT_DK_SIZE],
 		   struct popvault_receiver *owner)
 {
+	bool guarded = owner == NULL;
 	struct popvault_msg_cipher *mc;
 
 	if (cipher != POPVAULT_CIPHER_AES256GCM || !pv_sodium_gcm) {
 		return msg_cipher_create(cipher, 0, encrypt, key, NULL,
-					 POPVAULT_VERSION, owner);
+					 POPVAULT_VERSION, owner, guarded);
 	}
-	mc = i_new(struct popvault_msg_cipher, 1);
+	mc = msg_cipher_alloc(guarded);
 	mc->cipher = cipher;
 	mc->encrypt = encrypt;
-	/* malloc()ed memory is 16-byte aligned, as the state needs */
-	mc->gcm_state = i_new(crypto_aead_aes256gcm_state, 1);
+	/* malloc()ed memory is 16-byte aligned, as the state needs, and
+	   so is the guarded one (struct guarded_cipher's size is a
+	   multiple of the state's alignment) */
+	mc->gcm_state = guarded ?
+		&(container_of(mc, struct guarded_cipher, mc))->gcm_state :
+		i_new(crypto_aead_aes256gcm_state, 1);
 	(void)crypto_aead_aes256gcm_beforenm(mc->gcm_state, key);
 	return mc;
 }
@@ -575,6 +620,11 @@ void popvault_msg_cipher_free(struct popvault_msg_cipher **_mc)
 		owner->spare_ctx[owner->spare_ctx_count++] = mc->evp;
 	else if (mc->evp != NULL)
 		EVP_CIPHER_CTX_free(mc->evp);
+	if (mc->guarded) {
+		/* wipes the state and the key with the pages */
+		sodium_free(container_of(mc, struct guarded_cipher, mc));
+		return;
+	}
 	if (mc->gcm_state != NULL) {
 		sodium_memzero(mc->gcm_state, sizeof(*mc->gcm_state));
 		i_free(mc->gcm_state);
@@ -900,7 +950,7 @@ int popvault_sender_begin_message(struct popvault_sender *sender,
 	       sizeof(hdr.wrapped_dk));
 
 	*mc_r = msg_cipher_create(sender->cipher, sender->chunk_log2, TRUE,
-				  dk, header_r, POPVAULT_VERSION, NULL);
+				  dk, header_r, POPVAULT_VERSION, NULL, FALSE);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";
@@ -920,8 +970,13 @@ struct popvault_receiver *popvault_receiver_create(void)
 	receiver = i_new(struct popvault_receiver, 1);
 	receiver->keys = sodium_allocarray(RECEIVER_KEYS_MAX,
 					   sizeof(*receiver->keys));
-	if (receiver->keys == NULL)
+	receiver->cache = sodium_allocarray(POPVAULT_RECEIVER_CACHE_SIZE,
+					    sizeof(*receiver->cache));
+	if (receiver->keys == NULL || receiver->cache == NULL)
 		i_fatal_status(FATAL_OUTOFMEM, "sodium_allocarray() failed: %m");
+	/* sodium_malloc() fills with 0xdb: start from an empty cache */
+	memset(receiver->cache, 0, POPVAULT_RECEIVER_CACHE_SIZE *
+	       sizeof(*receiver->cache));
 	return receiver;
 }
 
@@ -933,7 +988,7 @@ void popvault_receiver_free(struct popvault_receiver **_receiver)
 	if (receiver == NULL)
 		return;
 	*_receiver = NULL;
-	for (i = 0; i < N_ELEMENTS(receiver->cache); i++)
+	for (i = 0; i < POPVAULT_RECEIVER_CACHE_SIZE; i++)
 		popvault_msg_cipher_free(&receiver->cache[i].wrap_v2);
 	/* frees (and cleanses) the last key schedules */
 	while (receiver->spare_ctx_count > 0) {
@@ -941,7 +996,7 @@ void popvault_receiver_free(struct popvault_receiver **_receiver)
 			receiver->spare_ctx[--receiver->spare_ctx_count]);
 	}
 	sodium_free(receiver->keys);
-	/* the epoch cache holds derived secrets */
+	sodium_free(receiver->cache);
 	sodium_memzero(receiver, sizeof(*receiver));
 	i_free(receiver);
 }
@@ -979,7 +1034,7 @@ receiver_get_epoch(struct popvault_receiver *receiver,
 	unsigned int i;
 	int ret;
 
-	for (i = 0; i < N_ELEMENTS(receiver->cache); i++) {
+	for (i = 0; i < POPVAULT_RECEIVER_CACHE_SIZE; i++) {
 		struct popvault_epoch_cache *c = &receiver->cache[i];
 
 		if (c->used &&
@@ -1095,7 +1150,7 @@ int popvault_receiver_open(struct popvault_receiver *receiver,
 		return -1;
 	}
 	*mc_r = msg_cipher_create(hdr_r->cipher, hdr_r->chunk_log2, FALSE,
-				  dk, data, hdr_r->version, receiver);
+				  dk, data, hdr_r->version, receiver, FALSE);
 	sodium_memzero(dk, sizeof(dk));
 	if (*mc_r == NULL) {
 		*error_r = "popvault: cipher initialization failed";

@@ -5,11 +5,13 @@
 #include "str.h"
 #include "buffer.h"
 #include "hex-binary.h"
-#include "base64.h"
+#include "safe-memset.h"
 #include "mkdir-parents.h"
 #include "write-full.h"
+#include "file-lock.h"
 #include "popvault-crypt-keys.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -24,6 +26,9 @@
 #define KEY_ID_HEX_LEN (POPVAULT_KEY_ID_SIZE * 2)
 #define CURRENT_NAME "current"
 #define RECOVERY_NAME "recovery"
+/* serialises the writers of a key store (see keystore_lock()) */
+#define LOCK_NAME ".lock"
+#define KEYSTORE_LOCK_TIMEOUT_SECS 30
 #define RECOVERY_MAGIC "popvault-recovery 1"
 #define RECOVERY_TEXT_PREFIX "pvrk1-"
 #define WRAP_KIND_MASTER "master-v1"
@@ -31,6 +36,10 @@
 #define WRAP_KIND_RECOVERY "recovery-v1"
 #define PWHASH_ALG_NAME "argon2id13"
 #define WRAP_INFO "popvault v1 master-wrap"
+#define MAC_NAME "public-mac"
+#define MAC_KIND_MASTER "master-v1"
+#define MAC_INFO "popvault v1 public-key mac"
+#define MAC_SIZE crypto_auth_hmacsha256_BYTES
 #define WRAP_SALT_SIZE 16
 #define PW_SALT_SIZE crypto_pwhash_SALTBYTES
 #define WRAP_NONCE_SIZE crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
@@ -43,6 +52,9 @@
 #define RECOVERY_WRAPS_MAX 4
 /* key files and the master key file are tiny; refuse anything large */
 #define SMALL_FILE_MAX 65536
+/* a master key file: 64 hex digits or 44 base64 characters, and
+   whitespace */
+#define MASTER_KEY_FILE_MAX 1024
 
 /* RFC 9106's second recommended Argon2id setting (t=3, 64 MiB), single
    lane as libsodium computes it: 106 ms on the 2-core CI machine
@@ -71,6 +83,10 @@ struct keyfile {
 	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
 	unsigned char pk[POPVAULT_PK_SIZE];
 	time_t created;
+
+	/* the master key vouches for pk (keyfile_public_mac()) */
+	bool have_mac;
+	unsigned char mac[MAC_SIZE];
 
 	bool have_master_wrap;
 	unsigned char salt[WRAP_SALT_SIZE];
@@ -134,49 +150,151 @@ static int read_small_file(const char *path, string_t *str,
 	return 1;
 }
 
+/* Decodes exactly size bytes from 2*size hex digits straight into out
+   (libsodium's decoder, constant-time): no buffer of the data stack ever
+   holds a secret's bytes. */
+static int hex_decode(const char *hex, size_t len, unsigned char *out,
+		      size_t size)
+{
+	const char *end;
+	size_t out_len;
+
+	if (len != size * 2 ||
+	    sodium_hex2bin(out, size, hex, len, NULL, &out_len, &end) != 0 ||
+	    out_len != size || end != hex + len) {
+		sodium_memzero(out, size);
+		return -1;
+	}
+	return 0;
+}
+
+int popvault_master_key_parse(const char *text, size_t len,
+			      unsigned char key_r[POPVAULT_MASTER_KEY_SIZE])
+{
+	const char *end;
+	size_t key_len;
+
+	/* surrounding whitespace: `<file` delivers the file's newline */
+	while (len > 0 && i_isspace(text[0])) {
+		text++;
+		len--;
+	}
+	while (len > 0 && i_isspace(text[len - 1]))
+		len--;
+	if (hex_decode(text, len, key_r, POPVAULT_MASTER_KEY_SIZE) == 0)
+		return 0;
+	if (sodium_base642bin(key_r, POPVAULT_MASTER_KEY_SIZE, text, len,
+			      NULL, &key_len, &end,
+			      sodium_base64_VARIANT_ORIGINAL) == 0 &&
+	    end == text + len && key_len == POPVAULT_MASTER_KEY_SIZE)
+		return 0;
+	sodium_memzero(key_r, POPVAULT_MASTER_KEY_SIZE);
+	return -1;
+}
+
+/* A value that is not a key may still be a damaged one (a `<file` of a
+   key with a wrong length, a truncated base64): it is named in a log
+   line only when it has the shape of an absolute path that no key text
+   has, with a character outside the hex and base64 alphabets ('.', '-',
+   '_': popvault.key) or below an existing directory. */
+static bool master_key_path_loggable(const char *path)
+{
+	char dir[PATH_MAX];
+	const char *p, *slash = NULL;
+	bool key_chars_only = TRUE, ret;
+	struct stat st;
+
+	if (path[0] != '/')
+		return FALSE;
+	for (p = path; *p != '\0'; p++) {
+		if ((unsigned char)*p <= ' ' || *p == 0x7f)
+			return FALSE;
+		if (*p == '/')
+			slash = p;
+		else if (!i_isalnum(*p) && *p != '+' && *p != '=')
+			key_chars_only = FALSE;
+	}
+	if (!key_chars_only)
+		return TRUE;
+	if (slash == path || (size_t)(slash - path) >= sizeof(dir))
+		return FALSE;
+	memcpy(dir, path, slash - path);
+	dir[slash - path] = '\0';
+	ret = stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
+	safe_memset(dir, 0, sizeof(dir));
+	return ret;
+}
+
+/* Reads the key file into a stack buffer that is wiped afterwards.
+   Errors name the file only when master_key_path_loggable(). */
+static int master_key_file_read(const char *path,
+				unsigned char key_r[POPVAULT_MASTER_KEY_SIZE],
+				const char **error_r)
+{
+	char buf[MASTER_KEY_FILE_MAX + 1];
+	const char *name, *why = NULL;
+	size_t len = 0;
+	ssize_t ret;
+	int fd;
+
+	name = master_key_path_loggable(path) ? path : NULL;
+	fd = open(path, O_RDONLY);
+	if (fd == -1) {
+		why = t_strdup_printf("open(%s) failed: %m",
+			name != NULL ? name : "<not logged>");
+	} else {
+		while (len < sizeof(buf) &&
+		       (ret = read(fd, buf + len, sizeof(buf) - len)) != 0) {
+			if (ret < 0) {
+				why = t_strdup_printf("read(%s) failed: %m",
+					name != NULL ? name : "<not logged>");
+				break;
+			}
+			len += ret;
+		}
+		i_close_fd(&fd);
+		if (why != NULL)
+			;
+		else if (len == sizeof(buf))
+			why = t_strdup_printf("%s: file too large for a key",
+					      name != NULL ? name : "file");
+		else if (popvault_master_key_parse(buf, len, key_r) < 0) {
+			why = t_strdup_printf("%s: not 32 bytes as 64 hex "
+				"digits or base64 (e.g. openssl rand -hex 32)",
+				name != NULL ? name : "file");
+		}
+		safe_memset(buf, 0, sizeof(buf));
+	}
+	if (why == NULL)
+		return 0;
+	if (name == NULL) {
+		/* ENOENT of a value that is no path at all is the usual
+		   case: a damaged key given as the value (`<file`) */
+		why = t_strdup_printf("neither a key (64 hex digits or "
+			"base64 of 32 bytes) nor a readable key file "
+			"(the value is not logged: it may be a damaged "
+			"key): %s", why);
+	}
+	*error_r = t_strconcat("popvault_master_key: ", why, NULL);
+	return -1;
+}
+
 int popvault_master_key_read(const char *setting,
 			     unsigned char key_r[POPVAULT_MASTER_KEY_SIZE],
 			     const char **error_r)
 {
-	const char *path = setting[0] == '<' ? setting + 1 : setting;
-	string_t *str = t_str_new(128);
-	buffer_t *dec;
-	const char *text;
-	size_t len;
-	int ret;
-
-	if (path[0] == '\0') {
+	/* "<path" as written in a userdb (Dovecot's config parser reads
+	   the file itself in plugin {}: then the value is the key) */
+	if (setting[0] == '<')
+		setting++;
+	else if (popvault_master_key_parse(setting, strlen(setting),
+					   key_r) == 0)
+		return 0;
+	if (setting[0] == '\0') {
 		*error_r = "popvault_master_key: empty path";
 		return -1;
 	}
-	ret = read_small_file(path, str, error_r);
-	if (ret <= 0) {
-		*error_r = t_strdup_printf("master key %s", *error_r);
-		return -1;
-	}
-	text = t_str_trim(str_c(str), " \t\r\n");
-	len = strlen(text);
-	dec = t_buffer_create(64);
-	if (len == POPVAULT_MASTER_KEY_SIZE * 2 &&
-	    hex_to_binary(text, dec) == 0) {
-		/* hex */
-	} else {
-		buffer_set_used_size(dec, 0);
-		if (base64_scheme_decode(&base64_scheme, 0, text, len, dec) < 0)
-			buffer_set_used_size(dec, 0);
-	}
-	if (dec->used != POPVAULT_MASTER_KEY_SIZE) {
-		*error_r = t_strdup_printf("master key %s: not 32 bytes as "
-			"64 hex digits or base64 (e.g. openssl rand -hex 32)",
-			path);
-		ret = -1;
-	} else {
-		memcpy(key_r, dec->data, POPVAULT_MASTER_KEY_SIZE);
-		ret = 0;
-	}
-	sodium_memzero(buffer_get_modifiable_data(dec, NULL), dec->used);
-	sodium_memzero(str_c_modifiable(str), str_len(str));
-	return ret;
+	return master_key_file_read(setting, key_r, error_r);
 }
 
 
@@ -265,12 +383,37 @@ pw_kek_get(struct pw_kek_cache *cache, const char *password,
 	return 0;
 }
 
+/* HMAC-SHA256 over the file format, the user and the public key with a
+   key only the master key derives: delivery checks it before it
+   encrypts to the public key, without unwrapping the private key. */
+static void keyfile_public_mac(const struct keyfile *kf, const char *username,
+			       const unsigned char *master,
+			       unsigned char mac_r[MAC_SIZE])
+{
+	unsigned char key[crypto_auth_hmacsha256_KEYBYTES];
+	buffer_t *msg = wrap_aad(username, kf);
+	string_t *info = t_str_new(64);
+
+	str_append(info, MAC_INFO);
+	str_append_c(info, '\0');
+	str_append(info, username);
+	popvault_hkdf_sha256(NULL, 0, master, POPVAULT_MASTER_KEY_SIZE,
+			     str_data(info), str_len(info), key, sizeof(key));
+	crypto_auth_hmacsha256(mac_r, msg->data, msg->used, key);
+	sodium_memzero(key, sizeof(key));
+}
+
+/* A master wrap comes with the MAC: whoever has the master key vouches
+   for the public key. */
 static void keyfile_wrap_master(struct keyfile *kf, const char *username,
 				const unsigned char *master,
 				const unsigned char sk[POPVAULT_SK_SIZE])
 {
 	unsigned char kek[WRAP_KEY_SIZE];
 	buffer_t *aad = wrap_aad(username, kf);
+
+	keyfile_public_mac(kf, username, master, kf->mac);
+	kf->have_mac = TRUE;
 
 	randombytes_buf(kf->salt, sizeof(kf->salt));
 	randombytes_buf(kf->nonce, sizeof(kf->nonce));
@@ -292,6 +435,10 @@ static int keyfile_wrap_password(struct keyfile *kf, const char *username,
 	unsigned char salt[PW_SALT_SIZE];
 	buffer_t *aad;
 
+	if (password[0] == '\0') {
+		*error_r = "refusing to lock a key pair with an empty password";
+		return -1;
+	}
 	if (!cache->valid || strcmp(cache->password, password) != 0) {
 		randombytes_buf(salt, sizeof(salt));
 		if (pw_kek_get(cache, password,
@@ -452,13 +599,7 @@ opened:
 
 static int hex_field(const char *hex, unsigned char *out, size_t size)
 {
-	buffer_t *buf = t_buffer_create(size);
-
-	if (strlen(hex) != size * 2 || hex_to_binary(hex, buf) < 0 ||
-	    buf->used != size)
-		return -1;
-	memcpy(out, buf->data, size);
-	return 0;
+	return hex_decode(hex, strlen(hex), out, size);
 }
 
 static int keyfile_parse_private(struct keyfile *kf,
@@ -534,6 +675,12 @@ static int keyfile_parse(const char *path, const char *text,
 		} else if (strcmp(f[0], "created") == 0 && f[1] != NULL) {
 			if (str_to_time(f[1], &kf_r->created) < 0)
 				break;
+		} else if (strcmp(f[0], MAC_NAME) == 0 && f[1] != NULL &&
+			   strcmp(f[1], MAC_KIND_MASTER) == 0) {
+			if (kf_r->have_mac || str_array_length(f) != 3 ||
+			    hex_field(f[2], kf_r->mac, MAC_SIZE) < 0)
+				break;
+			kf_r->have_mac = TRUE;
 		} else if (strcmp(f[0], "private") == 0 && f[1] != NULL) {
 			if (keyfile_parse_private(kf_r, f, &known) < 0)
 				break;
@@ -571,6 +718,10 @@ static string_t *keyfile_format(const struct keyfile *kf)
 	str_printfa(str, KEYFILE_MAGIC"\nkey_id %s\ncreated %ld\npublic %s\n",
 		    binary_to_hex(kf->key_id, sizeof(kf->key_id)),
 		    (long)kf->created, binary_to_hex(kf->pk, sizeof(kf->pk)));
+	if (kf->have_mac) {
+		str_printfa(str, MAC_NAME" "MAC_KIND_MASTER" %s\n",
+			    binary_to_hex(kf->mac, sizeof(kf->mac)));
+	}
 	if (kf->have_master_wrap) {
 		str_printfa(str, "private "WRAP_KIND_MASTER" %s %s %s\n",
 			    binary_to_hex(kf->salt, sizeof(kf->salt)),
@@ -844,49 +995,155 @@ static int keypair_new(const char *keys_dir, const char *username,
 	return keyfile_write(keys_dir, kf_r, error_r);
 }
 
+/* Every writer that creates a key pair or adds a wrap holds this lock
+   (fcntl, released by the kernel should the process die), so two first
+   deliveries or logins make one key pair, not one each. Readers take no
+   lock: every file they find is complete (temporary name, fsync, rename)
+   and stays, and "current" is published only after its key file. */
+static int keystore_lock(const char *keys_dir, struct file_lock **lock_r,
+			 const char **error_r)
+{
+	const struct file_lock_settings lock_set = {
+		.lock_method = FILE_LOCK_METHOD_FCNTL,
+		.close_on_free = TRUE,
+	};
+	const char *path = t_strconcat(keys_dir, "/" LOCK_NAME, NULL);
+	const char *error;
+	int fd, ret;
+
+	if (keys_dir_create(keys_dir, error_r) < 0)
+		return -1;
+	fd = open(path, O_RDWR | O_CREAT, 0600);
+	if (fd == -1) {
+		*error_r = t_strdup_printf("open(%s) failed: %m", path);
+		return -1;
+	}
+	ret = file_wait_lock(fd, path, F_WRLCK, &lock_set,
+			     KEYSTORE_LOCK_TIMEOUT_SECS, lock_r, &error);
+	if (ret <= 0) {
+		*error_r = ret == 0 ? t_strdup_printf("%s: still locked after "
+			"%u s", path, KEYSTORE_LOCK_TIMEOUT_SECS) : error;
+		i_close_fd(&fd);
+		return -1;
+	}
+	return 0;
+}
+
 int popvault_keystore_create(const char *keys_dir, const char *username,
 			     const struct popvault_key_secrets *secrets,
 			     unsigned char pk_r[POPVAULT_PK_SIZE],
 			     const char **error_r)
 {
 	struct pw_kek_cache cache;
+	struct file_lock *lock;
 	struct keyfile kf;
-	const char *id_hex, *tmp, *cur_path, *winner;
+	const char *id_hex;
 	int ret;
 
-	i_zero(&cache);
-	ret = keypair_new(keys_dir, username, secrets, &cache, &kf, error_r);
-	pw_kek_cache_clear(&cache);
-	if (ret < 0)
+	if (keystore_lock(keys_dir, &lock, error_r) < 0)
 		return -1;
-	id_hex = binary_to_hex(kf.key_id, sizeof(kf.key_id));
-
-	/* link() fails with EEXIST when another process made its key pair
-	   current first: then that one wins and ours is removed. */
-	cur_path = t_strconcat(keys_dir, "/" CURRENT_NAME, NULL);
-	tmp = write_tmp(keys_dir, CURRENT_NAME, t_strconcat(id_hex, "\n", NULL),
-			strlen(id_hex) + 1, error_r);
-	if (tmp == NULL)
-		return -1;
-	if (link(tmp, cur_path) < 0) {
-		int link_errno = errno;
-
-		i_unlink(tmp);
-		if (link_errno != EEXIST) {
-			*error_r = t_strdup_printf("link(%s, %s) failed: %s",
-				tmp, cur_path, strerror(link_errno));
-			return -1;
+	ret = read_current(keys_dir, &id_hex, error_r);
+	if (ret > 0) {
+		/* another process was first */
+		ret = keyfile_read(keys_dir, id_hex, &kf, error_r) < 0 ? -1 : 0;
+	} else if (ret == 0) {
+		i_zero(&cache);
+		ret = keypair_new(keys_dir, username, secrets, &cache, &kf,
+				  error_r);
+		pw_kek_cache_clear(&cache);
+		if (ret == 0) {
+			id_hex = binary_to_hex(kf.key_id, sizeof(kf.key_id));
+			ret = replace_file(keys_dir, CURRENT_NAME,
+					   t_strconcat(id_hex, "\n", NULL),
+					   strlen(id_hex) + 1, error_r) < 0 ?
+				-1 : 1;
 		}
-		i_unlink(keyfile_path(keys_dir, id_hex));
-		if (read_current(keys_dir, &winner, error_r) <= 0 ||
-		    keyfile_read(keys_dir, winner, &kf, error_r) < 0)
-			return -1;
-		memcpy(pk_r, kf.pk, POPVAULT_PK_SIZE);
-		return fsync_dir(keys_dir, error_r);
 	}
-	i_unlink(tmp);
-	memcpy(pk_r, kf.pk, POPVAULT_PK_SIZE);
-	return fsync_dir(keys_dir, error_r);
+	file_unlock(&lock);
+	if (ret >= 0)
+		memcpy(pk_r, kf.pk, POPVAULT_PK_SIZE);
+	sodium_memzero(&kf, sizeof(kf));
+	return ret;
+}
+
+/* In master-key mode the public key new mail goes to must carry the MAC
+   only the master key makes (keyfile_public_mac()): someone who can
+   write the home but has no master key can't make one, so a planted key
+   pair and "current" fail delivery here instead of receiving the mail.
+   A key file from before the MAC (popvault <= 420e9b1) is vouched for by
+   a master wrap whose private key matches the public key; it then gets
+   the MAC, under the lock. */
+static int keyfile_verify_master(const char *keys_dir, struct keyfile *kf,
+				 const char *username,
+				 const unsigned char *master,
+				 const char **error_r)
+{
+	const char *id_hex = binary_to_hex(kf->key_id, sizeof(kf->key_id));
+	const char *path = keyfile_path(keys_dir, id_hex);
+	const struct popvault_key_secrets master_only = { .master = master };
+	unsigned char mac[MAC_SIZE], sk[POPVAULT_SK_SIZE];
+	struct file_lock *lock;
+	struct keyfile again;
+	const char *error;
+	int ret;
+
+	if (kf->have_mac) {
+		keyfile_public_mac(kf, username, master, mac);
+		if (sodium_memcmp(mac, kf->mac, sizeof(mac)) == 0)
+			return 0;
+		*error_r = t_strdup_printf("%s: the master key does not vouch "
+			"for the current public key (wrong MAC: planted, "
+			"damaged, another user's file or another master "
+			"key); not encrypting to it", path);
+		return -1;
+	}
+	ret = keyfile_unwrap_sk(kf, path, username, &master_only, NULL, sk,
+				&error);
+	sodium_memzero(sk, sizeof(sk));
+	if (ret < 0) {
+		*error_r = t_strdup_printf("%s: the master key does not vouch "
+			"for the current public key (no MAC, and %s); not "
+			"encrypting to it (a key pair made without the master "
+			"key gets its wrap at the user's next login with the "
+			"password)", path, error);
+		return -1;
+	}
+	if (keystore_lock(keys_dir, &lock, error_r) < 0)
+		return -1;
+	if ((ret = keyfile_read(keys_dir, id_hex, &again, error_r)) == 0 &&
+	    !again.have_mac &&
+	    memcmp(again.pk, kf->pk, sizeof(kf->pk)) == 0) {
+		keyfile_public_mac(&again, username, master, again.mac);
+		again.have_mac = TRUE;
+		ret = keyfile_write(keys_dir, &again, error_r);
+	}
+	file_unlock(&lock);
+	sodium_memzero(&again, sizeof(again));
+	return ret;
+}
+
+/* 1 with the current public key (verified in master-key mode), 0 when
+   there is no current key pair. */
+static int current_read_verified(const char *keys_dir, const char *username,
+				 const struct popvault_key_secrets *secrets,
+				 unsigned char pk_r[POPVAULT_PK_SIZE],
+				 const char **error_r)
+{
+	struct keyfile kf;
+	const char *id_hex;
+	int ret;
+
+	if ((ret = read_current(keys_dir, &id_hex, error_r)) <= 0)
+		return ret;
+	if (keyfile_read(keys_dir, id_hex, &kf, error_r) < 0 ||
+	    (secrets->master != NULL &&
+	     keyfile_verify_master(keys_dir, &kf, username, secrets->master,
+				   error_r) < 0))
+		ret = -1;
+	else
+		memcpy(pk_r, kf.pk, POPVAULT_PK_SIZE);
+	sodium_memzero(&kf, sizeof(kf));
+	return ret;
 }
 
 int popvault_keystore_get_current(const char *keys_dir, const char *username,
@@ -894,20 +1151,12 @@ int popvault_keystore_get_current(const char *keys_dir, const char *username,
 				  unsigned char pk_r[POPVAULT_PK_SIZE],
 				  bool *created_r, const char **error_r)
 {
-	struct keyfile kf;
-	const char *id_hex;
 	int ret;
 
 	*created_r = FALSE;
-	ret = read_current(keys_dir, &id_hex, error_r);
-	if (ret < 0)
-		return -1;
-	if (ret > 0) {
-		if (keyfile_read(keys_dir, id_hex, &kf, error_r) < 0)
-			return -1;
-		memcpy(pk_r, kf.pk, POPVAULT_PK_SIZE);
-		return 0;
-	}
+	if ((ret = current_read_verified(keys_dir, username, secrets, pk_r,
+					 error_r)) != 0)
+		return ret < 0 ? -1 : 0;
 	if (secrets->master == NULL && secrets->password == NULL) {
 		*error_r = "no key pair yet, and no master key to create one "
 			"(with popvault_key_password it is created at the "
@@ -915,11 +1164,154 @@ int popvault_keystore_get_current(const char *keys_dir, const char *username,
 			"generate)";
 		return -1;
 	}
-	if (popvault_keystore_create(keys_dir, username, secrets, pk_r,
-				     error_r) < 0)
+	if ((ret = popvault_keystore_create(keys_dir, username, secrets, pk_r,
+					    error_r)) < 0)
 		return -1;
-	*created_r = TRUE;
-	return 0;
+	if (ret > 0) {
+		*created_r = TRUE;
+		return 0;
+	}
+	/* made by another process meanwhile: trusted like any current */
+	if ((ret = current_read_verified(keys_dir, username, secrets, pk_r,
+					 error_r)) == 0)
+		*error_r = t_strdup_printf("%s/" CURRENT_NAME " vanished",
+					   keys_dir);
+	return ret > 0 ? 0 : -1;
+}
+
+/* Which wraps kf lacks that secrets could add. */
+static void keyfile_missing_wraps(const struct keyfile *kf,
+				  const struct popvault_key_secrets *secrets,
+				  bool *master_r, bool *password_r)
+{
+	*master_r = secrets->master != NULL && !kf->have_master_wrap;
+	*password_r = secrets->password != NULL && !kf->have_password_wrap;
+}
+
+/* Leaves in cache the derivation of the password wraps the store has
+   (so added wraps share their salt and one Argon2id unlocks all).
+   Returns 1 when the password opens them or there are none, 0 when it
+   does not: then no wrap with it is added, or the keys would need two
+   passwords. */
+static int add_wraps_password_ok(const char *keys_dir, const char *username,
+				 const ARRAY_TYPE(const_string) *ids,
+				 const char *password,
+				 struct pw_kek_cache *cache)
+{
+	const struct popvault_key_secrets pw_only = { .password = password };
+	unsigned char sk[POPVAULT_SK_SIZE];
+	struct keyfile kf;
+	const char *id, *error;
+	int ret = 1;
+
+	array_foreach_elem(ids, id) {
+		if (keyfile_read(keys_dir, id, &kf, &error) < 0 ||
+		    !kf.have_password_wrap)
+			continue;
+		ret = keyfile_unwrap_sk(&kf, keyfile_path(keys_dir, id),
+					username, &pw_only, cache, sk,
+					&error) < 0 ? 0 : 1;
+		sodium_memzero(sk, sizeof(sk));
+		break;
+	}
+	sodium_memzero(&kf, sizeof(kf));
+	return ret;
+}
+
+/* Unlocks kf with the secret it has and adds the wrap of the one it
+   lacks. 1 = added, 0 = it does not open with what was given. */
+static int keyfile_add_wraps(const char *keys_dir, struct keyfile *kf,
+			     const char *username,
+			     const struct popvault_key_secrets *secrets,
+			     bool add_master, bool add_password,
+			     struct pw_kek_cache *cache, const char **error_r)
+{
+	struct popvault_key_secrets unlock;
+	unsigned char sk[POPVAULT_SK_SIZE];
+	const char *path = keyfile_path(keys_dir, binary_to_hex(kf->key_id,
+						sizeof(kf->key_id)));
+	const char *error;
+	int ret;
+
+	/* the secret being added never unlocks: it has no wrap here */
+	i_zero(&unlock);
+	unlock.master = add_master ? NULL : secrets->master;
+	unlock.password = add_password ? NULL : secrets->password;
+	if (keyfile_unwrap_sk(kf, path, username, &unlock, cache, sk,
+			      &error) < 0)
+		return 0;
+	if (add_master)
+		keyfile_wrap_master(kf, username, secrets->master, sk);
+	ret = !add_password ? 0 :
+		keyfile_wrap_password(kf, username, secrets->password, cache,
+				      sk, error_r);
+	sodium_memzero(sk, sizeof(sk));
+	if (ret < 0 || keyfile_write(keys_dir, kf, error_r) < 0)
+		return -1;
+	return 1;
+}
+
+int popvault_keystore_add_wraps(const char *keys_dir, const char *username,
+				const struct popvault_key_secrets *secrets,
+				unsigned int *added_r, const char **error_r)
+{
+	ARRAY_TYPE(const_string) ids;
+	struct popvault_key_secrets add = *secrets;
+	struct pw_kek_cache cache;
+	struct file_lock *lock = NULL;
+	struct keyfile kf;
+	const char *id;
+	bool add_master, add_password, missing = FALSE;
+	int ret = 0;
+
+	*added_r = 0;
+	if (secrets->master == NULL || secrets->password == NULL)
+		return 0;
+	t_array_init(&ids, 8);
+	if (keystore_key_ids(keys_dir, &ids, error_r) < 0)
+		return -1;
+	/* nearly always nothing is missing: then no lock, no crypto */
+	array_foreach_elem(&ids, id) {
+		if (keyfile_read(keys_dir, id, &kf, error_r) < 0)
+			return -1;
+		keyfile_missing_wraps(&kf, secrets, &add_master, &add_password);
+		missing = missing || add_master || add_password;
+	}
+	sodium_memzero(&kf, sizeof(kf));
+	if (!missing)
+		return 0;
+
+	if (keystore_lock(keys_dir, &lock, error_r) < 0)
+		return -1;
+	array_clear(&ids);
+	i_zero(&cache);
+	if (keystore_key_ids(keys_dir, &ids, error_r) < 0)
+		ret = -1;
+	else if (add_wraps_password_ok(keys_dir, username, &ids,
+				       secrets->password, &cache) == 0)
+		add.password = NULL;
+	array_foreach_elem(&ids, id) {
+		if (ret < 0)
+			break;
+		/* read again under the lock: another login may have added
+		   the wraps meanwhile */
+		if (keyfile_read(keys_dir, id, &kf, error_r) < 0) {
+			ret = -1;
+			break;
+		}
+		keyfile_missing_wraps(&kf, &add, &add_master, &add_password);
+		if (!add_master && !add_password)
+			continue;
+		ret = keyfile_add_wraps(keys_dir, &kf, username, secrets,
+					add_master, add_password, &cache,
+					error_r);
+		if (ret > 0)
+			(*added_r)++;
+	}
+	pw_kek_cache_clear(&cache);
+	sodium_memzero(&kf, sizeof(kf));
+	file_unlock(&lock);
+	return ret < 0 ? -1 : 0;
 }
 
 int popvault_keystore_rotate(const char *keys_dir, const char *username,
@@ -1024,6 +1416,7 @@ int popvault_keystore_set_password(const char *keys_dir, const char *username,
 	unsigned char sk[POPVAULT_SK_SIZE];
 	ARRAY_TYPE(const_string) ids;
 	struct pw_kek_cache old_cache, new_cache, resume_cache;
+	struct file_lock *lock;
 	struct keyfile kf;
 	const char *id, *path, *error;
 	int ret = 0;
@@ -1035,6 +1428,10 @@ int popvault_keystore_set_password(const char *keys_dir, const char *username,
 		*error_r = "no key pair yet (doveadm popvault key generate)";
 		return -1;
 	}
+	/* a login adding a missing wrap meanwhile would write back a file
+	   without the new password */
+	if (keystore_lock(keys_dir, &lock, error_r) < 0)
+		return -1;
 	i_zero(&old_cache); i_zero(&new_cache); i_zero(&resume_cache);
 	array_foreach_elem(&ids, id) {
 		path = keyfile_path(keys_dir, id);
@@ -1061,6 +1458,7 @@ int popvault_keystore_set_password(const char *keys_dir, const char *username,
 	pw_kek_cache_clear(&new_cache);
 	pw_kek_cache_clear(&resume_cache);
 	sodium_memzero(&kf, sizeof(kf));
+	file_unlock(&lock);
 	return ret;
 }
 
@@ -1197,15 +1595,17 @@ int popvault_keystore_list(const char *keys_dir, pool_t pool,
 const char *
 popvault_recovery_key_format(const unsigned char key[POPVAULT_RECOVERY_KEY_SIZE])
 {
-	const char *hex = binary_to_hex(key, POPVAULT_RECOVERY_KEY_SIZE);
+	static const char hexdigits[] = "0123456789abcdef";
 	string_t *str = t_str_new(128);
 	unsigned int i;
 
+	/* straight into the result: no hex copy left on the data stack */
 	str_append(str, RECOVERY_TEXT_PREFIX);
-	for (i = 0; i < POPVAULT_RECOVERY_KEY_SIZE * 2; i += 8) {
-		if (i > 0)
+	for (i = 0; i < POPVAULT_RECOVERY_KEY_SIZE; i++) {
+		if (i > 0 && i % 4 == 0)
 			str_append_c(str, '-');
-		str_append_data(str, hex + i, 8);
+		str_append_c(str, hexdigits[key[i] >> 4]);
+		str_append_c(str, hexdigits[key[i] & 0x0f]);
 	}
 	return str_c(str);
 }
@@ -1214,19 +1614,38 @@ int popvault_recovery_key_parse(const char *text,
 				unsigned char key_r[POPVAULT_RECOVERY_KEY_SIZE],
 				const char **error_r)
 {
-	string_t *hex = t_str_new(80);
-	int ret;
+	const char *p = text;
+	unsigned int n = 0;
+	int hi = -1, nibble;
 
-	text = t_str_trim(text, " \t\r\n");
-	if (str_begins_with(text, RECOVERY_TEXT_PREFIX))
-		text += strlen(RECOVERY_TEXT_PREFIX);
-	for (; *text != '\0'; text++) {
-		if (*text != '-' && *text != ' ')
-			str_append_c(hex, *text);
+	/* decoded in place, digit by digit: no trimmed or joined copy of
+	   the text */
+	while (i_isspace(*p))
+		p++;
+	if (str_begins(p, RECOVERY_TEXT_PREFIX))
+		p += strlen(RECOVERY_TEXT_PREFIX);
+	for (; *p != '\0'; p++) {
+		if (*p == '-' || i_isspace(*p))
+			continue;
+		if (*p >= '0' && *p <= '9')
+			nibble = *p - '0';
+		else if (*p >= 'a' && *p <= 'f')
+			nibble = *p - 'a' + 10;
+		else if (*p >= 'A' && *p <= 'F')
+			nibble = *p - 'A' + 10;
+		else
+			break;
+		if (n == POPVAULT_RECOVERY_KEY_SIZE)
+			break;
+		if (hi < 0)
+			hi = nibble;
+		else {
+			key_r[n++] = (unsigned char)((hi << 4) | nibble);
+			hi = -1;
+		}
 	}
-	ret = hex_field(str_c(hex), key_r, POPVAULT_RECOVERY_KEY_SIZE);
-	sodium_memzero(str_c_modifiable(hex), str_len(hex));
-	if (ret < 0) {
+	if (*p != '\0' || n != POPVAULT_RECOVERY_KEY_SIZE) {
+		sodium_memzero(key_r, POPVAULT_RECOVERY_KEY_SIZE);
 		*error_r = "not a recovery key (pvrk1- followed by 64 hex "
 			"digits)";
 		return -1;

@@ -16,6 +16,7 @@
 #include "istream.h"
 #include "ostream.h"
 #include "mail-user.h"
+#include "mail-namespace.h"
 #include "mail-copy.h"
 #include "mail-storage-private.h"
 #include "mail-storage-settings.h"
@@ -26,6 +27,7 @@
 #include "popvault-action.h"
 #include "popvault-crypt-keys.h"
 #include "popvault-crypt-stream.h"
+#include "popvault-crypt-leaks.h"
 
 #include <sodium.h>
 #include "popvault-compat.h"
@@ -46,9 +48,15 @@ struct popvault_crypt_user {
 	struct event *event;
 	const struct popvault_settings *set;
 	const char *keys_dir;
+	/* popvault_key_password, NULL in a master-user session: there %w
+	   is the master user's password, never the user's */
+	const char *key_password;
+	/* the master user of a master-user login ("user*master"), else NULL */
+	const char *master_user;
 
-	bool master_loaded;
-	unsigned char master[POPVAULT_MASTER_KEY_SIZE];
+	/* POPVAULT_MASTER_KEY_SIZE bytes in libsodium's guarded, mlock()ed
+	   pages (sodium_malloc), wiped by sodium_free(); NULL until read */
+	unsigned char *master;
 
 	struct sender_cache_entry *sender;
 	const char *sender_error;
@@ -104,6 +112,8 @@ static MODULE_CONTEXT_DEFINE_INIT(popvault_crypt_mail_module,
 				  &mail_module_register);
 
 static ARRAY(struct sender_cache_entry *) sender_cache;
+/* popvault_crypt_see_containers() was called */
+static bool crypt_see_containers = FALSE;
 
 /* set by the pop3 code: crypt never calls into pop3 */
 static popvault_crypt_damaged_callback_t *crypt_damaged_callback;
@@ -115,27 +125,53 @@ static struct popvault_crypt_user *crypt_user(struct mail_user *user)
 	return puser == NULL ? NULL : puser->crypt;
 }
 
+/* Whose mail a mailbox holds. In a shared namespace box->storage->user
+   and mailbox_list_get_user() are the logged-in user; the folder's owner
+   is the namespace's owner, a mail_user of its own (with its own popvault
+   settings, see popvault-user.c). Public namespaces have no owner: they
+   follow the logged-in user. */
+static struct mail_user *crypt_box_owner(struct mailbox *box)
+{
+	struct mail_namespace *ns = mailbox_get_namespace(box);
+
+	return ns->owner != NULL ? ns->owner : box->storage->user;
+}
+
+/* The crypt state that saving into and reading from box follow */
+static struct popvault_crypt_user *crypt_box_user(struct mailbox *box)
+{
+	return crypt_user(crypt_box_owner(box));
+}
+
 /* ---- keys ---- */
 
 static int crypt_user_load_master(struct popvault_crypt_user *cuser,
 				  const char **error_r)
 {
-	if (cuser->master_loaded)
+	unsigned char *master;
+
+	if (cuser->master != NULL)
 		return 0;
 	if (cuser->set->master_key == NULL) {
 		*error_r = "popvault_master_key is not set";
 		return -1;
 	}
-	if (popvault_master_key_read(cuser->set->master_key, cuser->master,
-				     error_r) < 0)
+	master = sodium_malloc(POPVAULT_MASTER_KEY_SIZE);
+	if (master == NULL)
+		i_fatal_status(FATAL_OUTOFMEM, "sodium_malloc() failed: %m");
+	if (popvault_master_key_read(cuser->set->master_key, master,
+				     error_r) < 0) {
+		sodium_free(master);
 		return -1;
-	cuser->master_loaded = TRUE;
+	}
+	cuser->master = master;
 	return 0;
 }
 
 /* What this process may lock and unlock the user's keys with: the master
    key when configured (read on first use), and popvault_key_password
-   (empty, so unset, where the passdb gave no password: LMTP, doveadm). */
+   (unset where the passdb gave no password: LMTP, doveadm, master-user
+   logins). */
 static int crypt_user_secrets(struct popvault_crypt_user *cuser,
 			      struct popvault_key_secrets *secrets_r,
 			      const char **error_r)
@@ -146,7 +182,7 @@ static int crypt_user_secrets(struct popvault_crypt_user *cuser,
 			return -1;
 		secrets_r->master = cuser->master;
 	}
-	secrets_r->password = cuser->set->key_password;
+	secrets_r->password = cuser->key_password;
 	return 0;
 }
 
@@ -265,7 +301,11 @@ crypt_user_get_receiver(struct popvault_crypt_user *cuser,
 					    &error) < 0) {
 		popvault_receiver_free(&receiver);
 		cuser->receiver_error = p_strdup_printf(cuser->user->pool,
-			"can't unlock the private keys: %s", error);
+			"can't unlock the private keys%s: %s",
+			cuser->master_user == NULL ? "" : t_strdup_printf(
+			" (a login by master user %s: its password is not the "
+			"user's and unlocks no password-locked key)",
+			cuser->master_user), error);
 		e_error(event_create_passthrough(cuser->event)->
 			set_name("popvault_crypt_unlock_failed")->
 			add_str("error", error)->event(),
@@ -297,8 +337,7 @@ crypt_log_damaged(struct popvault_crypt_user *cuser, const char *vname,
 
 static int crypt_mail_fail(struct mail *mail, const char *cause)
 {
-	struct popvault_crypt_user *cuser =
-		crypt_user(mail->box->storage->user);
+	struct popvault_crypt_user *cuser = crypt_box_user(mail->box);
 
 	crypt_log_damaged(cuser, mailbox_get_vname(mail->box), mail->uid,
 			  cause);
@@ -388,8 +427,7 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 {
 	struct mail_private *pmail = (struct mail_private *)mail;
 	struct popvault_crypt_mail *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(pmail);
-	struct popvault_crypt_user *cuser =
-		crypt_user(mail->box->storage->user);
+	struct popvault_crypt_user *cuser = crypt_box_user(mail->box);
 	struct popvault_receiver *receiver;
 	struct popvault_crypt_mailbox *cbox;
 	struct crypt_stream_ctx *sctx;
@@ -406,6 +444,19 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
 	cmail->opened_encrypted = FALSE;
+	if (cuser == NULL) {
+		/* a user without crypt settings (crypt_see_containers):
+		   the stored bytes, unless they are a container */
+		if (crypt_stream_is_encrypted(*stream)) {
+			cmail->opened_encrypted = TRUE;
+			mail_storage_set_error(mail->box->storage,
+				MAIL_ERROR_NOTPOSSIBLE, "Encrypted, and no key "
+				"for it here (no popvault_master_key or "
+				"popvault_key_password)");
+			return -1;
+		}
+		return cmail->module_ctx.super.istream_opened(mail, stream);
+	}
 	if (!crypt_stream_is_encrypted(*stream)) {
 		if ((*stream)->stream_errno != 0)
 			return cmail->module_ctx.super.istream_opened(mail, stream);
@@ -416,6 +467,10 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		return cmail->module_ctx.super.istream_opened(mail, stream);
 	}
 	cmail->opened_encrypted = TRUE;
+	/* A mailbox opened while the owner had no key store keeps Dovecot's
+	   cache (crypt_user_needs_cache_off()); what is decrypted from here
+	   on never goes into it. */
+	mail->box->mail_cache_disabled = TRUE;
 	if (cbox != NULL ?
 	    popvault_mail_has_keyword_cached(mail, POPVAULT_DAMAGED_KEYWORD,
 					     &cbox->damaged_kw) :
@@ -429,6 +484,16 @@ static int crypt_istream_opened(struct mail *mail, struct istream **stream)
 		pmail->get_stream_reason == NULL ? "" : pmail->get_stream_reason);
 	if ((receiver = crypt_user_get_receiver(cuser, &error)) == NULL) {
 		/* logged once by the unlock; not the message's fault */
+		if (crypt_box_owner(mail->box) != mail->box->storage->user) {
+			/* Another user's shared folder whose keys this
+			   session can't open (password mode): that will not
+			   change by retrying, so IMAP answers NO for the
+			   message (INVALIDDATA) instead of disconnecting. */
+			mail_storage_set_error(mail->box->storage,
+				MAIL_ERROR_INVALIDDATA, "The owner's "
+				"encryption keys are not available to you");
+			return -1;
+		}
 		mail_storage_set_error(mail->box->storage, MAIL_ERROR_TEMP,
 			"The mailbox's encryption keys did not unlock");
 		return -1;
@@ -485,7 +550,7 @@ static void crypt_mail_allocated(struct mail *_mail)
 	struct mail_vfuncs *v = mail->vlast;
 	struct popvault_crypt_mail *cmail;
 
-	if (crypt_user(_mail->box->storage->user) == NULL)
+	if (crypt_box_user(_mail->box) == NULL && !crypt_see_containers)
 		return;
 	cmail = p_new(mail->pool, struct popvault_crypt_mail, 1);
 	cmail->module_ctx.super = *v;
@@ -507,10 +572,33 @@ int popvault_crypt_mail_was_encrypted(struct mail *mail, bool *encrypted_r)
 		*encrypted_r = FALSE;
 		return 0;
 	}
-	if (mail_get_stream(mail, NULL, NULL, &input) < 0)
-		return -1;
+	if (mail_get_stream(mail, NULL, NULL, &input) < 0) {
+		if (crypt_box_user(mail->box) != NULL ||
+		    !cmail->opened_encrypted)
+			return -1;
+		/* seen by popvault_crypt_see_containers() */
+		*encrypted_r = TRUE;
+		return 0;
+	}
 	*encrypted_r = cmail->opened_encrypted;
 	return 0;
+}
+
+void popvault_crypt_see_containers(void)
+{
+	crypt_see_containers = TRUE;
+}
+
+int popvault_crypt_user_unlock(struct mail_user *user, const char **error_r)
+{
+	struct popvault_crypt_user *cuser = crypt_user(user);
+	int ret;
+
+	if (cuser == NULL)
+		return 0;
+	if ((ret = popvault_keystore_exists(cuser->keys_dir, error_r)) <= 0)
+		return ret < 0 ? -1 : 1;
+	return crypt_user_get_receiver(cuser, error_r) == NULL ? -1 : 1;
 }
 
 bool popvault_crypt_user_encrypts(struct mail_user *user)
@@ -527,7 +615,7 @@ static int crypt_save_begin(struct mail_save_context *ctx,
 {
 	struct mailbox *box = ctx->transaction->box;
 	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
-	struct popvault_crypt_user *cuser = crypt_user(box->storage->user);
+	struct popvault_crypt_user *cuser = crypt_box_user(box);
 	struct popvault_sender *sender;
 	struct ostream *output;
 	const char *error = NULL;
@@ -616,21 +704,34 @@ static int crypt_copy(struct mail_save_context *ctx, struct mail *mail)
 {
 	struct mailbox *box = ctx->transaction->box;
 	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
+	struct mail_user *src_owner = crypt_box_owner(mail->box);
+	struct mail_user *dest_owner = crypt_box_owner(box);
 
-	/* Same user, same keys: let the storage hardlink or reference the
-	   encrypted file as it is. Across users the message goes through
-	   the source user's decryption and the target user's save. */
-	if (mail->box->storage->user != box->storage->user &&
-	    (crypt_user(mail->box->storage->user) != NULL ||
-	     crypt_user(box->storage->user) != NULL))
+	/* Same owner, same keys: let the storage hardlink or reference the
+	   encrypted file as it is. Across owners (another user's shared
+	   folder) the message goes through the source owner's decryption
+	   and the target owner's save. */
+	if (src_owner != dest_owner &&
+	    (crypt_user(src_owner) != NULL || crypt_user(dest_owner) != NULL))
 		return mail_storage_copy(ctx, mail);
 	return cbox->module_ctx.super.copy(ctx, mail);
+}
+
+/* Whether mail of the user may be decrypted into dovecot.index.cache:
+   only when it may be encrypted (popvault_crypt_user_has_encrypted_mail()).
+   Checked at every mailbox open: a key pair created later (the first
+   encrypted delivery) turns the cache off from the next open on. */
+static bool crypt_user_needs_cache_off(struct popvault_crypt_user *cuser)
+{
+	return popvault_crypt_user_has_encrypted_mail(cuser->set,
+						      cuser->keys_dir,
+						      cuser->event);
 }
 
 static void crypt_mailbox_allocated(struct mailbox *box)
 {
 	struct mailbox_vfuncs *v = box->vlast;
-	struct popvault_crypt_user *cuser = crypt_user(box->storage->user);
+	struct popvault_crypt_user *cuser = crypt_box_user(box);
 	struct popvault_crypt_mailbox *cbox;
 
 	cbox = p_new(box->pool, struct popvault_crypt_mailbox, 1);
@@ -644,9 +745,12 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 	if (cuser == NULL)
 		return;
 	v->close = crypt_mailbox_close;
-	/* No header or body text in dovecot.index.cache: every envelope,
-	   header and bodystructure fetch decrypts the first chunk again. */
-	box->mail_cache_disabled = TRUE;
+	/* No header or body text of encrypted mail in dovecot.index.cache:
+	   every envelope, header and bodystructure fetch decrypts the first
+	   chunk again. The owner decides: in a shared folder the cache (in
+	   the reader's INDEX= or the owner's home) holds the owner's mail. */
+	if (crypt_user_needs_cache_off(cuser))
+		box->mail_cache_disabled = TRUE;
 	if (!cuser->set->encrypt)
 		return;
 	if ((box->storage->class_flags & MAIL_STORAGE_CLASS_FLAG_BINARY_DATA) != 0) {
@@ -660,29 +764,53 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 /* ---- user ---- */
 
 /* Password mode: the key pair is made at the first login that brings the
-   password, so mail delivered from then on is locked with it. A failure
-   (disk full) is logged and the login goes on: deliveries keep failing
-   closed (451) until a later login or doveadm popvault key generate. */
-static void crypt_user_first_login(struct popvault_crypt_user *cuser)
+   password, so mail delivered from then on is locked with it; a key pair
+   LMTP made with the master key alone gets the password's wrap here too
+   (and one made before a master key was set gets the master wrap). A
+   failure (disk full) is logged and the login goes on: deliveries keep
+   failing closed (451) until a later login or doveadm popvault key
+   generate. */
+static void crypt_user_login_keys(struct popvault_crypt_user *cuser)
 {
 	unsigned char pk[POPVAULT_PK_SIZE];
 	struct popvault_key_secrets secrets;
 	const char *error;
+	unsigned int added;
 	bool created;
 	int ret;
 
-	if ((ret = popvault_keystore_exists(cuser->keys_dir, &error)) == 0 &&
-	    (ret = crypt_user_secrets(cuser, &secrets, &error)) == 0) {
+	if ((ret = crypt_user_secrets(cuser, &secrets, &error)) == 0 &&
+	    (ret = popvault_keystore_exists(cuser->keys_dir, &error)) == 0) {
 		ret = popvault_keystore_get_current(cuser->keys_dir,
 			cuser->user->username, &secrets, pk, &created, &error);
 		if (ret == 0 && created)
 			crypt_log_key_created(cuser, pk);
 	}
-	if (ret < 0) {
-		e_error(cuser->event, "crypt: user %s: can't create the key "
-			"pair at first login: %s", cuser->user->username,
-			error);
+	if (ret >= 0 &&
+	    (ret = popvault_keystore_add_wraps(cuser->keys_dir,
+			cuser->user->username, &secrets, &added, &error)) == 0 &&
+	    added > 0) {
+		e_info(event_create_passthrough(cuser->event)->
+		       set_name("popvault_crypt_key_wrapped")->
+		       add_int("keys", added)->event(),
+		       "crypt: added the missing master-key or password "
+		       "wrap to %u key pair(s)", added);
 	}
+	if (ret < 0) {
+		e_error(cuser->event, "crypt: user %s: can't create or "
+			"complete the key pair at login: %s",
+			cuser->user->username, error);
+	}
+}
+
+/* The user's own pop3 or imap login: not LMTP or doveadm, and not a
+   shared folder's owner (user->creator is the logged-in reader), whose
+   keys another user's session must never make or lock. */
+static bool crypt_user_is_login(struct mail_user *user)
+{
+	return user->creator == NULL &&
+		(strcmp(user->service, "pop3") == 0 ||
+		 strcmp(user->service, "imap") == 0);
 }
 
 int popvault_crypt_user_key_store(struct mail_user *user,
@@ -730,11 +858,11 @@ int popvault_crypt_user_created(struct mail_user *user,
 	}
 	/* A login that could create or unlock keys but has nothing to do
 	   it with is a misconfiguration; LMTP and doveadm never get the
-	   login password, so there it only fails when a key is needed. */
+	   login password, so there it only fails when a key is needed.
+	   Neither does another user's session for a shared folder's owner
+	   (user->creator). */
 	if (set->encrypt && set->master_key == NULL &&
-	    set->key_password == NULL &&
-	    (strcmp(user->service, "pop3") == 0 ||
-	     strcmp(user->service, "imap") == 0)) {
+	    set->key_password == NULL && crypt_user_is_login(user)) {
 		*error_r = "popvault_encrypt=yes needs popvault_master_key or "
 			"popvault_key_password (e.g. "
 			"userdb_popvault_key_password="
@@ -759,6 +887,16 @@ int popvault_crypt_user_created(struct mail_user *user,
 	cuser->set = &puser->set;
 	cuser->keys_dir = p_strconcat(user->pool, home,
 				      "/" POPVAULT_KEYS_SUBDIR, NULL);
+	cuser->key_password = set->key_password;
+	/* auth adds master_user to the userdb reply of a master login */
+	cuser->master_user = p_strdup_empty(user->pool,
+		popvault_user_userdb_field(user, "master_user"));
+	if (cuser->master_user != NULL && cuser->key_password != NULL) {
+		e_debug(puser->event, "crypt: login by master user %s: "
+			"popvault_key_password is its password, not used",
+			cuser->master_user);
+		cuser->key_password = NULL;
+	}
 	if (set->encrypt && set->master_key != NULL) {
 		/* Fail closed: with the master key missing, refuse the user
 		   (LMTP 451, nothing stored) rather than find out later. */
@@ -767,9 +905,23 @@ int popvault_crypt_user_created(struct mail_user *user,
 			return -1;
 		}
 	}
+	/* Dovecot's own writers of plaintext: refused before any mail of
+	   the user is read or saved (LMTP sets the recipient up after DATA,
+	   or at RCPT with lmtp_rcpt_check_quota, docs/encryption.md). Not
+	   for the raw user that holds mail being delivered (autocreated,
+	   no creator): failing it would stop the whole lmtp process, and
+	   the recipient is checked. */
+	if ((!user->autocreated || user->creator != NULL) &&
+	    popvault_crypt_user_has_encrypted_mail(set, cuser->keys_dir,
+						   puser->event) &&
+	    (popvault_crypt_check_fts(user, set, puser->event, error_r) < 0 ||
+	     popvault_crypt_check_temp_dir(user, set, puser->event,
+					   error_r) < 0))
+		return -1;
 	puser->crypt = cuser;
-	if (set->encrypt && set->key_password != NULL)
-		crypt_user_first_login(cuser);
+	if (set->encrypt && cuser->key_password != NULL &&
+	    crypt_user_is_login(user))
+		crypt_user_login_keys(cuser);
 	e_debug(puser->event, "crypt: encrypt=%s require_encrypted=%s "
 		"keys=%s", set->encrypt ? "yes" : "no",
 		set->require_encrypted ? "yes" : "no", cuser->keys_dir);
@@ -785,7 +937,8 @@ void popvault_crypt_user_deinit(struct popvault_user *puser)
 	if (cuser->sender != NULL)
 		cuser->sender->refcount--;
 	popvault_receiver_free(&cuser->receiver);
-	sodium_memzero(cuser->master, sizeof(cuser->master));
+	sodium_free(cuser->master);
+	cuser->master = NULL;
 	puser->crypt = NULL;
 }
 

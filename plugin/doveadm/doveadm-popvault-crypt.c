@@ -46,8 +46,12 @@
 #include "popvault-crypt.h"
 #include "popvault-ledger.h"
 #include "popvault-progress.h"
+#include "popvault-doveadm.h"
 #include "popvault-retention.h"
 #include "popvault-compat.h"
+#include "popvault-secret-stdin.h"
+
+#include <sodium.h>
 
 /* Only the doveadm binary defines these (see doveadm-popvault.c). */
 #pragma weak doveadm_cmd_register_ver2
@@ -58,6 +62,7 @@
 #pragma weak doveadm_print_header_simple
 #pragma weak doveadm_print_init
 #pragma weak doveadm_cmd_param_str
+#pragma weak doveadm_cmd_param_bool
 
 enum crypt_tool_op {
 	CRYPT_TOOL_ENCRYPT,
@@ -76,6 +81,14 @@ struct crypt_tool_cmd_context {
 	/* something could not be checked at all (not a damaged message):
 	   verify then exits with EX_TEMPFAIL, not EX_DATAERR */
 	bool temp_failure;
+	/* -P: the key password (password mode), one line from stdin */
+	bool password_stdin;
+	char *password;
+	/* decrypt, per user: no crypt settings, so nothing here opens
+	   encrypted mail (popvault_crypt_see_containers()) */
+	bool no_keys;
+	/* decrypt, per user: encrypted messages left for that reason */
+	unsigned int left_encrypted;
 };
 
 /* One message of a mailbox, as found by the scan. */
@@ -117,7 +130,7 @@ struct crypt_tool_box {
 static void crypt_tool_print(struct crypt_tool_box *bctx, uint32_t uid,
 			     uint32_t new_uid, const char *result)
 {
-	doveadm_print(bctx->user->username);
+	popvault_doveadm_print_user(&bctx->cmd->ctx, bctx->user->username);
 	doveadm_print(mailbox_get_vname(bctx->box));
 	doveadm_print(dec2str(uid));
 	if (bctx->cmd->op != CRYPT_TOOL_VERIFY)
@@ -354,7 +367,9 @@ static void crypt_tool_pop3_uidl_tracked(struct mailbox_transaction_context *t,
    its flags are brought up to date and a missing stored POP3 UIDL (lost
    by a crash inside the storage's commit) is set. Returns 1 when the
    source was expunged, 2 when a client expunged the source meanwhile,
-   0 when the copy does not match (mismatch_r, both kept), -1 on
+   0 when the copy does not match (mismatch_r, both kept), -2 when a
+   fresh copy (not resumed) could not be read back (mismatch_r, both
+   kept, not reported: the caller removes the copy), -1 on other
    errors. */
 static int crypt_tool_replace(struct crypt_tool_box *bctx, uint32_t src_uid,
 			      uint32_t dest_uid, bool resumed,
@@ -418,6 +433,8 @@ static int crypt_tool_replace(struct crypt_tool_box *bctx, uint32_t src_uid,
 	if (ret <= 0) {
 		mailbox_transaction_rollback(&t);
 		*mismatch_r = error;
+		if (ret < 0 && !resumed)
+			return -2;
 		if (ret < 0) {
 			crypt_tool_fail(bctx, src_uid, t_strdup_printf(
 				"copy uid %u: %s; original kept", dest_uid,
@@ -527,6 +544,17 @@ static int crypt_tool_copy_once(struct crypt_tool_box *bctx,
 		return -1;
 	}
 	ret = crypt_tool_replace(bctx, msg->uid, new_uid, FALSE, error_r);
+	if (ret == -2) {
+		/* Unreadable here (keys that did not unlock): left beside
+		   the original, a client would see the message twice until a
+		   later run pairs them. Ours and just made, so it goes. */
+		if (crypt_tool_expunge_uid(bctx, new_uid) < 0)
+			return -1;
+		crypt_tool_fail(bctx, msg->uid, t_strdup_printf(
+			"can't read the copy back: %s; copy removed, original "
+			"kept", *error_r));
+		return -1;
+	}
 	if (ret < 0)
 		return -1;
 	if (ret == 2) {
@@ -873,6 +901,15 @@ static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 		cmd->temp_failure = TRUE;
 		ret = -1;
 	}
+	else if (cmd->no_keys && array_count(&bctx.sources) > 0) {
+		/* decrypt without any key: copying these would store the
+		   ciphertext as if it were the message */
+		array_foreach_elem(&bctx.sources, msg) {
+			crypt_tool_print(&bctx, msg->uid, 0,
+					 "left encrypted: no key here");
+		}
+		cmd->left_encrypted += array_count(&bctx.sources);
+	}
 	else if (cmd->op != CRYPT_TOOL_VERIFY) {
 		popvault_progress_add_total(progress,
 					    array_count(&bctx.sources));
@@ -1104,6 +1141,25 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 		doveadm_mail_failed_error(_ctx, MAIL_ERROR_NOTPOSSIBLE);
 		return -1;
 	}
+	cmd->no_keys = FALSE;
+	cmd->left_encrypted = 0;
+	if (cmd->op != CRYPT_TOOL_VERIFY) {
+		/* Every copy is read back before its original goes: keys
+		   that do not unlock would leave each copy beside its
+		   original. Found now, nothing is copied. */
+		ret = popvault_crypt_user_unlock(user, &error);
+		if (ret < 0) {
+			e_error(user->event, "popvault %s: user %s: %s%s; "
+				"nothing done", crypt_tool_names[cmd->op],
+				user->username, error, cmd->password != NULL ?
+				"" : " (password mode: give the key password "
+				"with -P)");
+			doveadm_mail_failed_error(_ctx, MAIL_ERROR_NOTPOSSIBLE);
+			return -1;
+		}
+		cmd->no_keys = ret == 0;
+		ret = 0;
+	}
 	if (patterns[0] == NULL)
 		patterns[0] = "*";
 
@@ -1201,7 +1257,53 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 			cmd->op == CRYPT_TOOL_VERIFY && !cmd->temp_failure ?
 			MAIL_ERROR_INVALIDDATA : MAIL_ERROR_TEMP);
 	}
+	if (cmd->left_encrypted > 0) {
+		/* "done" would be a lie: the mail is still encrypted */
+		e_error(user->event, "popvault decrypt: user %s: %u encrypted "
+			"message(s) left: no popvault_master_key or "
+			"popvault_key_password for this user (password mode: "
+			"give the key password with -P)", user->username,
+			cmd->left_encrypted);
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_NOTPOSSIBLE);
+		ret = -1;
+	}
 	return ret;
+}
+
+/* -P: the password reaches the user's settings as if the passdb had
+   handed it over (popvault_key_password), for every user of the run,
+   and never appears in argv (ps, shell history) as doveadm -o would
+   put it. Set after the userdb lookup, so it wins over a userdb
+   field. */
+static int
+crypt_tool_prerun(struct doveadm_mail_cmd_context *_ctx,
+		  struct mail_storage_service_user *service_user,
+		  const char **error_r)
+{
+	struct crypt_tool_cmd_context *cmd =
+		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
+	const char *error;
+
+	if (cmd->password == NULL)
+		return 0;
+	if (popvault_compat_service_user_set(service_user,
+			POPVAULT_SETTING_PREFIX "key_password", cmd->password,
+			&error) < 0) {
+		/* the error names the setting, not the value */
+		*error_r = t_strdup_printf("popvault: can't set "
+			"popvault_key_password: %s", error);
+		return -1;
+	}
+	return 0;
+}
+
+static void crypt_tool_deinit(struct doveadm_mail_cmd_context *_ctx)
+{
+	struct crypt_tool_cmd_context *cmd =
+		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
+
+	if (cmd->password != NULL)
+		sodium_memzero(cmd->password, strlen(cmd->password));
 }
 
 static void crypt_tool_init(struct doveadm_mail_cmd_context *_ctx
@@ -1211,8 +1313,23 @@ static void crypt_tool_init(struct doveadm_mail_cmd_context *_ctx
 		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
 
 	(void)doveadm_cmd_param_str(_ctx->cctx, "mailbox", &cmd->mailbox);
+	(void)doveadm_cmd_param_bool(_ctx->cctx, "password-stdin",
+				     &cmd->password_stdin);
 
-	doveadm_print_header_simple("user");
+	/* a user without crypt settings may still have encrypted mail,
+	   which must not pass for plaintext (that needs no decrypting, or
+	   reads fine) */
+	if (cmd->op != CRYPT_TOOL_ENCRYPT)
+		popvault_crypt_see_containers();
+
+	if (cmd->password_stdin) {
+		cmd->password = popvault_secret_read_stdin(_ctx->pool,
+							   "password");
+		if (cmd->password[0] == '\0')
+			i_fatal_status(EX_USAGE, "popvault %s: empty password",
+				       crypt_tool_names[cmd->op]);
+	}
+	popvault_doveadm_header_user(_ctx);
 	doveadm_print_header_simple("mailbox");
 	doveadm_print_header_simple("uid");
 	if (cmd->op != CRYPT_TOOL_VERIFY)
@@ -1227,8 +1344,10 @@ crypt_tool_alloc(enum crypt_tool_op op)
 
 	cmd = doveadm_mail_cmd_alloc(struct crypt_tool_cmd_context);
 	cmd->op = op;
-	popvault_doveadm_getopt(&cmd->ctx, "m:");
+	popvault_doveadm_getopt(&cmd->ctx, "m:P");
+	cmd->ctx.v.prerun = crypt_tool_prerun;
 	cmd->ctx.v.init = crypt_tool_init;
+	cmd->ctx.v.deinit = crypt_tool_deinit;
 	cmd->ctx.v.run = crypt_tool_run;
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
 	return &cmd->ctx;
@@ -1249,7 +1368,8 @@ static struct doveadm_mail_cmd_context *cmd_popvault_verify_alloc(void)
 	return crypt_tool_alloc(CRYPT_TOOL_VERIFY);
 }
 
-#define CRYPT_TOOL_USAGE "[-u <user>|-A] [-S <socket_path>] [-m <mailbox>]"
+#define CRYPT_TOOL_USAGE \
+	"[-u <user>|-A] [-S <socket_path>] [-m <mailbox>] [-P]"
 
 static struct doveadm_cmd_ver2 popvault_crypt_commands[] = {
 	{
@@ -1259,6 +1379,7 @@ static struct doveadm_cmd_ver2 popvault_crypt_commands[] = {
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAM('m', "mailbox", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('P', "password-stdin", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAMS_END
 	},
 	{
@@ -1268,6 +1389,7 @@ DOVEADM_CMD_PARAMS_END
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAM('m', "mailbox", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('P', "password-stdin", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAMS_END
 	},
 	{
@@ -1277,6 +1399,7 @@ DOVEADM_CMD_PARAMS_END
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAM('m', "mailbox", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('P', "password-stdin", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAMS_END
 	},
 };

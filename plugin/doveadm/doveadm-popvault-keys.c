@@ -16,8 +16,9 @@
 #include "doveadm-mail.h"
 #include "popvault-crypt.h"
 #include "popvault-crypt-keys.h"
+#include "popvault-secret-stdin.h"
+#include "popvault-doveadm.h"
 
-#include <unistd.h>
 #include <sodium.h>
 #include "popvault-compat.h"
 
@@ -57,27 +58,8 @@ struct key_cmd_context {
 	const char *recovery_text;
 };
 
-static const char *read_stdin_line(pool_t pool, const char *what)
-{
-	string_t *str = t_str_new(128);
-	const char *line;
-	char c;
-	ssize_t ret;
-
-	while ((ret = read(STDIN_FILENO, &c, 1)) == 1 && c != '\n')
-		str_append_c(str, c);
-	if (ret < 0)
-		i_fatal("popvault key: read(stdin) failed: %m");
-	if (ret == 0 && str_len(str) == 0)
-		i_fatal_status(EX_USAGE, "popvault key: no %s on stdin", what);
-	if (str_len(str) > 0 && str_c(str)[str_len(str) - 1] == '\r')
-		str_truncate(str, str_len(str) - 1);
-	line = p_strdup(pool, str_c(str));
-	sodium_memzero(str_c_modifiable(str), str_len(str));
-	return line;
-}
-
-static void key_print_keys(struct mail_user *user, const char *keys_dir,
+static void key_print_keys(struct key_cmd_context *cmd,
+			   struct mail_user *user, const char *keys_dir,
 			   bool current_only)
 {
 	ARRAY_TYPE(popvault_key_info) keys;
@@ -102,7 +84,7 @@ static void key_print_keys(struct mail_user *user, const char *keys_dir,
 			str_append(locks, ",password");
 		if (info->recovery)
 			str_append(locks, ",recovery");
-		doveadm_print(user->username);
+		popvault_doveadm_print_user(&cmd->ctx, user->username);
 		doveadm_print(info->key_id);
 		doveadm_print(info->created == 0 ? "-" :
 			      iso8601_date_create(info->created));
@@ -139,27 +121,26 @@ static int key_cmd_run(struct doveadm_mail_cmd_context *_ctx,
 
 	switch (cmd->op) {
 	case KEY_GENERATE:
-		if ((ret = popvault_keystore_exists(keys_dir, &error)) != 0) {
-			return key_fail(cmd, user, ret < 0 ? MAIL_ERROR_TEMP :
-				MAIL_ERROR_EXISTS, ret < 0 ? error :
+		if ((ret = popvault_keystore_create(keys_dir, user->username,
+						    &secrets, pk, &error)) < 0)
+			return key_fail(cmd, user, MAIL_ERROR_NOTPOSSIBLE,
+					error);
+		if (ret == 0) {
+			return key_fail(cmd, user, MAIL_ERROR_EXISTS,
 				"the user has a key pair already (doveadm "
 				"popvault key rotate makes a new one)");
 		}
-		if (popvault_keystore_create(keys_dir, user->username,
-					     &secrets, pk, &error) < 0)
-			return key_fail(cmd, user, MAIL_ERROR_NOTPOSSIBLE,
-					error);
-		key_print_keys(user, keys_dir, TRUE);
+		key_print_keys(cmd, user, keys_dir, TRUE);
 		break;
 	case KEY_LIST:
-		key_print_keys(user, keys_dir, FALSE);
+		key_print_keys(cmd, user, keys_dir, FALSE);
 		break;
 	case KEY_ROTATE:
 		if (popvault_keystore_rotate(keys_dir, user->username,
 					     &secrets, pk, &error) < 0)
 			return key_fail(cmd, user, MAIL_ERROR_NOTPOSSIBLE,
 					error);
-		key_print_keys(user, keys_dir, TRUE);
+		key_print_keys(cmd, user, keys_dir, TRUE);
 		break;
 	case KEY_PASSWORD:
 		secrets.password = cmd->old_password;
@@ -169,7 +150,7 @@ static int key_cmd_run(struct doveadm_mail_cmd_context *_ctx,
 						   &error) < 0)
 			return key_fail(cmd, user, MAIL_ERROR_NOTPOSSIBLE,
 					error);
-		doveadm_print(user->username);
+		popvault_doveadm_print_user(_ctx, user->username);
 		doveadm_print("password changed");
 		break;
 	case KEY_RECOVERY:
@@ -178,7 +159,7 @@ static int key_cmd_run(struct doveadm_mail_cmd_context *_ctx,
 						   &recovery_id, &error) < 0)
 			return key_fail(cmd, user, MAIL_ERROR_NOTPOSSIBLE,
 					error);
-		doveadm_print(user->username);
+		popvault_doveadm_print_user(_ctx, user->username);
 		doveadm_print(recovery_id);
 		/* shown this once; popvault keeps only its public half */
 		doveadm_print(popvault_recovery_key_format(recovery));
@@ -218,13 +199,17 @@ static void key_cmd_init(struct doveadm_mail_cmd_context *_ctx
 
 	/* the order of the stdin lines: unlock first, then new */
 	if (cmd->password_stdin)
-		cmd->password = read_stdin_line(_ctx->pool, "password");
+		cmd->password = popvault_secret_read_stdin(
+			_ctx->pool, "password");
 	if (cmd->old_stdin)
-		cmd->old_password = read_stdin_line(_ctx->pool, "old password");
+		cmd->old_password = popvault_secret_read_stdin(
+			_ctx->pool, "old password");
 	if (cmd->recovery_stdin)
-		cmd->recovery_text = read_stdin_line(_ctx->pool, "recovery key");
+		cmd->recovery_text = popvault_secret_read_stdin(
+			_ctx->pool, "recovery key");
 	if (cmd->new_stdin)
-		cmd->new_password = read_stdin_line(_ctx->pool, "new password");
+		cmd->new_password = popvault_secret_read_stdin(
+			_ctx->pool, "new password");
 	if (cmd->recovery_text != NULL) {
 		if (popvault_recovery_key_parse(cmd->recovery_text,
 						cmd->recovery, &error) < 0)
@@ -247,18 +232,18 @@ static void key_cmd_init(struct doveadm_mail_cmd_context *_ctx
 	case KEY_GENERATE:
 	case KEY_LIST:
 	case KEY_ROTATE:
-		doveadm_print_header_simple("user");
+		popvault_doveadm_header_user(_ctx);
 		doveadm_print_header_simple("key_id");
 		doveadm_print_header_simple("created");
 		doveadm_print_header_simple("current");
 		doveadm_print_header_simple("locked_by");
 		break;
 	case KEY_PASSWORD:
-		doveadm_print_header_simple("user");
+		popvault_doveadm_header_user(_ctx);
 		doveadm_print_header_simple("result");
 		break;
 	case KEY_RECOVERY:
-		doveadm_print_header_simple("user");
+		popvault_doveadm_header_user(_ctx);
 		doveadm_print_header_simple("recovery_id");
 		doveadm_print_header_simple("recovery_key");
 		break;
@@ -320,7 +305,8 @@ static struct doveadm_mail_cmd_context *cmd_key_recovery_alloc(void)
 }
 
 #define KEY_USAGE_USERS "[-u <user>|-A] [-S <socket_path>]"
-#define KEY_USAGE_PASSWORD " [-p <password>|-P]"
+/* stdin first: an argument shows in ps and the shell history */
+#define KEY_USAGE_PASSWORD " [-P|-p <password>]"
 
 static struct doveadm_cmd_ver2 popvault_key_commands[] = {
 	{
@@ -354,8 +340,8 @@ DOVEADM_CMD_PARAMS_END
 	{
 		.name = "popvault key password",
 		.usage = "[-u <user>] [-S <socket_path>] "
-			"(-o <old password>|-O|-r <recovery key>|-R) "
-			"(-n <new password>|-N)",
+			"(-O|-R|-o <old password>|-r <recovery key>) "
+			"(-N|-n <new password>)",
 		.mail_cmd = cmd_key_password_alloc,
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON

@@ -10,6 +10,7 @@
 #include "popvault-action.h"
 #include "popvault-ledger.h"
 #include "popvault-progress.h"
+#include "popvault-doveadm.h"
 #include "array.h"
 #include "hash.h"
 #include "istream.h"
@@ -60,7 +61,27 @@ cmd_get_user(struct doveadm_mail_cmd_context *ctx, struct mail_user *user)
 	return puser;
 }
 
+void popvault_doveadm_header_user(struct doveadm_mail_cmd_context *ctx)
+{
+	if (ctx->iterate_single_user) {
+		doveadm_print_header("username", "Username",
+				     DOVEADM_PRINT_HEADER_FLAG_HIDE_TITLE);
+	}
+}
+
+void popvault_doveadm_print_user(struct doveadm_mail_cmd_context *ctx,
+				 const char *username)
+{
+	/* otherwise doveadm printed it already */
+	if (ctx->iterate_single_user)
+		doveadm_print(username);
+}
+
 /* ---- doveadm popvault status ---- */
+
+/* downloaded / never_downloaded of a user without a retention window; one
+   word, so that -f flow stays split by spaces */
+#define STATUS_NOT_TRACKED "untracked"
 
 static int
 cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
@@ -71,7 +92,7 @@ cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
 	struct popvault_sweep_stats stats;
 	const char *error;
 
-	doveadm_print(user->username);
+	popvault_doveadm_print_user(ctx, user->username);
 	if (puser == NULL) {
 		/* not an error for -A: show that nothing applies */
 		doveadm_print("inactive");
@@ -91,6 +112,16 @@ cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
 	doveadm_print(popvault_duration_to_str(set->login_delay));
 	doveadm_print(set->encrypt ? "yes" : "no");
 
+	if (!popvault_retention_enabled(puser)) {
+		/* Downloads are recorded (an index record and the
+		   $POP3Downloaded keyword) only for users with a window:
+		   recording them for everyone would change every plain
+		   user's mailbox. A count would be a misleading 0. */
+		doveadm_print(STATUS_NOT_TRACKED);
+		doveadm_print(STATUS_NOT_TRACKED);
+		doveadm_print("never");
+		return 0;
+	}
 	/* a dry-run sweep counts what the windows see, changing nothing */
 	if (popvault_retention_sweep(puser, TRUE, NULL, NULL, &stats,
 				     &error) < 0) {
@@ -102,21 +133,22 @@ cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
 	}
 	doveadm_print(dec2str(stats.downloaded));
 	doveadm_print(dec2str(stats.never_downloaded));
-	doveadm_print(popvault_retention_enabled(puser) ?
-		      time_str(stats.next_expiry) : "never");
+	doveadm_print(time_str(stats.next_expiry));
 	return 0;
 }
 
 static void
-cmd_popvault_status_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED
+cmd_popvault_status_init(struct doveadm_mail_cmd_context *ctx
 			 POPVAULT_DOVEADM_INIT_ARGS)
 {
 	static const char *const fields[] = {
-		"user", "state", "after_retr", "on_dele", "list_since",
+		"state", "after_retr", "on_dele", "list_since",
 		"list_window", "retain_downloaded", "retain_unread",
 		"expire_action", "login_delay", "encrypt", "downloaded",
 		"never_downloaded", "next_expiry",
 	};
+
+	popvault_doveadm_header_user(ctx);
 	for (unsigned int i = 0; i < N_ELEMENTS(fields); i++)
 		doveadm_print_header_simple(fields[i]);
 }
@@ -135,6 +167,7 @@ static struct doveadm_mail_cmd_context *cmd_popvault_status_alloc(void)
 /* ---- doveadm popvault sweep ---- */
 
 struct sweep_report_ctx {
+	struct doveadm_mail_cmd_context *cmd;
 	const char *username;
 	bool dry_run;
 };
@@ -147,7 +180,7 @@ static void sweep_report(const char *reason, struct mail *mail,
 
 	if (mail_get_special(mail, MAIL_FETCH_GUID, &guid) < 0)
 		guid = "";
-	doveadm_print(rctx->username);
+	popvault_doveadm_print_user(rctx->cmd, rctx->username);
 	doveadm_print(mailbox_get_vname(mail->box));
 	doveadm_print(dec2str(mail->uid));
 	doveadm_print(guid);
@@ -164,7 +197,8 @@ cmd_popvault_sweep_run(struct doveadm_mail_cmd_context *_ctx,
 		container_of(_ctx, struct popvault_cmd_context, ctx);
 	struct popvault_user *puser = cmd_get_user(_ctx, user);
 	struct sweep_report_ctx rctx = {
-		.username = user->username, .dry_run = ctx->dry_run
+		.cmd = _ctx, .username = user->username,
+		.dry_run = ctx->dry_run
 	};
 	struct popvault_sweep_stats stats;
 	unsigned int recovered;
@@ -206,12 +240,12 @@ cmd_popvault_sweep_init(struct doveadm_mail_cmd_context *_ctx
 	struct popvault_cmd_context *ctx =
 		container_of(_ctx, struct popvault_cmd_context, ctx);
 	static const char *const fields[] = {
-		"user", "mailbox", "uid", "guid", "reason", "expired",
-		"result",
+		"mailbox", "uid", "guid", "reason", "expired", "result",
 	};
 	(void)doveadm_cmd_param_bool(_ctx->cctx, "dry-run", &ctx->dry_run);
 	(void)doveadm_cmd_param_bool(_ctx->cctx, "all-users",
 				     &ctx->all_users);
+	popvault_doveadm_header_user(_ctx);
 	for (unsigned int i = 0; i < N_ELEMENTS(fields); i++)
 		doveadm_print_header_simple(fields[i]);
 }

@@ -7,6 +7,7 @@
 #include "module-context.h"
 #include "login-common.h"
 #include "client-common.h"
+#include "popvault-capa.h"
 
 /* CAPA before login (RFC 2449 6.7): the login process knows no user yet,
    so it advertises the aggregate the admin configures for the service:
@@ -18,8 +19,8 @@
        POPVAULT_LOGIN_DELAY=900:USER
      protocol pop3 { login_plugins = $login_plugins popvault_login }  */
 
-#define ENV_EXPIRE "POPVAULT_LOGIN_EXPIRE"
-#define ENV_DELAY "POPVAULT_LOGIN_DELAY"
+#define ENV_EXPIRE POPVAULT_LOGIN_EXPIRE_ENV
+#define ENV_DELAY POPVAULT_LOGIN_DELAY_ENV
 #define CAPA_START "+OK\r\nCAPA\r\n"
 #define CAPA_END "\r\n.\r\n"
 
@@ -29,7 +30,7 @@ void popvault_login_plugin_init(struct module *module);
 void popvault_login_plugin_deinit(void);
 
 static struct module *popvault_login_module;
-static char *popvault_capa_lines;
+static char *login_capa_lines;
 static MODULE_CONTEXT_DEFINE_INIT(popvault_login_client_module,
 				  &login_module_register);
 
@@ -76,7 +77,7 @@ popvault_login_send_raw_data(struct client *client, const void *data,
 		string_t *str = t_str_new(size + 64);
 
 		str_append_data(str, reply, size - 3);
-		str_append(str, popvault_capa_lines);
+		str_append(str, login_capa_lines);
 		str_append(str, ".\r\n");
 		ctx->super.send_raw_data(client, str_data(str), str_len(str));
 	} T_END;
@@ -102,17 +103,17 @@ static const struct login_client_hooks popvault_login_hooks = {
 
 void popvault_login_plugin_init(struct module *module)
 {
-	popvault_capa_lines = i_strconcat(
+	login_capa_lines = i_strconcat(
 		parse_env(ENV_EXPIRE, "EXPIRE", TRUE),
 		parse_env(ENV_DELAY, "LOGIN-DELAY", FALSE), NULL);
 	popvault_login_module = module;
-	if (popvault_capa_lines[0] != '\0')
+	if (login_capa_lines[0] != '\0')
 		login_client_hooks_add(module, &popvault_login_hooks);
 }
 
 void popvault_login_plugin_deinit(void)
 {
-	if (popvault_capa_lines[0] != '\0')
+	if (login_capa_lines[0] != '\0')
 		login_client_hooks_remove(&popvault_login_hooks);
-	i_free_and_null(popvault_capa_lines);
+	i_free_and_null(login_capa_lines);
 }

@@ -3,6 +3,7 @@
 #include "lib.h"
 #include "array.h"
 #include "ioloop.h"
+#include "istream.h"
 #include "mail-storage-private.h"
 #include "mail-search-build.h"
 #include "pop3-common.h"
@@ -17,6 +18,8 @@
    - the listing is pop3's first search: popvault narrows it (hidden,
      out of window) before anything is numbered;
    - RETR opens a mail stream with reason "RETR": popvault records the UID;
+     so does a TOP that sent the whole message (fetchmail downloads with
+     "TOP n 99999999" and never sends RETR), see top_stream_finished();
    - at QUIT pop3 expunges (or flags) the DELEd mails and commits: popvault
      turns those calls into the on_dele action and adds after_retr, all in
      pop3's own transaction, so a session without QUIT changes nothing. */
@@ -43,6 +46,13 @@ static MODULE_CONTEXT_DEFINE_INIT(popvault_pop3_box_module,
 static MODULE_CONTEXT_DEFINE_INIT(popvault_pop3_mail_module,
 				  &mail_module_register);
 
+struct popvault_pop3_mail {
+	union mail_module_context module_ctx;
+	/* the stream a TOP is reading (referenced) and its message */
+	struct istream *top_stream;
+	uint32_t top_uid, top_seq;
+};
+
 static bool pop3_quitting(struct popvault_pop3_box *pbox, struct mail *mail,
 			  struct client **client_r)
 {
@@ -61,7 +71,7 @@ static bool pop3_quitting(struct popvault_pop3_box *pbox, struct mail *mail,
 static void popvault_pop3_mail_expunge(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
-	union mail_module_context *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+	struct popvault_pop3_mail *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
 	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(_mail->box);
 	struct client *client;
 
@@ -70,7 +80,7 @@ static void popvault_pop3_mail_expunge(struct mail *_mail)
 		if (pbox->puser->set.on_dele.kind != POPVAULT_ACTION_EXPUNGE)
 			return;
 	}
-	pmail->super.expunge(_mail);
+	pmail->module_ctx.super.expunge(_mail);
 }
 
 static void
@@ -79,7 +89,7 @@ popvault_pop3_mail_update_keywords(struct mail *_mail,
 				   struct mail_keywords *keywords)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
-	union mail_module_context *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+	struct popvault_pop3_mail *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
 	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(_mail->box);
 	struct client *client;
 
@@ -91,7 +101,73 @@ popvault_pop3_mail_update_keywords(struct mail *_mail,
 		if (pbox->puser->set.on_dele.kind != POPVAULT_ACTION_EXPUNGE)
 			return;
 	}
-	pmail->super.update_keywords(_mail, modify_type, keywords);
+	pmail->module_ctx.super.update_keywords(_mail, modify_type, keywords);
+}
+
+/* pop3's msgnum (0-based) of the message at seq: the inverse of its
+   msgnum_to_seq(), which uses msgnum_to_seq_map when the numbering is
+   not 1..N (messages left out of the listing, POP3 order). */
+static bool seq_to_msgnum(const struct client *client, uint32_t seq,
+			  unsigned int *msgnum_r)
+{
+	unsigned int i;
+
+	if (client->msgnum_to_seq_map == NULL) {
+		*msgnum_r = seq - 1;
+		return seq >= 1 && seq <= client->messages_count;
+	}
+	for (i = 0; i < client->msgnum_to_seq_map_count; i++) {
+		if (client->msgnum_to_seq_map[i] == seq) {
+			*msgnum_r = i;
+			return TRUE;
+		}
+	}
+	/* past the map the numbering is msgnum + 1 again */
+	*msgnum_r = seq - 1;
+	return seq > client->msgnum_to_seq_map_count &&
+		seq <= client->messages_count;
+}
+
+/* Called when pop3 is done with a TOP's mail (it frees the mail at the
+   end of the command). The TOP sent the whole message when nothing of
+   the message is left to read: "TOP n N" with N at least the body's
+   line count (one more when the last line has no line end), so that
+   pop3 read up to the end of the stream. Such a TOP is a download like
+   RETR: it counts for after_retr and the retention clock, and it gets
+   \Seen exactly as pop3 gives it to RETR, through pop3's own seen
+   bitmap (stored also when the client drops without QUIT, not at all
+   with pop3_no_flag_updates). */
+static void top_stream_finished(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct popvault_pop3_mail *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(_mail->box);
+	struct istream *input = pmail->top_stream;
+	struct client *client;
+	unsigned int msgnum;
+	bool whole;
+
+	if (input == NULL)
+		return;
+	pmail->top_stream = NULL;
+	whole = input->stream_errno == 0 && i_stream_read_eof(input) &&
+		input->stream_errno == 0;
+	i_stream_unref(&input);
+	if (!whole)
+		return;
+
+	seq_range_array_add(&pbox->retr_uids, pmail->top_uid);
+	e_debug(pbox->puser->event, "TOP of UID %u sent the whole message: "
+		"counted as a download", pmail->top_uid);
+	client = popvault_pop3_client_for_box(_mail->box);
+	if (client == NULL || client->seen_bitmask == NULL ||
+	    !seq_to_msgnum(client, pmail->top_seq, &msgnum))
+		return;
+	if (_mail->seq == pmail->top_seq && !_mail->expunged &&
+	    (mail_get_flags(_mail) & MAIL_SEEN) != 0)
+		return;
+	client->seen_bitmask[msgnum / CHAR_BIT] |= 1 << (msgnum % CHAR_BIT);
+	client->seen_change_count++;
 }
 
 static int
@@ -101,19 +177,45 @@ popvault_pop3_mail_get_stream(struct mail *_mail, bool get_body,
 			      struct istream **stream_r)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
-	union mail_module_context *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+	struct popvault_pop3_mail *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
 	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(_mail->box);
 
-	if (pmail->super.get_stream(_mail, get_body, hdr_size, body_size,
-				    stream_r) < 0)
+	if (pmail->module_ctx.super.get_stream(_mail, get_body, hdr_size,
+					       body_size, stream_r) < 0)
 		return -1;
 	if (mail->get_stream_reason == NULL)
 		;
 	else if (strcmp(mail->get_stream_reason, "RETR") == 0)
 		seq_range_array_add(&pbox->retr_uids, _mail->uid);
-	else if (strcmp(mail->get_stream_reason, "TOP") == 0)
+	else if (strcmp(mail->get_stream_reason, "TOP") == 0) {
 		seq_range_array_add(&pbox->top_uids, _mail->uid);
+		/* pop3 reads this very stream; whether it reached the end
+		   is known when pop3 frees the mail */
+		top_stream_finished(_mail);
+		pmail->top_stream = *stream_r;
+		i_stream_ref(pmail->top_stream);
+		pmail->top_uid = _mail->uid;
+		pmail->top_seq = _mail->seq;
+	}
 	return 0;
+}
+
+static void popvault_pop3_mail_close(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct popvault_pop3_mail *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+
+	top_stream_finished(_mail);
+	pmail->module_ctx.super.close(_mail);
+}
+
+static void popvault_pop3_mail_free(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct popvault_pop3_mail *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+
+	top_stream_finished(_mail);
+	pmail->module_ctx.super.free(_mail);
 }
 
 /* With the UIDL ledger on, the ledger's UIDL is the "backend" UIDL pop3
@@ -128,13 +230,13 @@ popvault_pop3_mail_get_special(struct mail *_mail, enum mail_fetch_field field,
 			       const char **value_r)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
-	union mail_module_context *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
+	struct popvault_pop3_mail *pmail = POPVAULT_POP3_MAIL_CONTEXT(mail);
 	struct popvault_pop3_box *pbox = POPVAULT_POP3_BOX_CONTEXT(_mail->box);
 	struct popvault_ledger *ledger;
 	struct client *client;
 	const char *guid, *uidl, *error = NULL;
 
-	if (pmail->super.get_special(_mail, field, value_r) < 0)
+	if (pmail->module_ctx.super.get_special(_mail, field, value_r) < 0)
 		return -1;
 	if (field != MAIL_FETCH_UIDL_BACKEND || !pbox->puser->set.uidl_ledger)
 		return 0;
@@ -170,18 +272,20 @@ void popvault_pop3_mail_allocated(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
 	struct mail_vfuncs *v = mail->vlast;
-	union mail_module_context *pmail;
+	struct popvault_pop3_mail *pmail;
 
 	if (POPVAULT_POP3_BOX_CONTEXT(_mail->box) == NULL)
 		return;
-	pmail = p_new(mail->pool, union mail_module_context, 1);
-	pmail->super = *v;
-	mail->vlast = &pmail->super;
+	pmail = p_new(mail->pool, struct popvault_pop3_mail, 1);
+	pmail->module_ctx.super = *v;
+	mail->vlast = &pmail->module_ctx.super;
+	v->close = popvault_pop3_mail_close;
+	v->free = popvault_pop3_mail_free;
 	v->expunge = popvault_pop3_mail_expunge;
 	v->update_keywords = popvault_pop3_mail_update_keywords;
 	v->get_stream = popvault_pop3_mail_get_stream;
 	v->get_special = popvault_pop3_mail_get_special;
-	MODULE_CONTEXT_SET_SELF(mail, popvault_pop3_mail_module, pmail);
+	MODULE_CONTEXT_SET(mail, popvault_pop3_mail_module, pmail);
 }
 
 /* The listing search, rebuilt with popvault's conditions added. */
@@ -194,6 +298,11 @@ listing_search_args(struct popvault_pop3_box *pbox, struct client *client)
 	time_t since = 0;
 
 	mail_search_build_add_all(args);
+	if (pbox->puser->pop3_login_delayed) {
+		/* inside LOGIN-DELAY: an empty maildrop */
+		args->args->match_not = TRUE;
+		return args;
+	}
 	if (client->deleted_kw != NULL) {
 		arg = mail_search_build_add(args, SEARCH_KEYWORDS);
 		arg->match_not = TRUE;
@@ -343,6 +452,12 @@ void popvault_pop3_mailbox_allocated(struct mailbox *box)
 	puser = popvault_user_get(box->storage->user);
 	if (puser == NULL)
 		return;
+
+	if (puser->pop3_login_delayed) {
+		/* inside LOGIN-DELAY nothing changes, \Recent included: the
+		   next full session (or IMAP) still sees the mail as new */
+		box->flags &= ENUM_NEGATE(MAILBOX_FLAG_DROP_RECENT);
+	}
 
 	pbox = p_new(box->pool, struct popvault_pop3_box, 1);
 	pbox->puser = puser;

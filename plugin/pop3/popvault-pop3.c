@@ -62,6 +62,8 @@ struct popvault_capa_output {
 	/* LOGIN-DELAY refused this session: the reply that replaces pop3's
 	   "+OK Logged in." (nothing else is written after it) */
 	const char *refusal;
+	/* ends a refused session once pop3 has set it up */
+	struct timeout *to_disconnect;
 
 	/* the client's istream (NULL once destroyed) and its read */
 	struct istream_private *in_stream;
@@ -249,13 +251,14 @@ static void capa_input_destroyed(struct istream_private *stream)
 
 static void capa_output_destroyed(struct ostream_private *stream)
 {
-	const struct popvault_capa_output *co;
+	struct popvault_capa_output *co;
 	unsigned int idx;
 
-	array_foreach(&capa_outputs, co) {
+	array_foreach_modifiable(&capa_outputs, co) {
 		if (co->stream == stream) {
 			/* anything written while closing goes straight on */
 			stream->sendv = co->orig_sendv;
+			timeout_remove(&co->to_disconnect);
 			if (co->in_stream != NULL)
 				co->in_stream->read = co->orig_read;
 			idx = array_foreach_idx(&capa_outputs, co);
@@ -278,7 +281,36 @@ static struct popvault_capa_output *capa_output_for(struct client *client)
 	i_unreached();
 }
 
-static void capa_output_wrap(struct client *client, struct popvault_user *puser)
+static const char *
+no_setting(const char *name ATTR_UNUSED, void *context ATTR_UNUSED)
+{
+	return NULL;
+}
+
+/* The CAPA reply after login for this user. A user without popvault
+   settings gets it too (EXPIRE NEVER): RFC 2449 asks a server that said
+   "USER" before login to give every user's own value after it. That is
+   all popvault does for such a user: no user context, no mailbox hooks. */
+static const char *
+capa_reply(struct client *client, const struct popvault_settings *set)
+{
+	struct popvault_settings defaults;
+	const char *delay_env = getenv(POPVAULT_LOGIN_DELAY_ENV), *error;
+
+	if (set == NULL) {
+		if (popvault_settings_parse(client->pool, no_setting, NULL,
+					    NULL, &defaults, &error) < 0)
+			i_panic("popvault: default settings: %s", error);
+		set = &defaults;
+	}
+	return p_strconcat(client->pool, "+OK\r\n", POP3_CAPABILITY_REPLY,
+		popvault_capa_lines(set, delay_env != NULL &&
+				    delay_env[0] != '\0'),
+		".\r\n", NULL);
+}
+
+static void
+capa_output_wrap(struct client *client, const struct popvault_settings *set)
 {
 	struct ostream_private *stream = client->output->real_stream;
 	struct popvault_capa_output *co;
@@ -289,9 +321,7 @@ static void capa_output_wrap(struct client *client, struct popvault_user *puser)
 	co->stream = stream;
 	co->orig_sendv = stream->sendv;
 	co->client = client;
-	co->reply = p_strconcat(client->pool, "+OK\r\n",
-		POP3_CAPABILITY_REPLY, popvault_capa_lines(&puser->set),
-		".\r\n", NULL);
+	co->reply = capa_reply(client, set);
 	co->in_stream = client->input->real_stream;
 	co->orig_read = co->in_stream->read;
 	co->last_capa = UOFF_T_MAX;
@@ -335,8 +365,9 @@ static bool login_delay_refuse(struct popvault_user *puser,
 	return FALSE;
 }
 
-/* Answers the login with reply instead of pop3's "+OK Logged in." and
-   keeps INBOX closed: nothing of the mailbox changes. Not sent and
+/* Locked keys: answers the login with reply instead of pop3's "+OK
+   Logged in." and keeps INBOX closed: nothing of the mailbox changes
+   (pop3 logs the failed open as an Error, as it should be). Not sent and
    disconnected here: pop3 sets up the client's input after this hook
    returns and crashed on the closed stream (found by the sanitizer run).
    pop3 answers PASS itself; the CAPA sendv hook puts this line in its
@@ -352,25 +383,55 @@ refuse_login(struct client *client, struct popvault_user *puser,
 	co->refusal = p_strconcat(client->pool, reply, "\r\n", NULL);
 }
 
-static void
-refuse_login_delay(struct client *client, struct popvault_user *puser,
-		   unsigned int wait)
+static void refused_session_disconnect(struct client *client)
 {
+	struct popvault_capa_output *co = capa_output_for(client);
+
+	timeout_remove(&co->to_disconnect);
+	client_disconnect(client, "LOGIN-DELAY: login refused");
+}
+
+/* A login inside the window. Either way INBOX is opened with an empty
+   listing, so nothing is numbered, downloaded, deleted or flagged, no
+   policy or sweep runs, and the window is not restarted. "empty" lets
+   the client in: it sees no mail, which every client handles quietly.
+   "refuse" answers PASS with RFC 2449's -ERR [LOGIN-DELAY] instead of
+   "+OK Logged in." and ends the session when pop3 has set it up: a
+   failed INBOX open would end it too, but pop3 logs that as an Error,
+   and a refusal by policy is not one. */
+static void
+login_delayed(struct client *client, struct popvault_user *puser,
+	      unsigned int wait)
+{
+	enum popvault_login_delay_mode mode = puser->set.login_delay_mode;
+	struct popvault_capa_output *co;
 	struct event_passthrough *e =
 		event_create_passthrough(puser->event)->
 		set_name("popvault_login_delay_refused")->
 		add_str("user", client->user->username)->
+		add_str("mode", popvault_login_delay_mode_to_str(mode))->
 		add_int("login_delay", puser->set.login_delay)->
 		add_int("wait", wait);
 
+	puser->pop3_login_delayed = TRUE;
+	puser->sweep_after_session = FALSE;
+	if (mode == POPVAULT_LOGIN_DELAY_EMPTY) {
+		e_info(e->event(), "LOGIN-DELAY: last login less than %u s "
+		       "ago, this session sees an empty maildrop; next full "
+		       "login allowed in %u s", puser->set.login_delay, wait);
+		return;
+	}
 	e_info(e->event(), "LOGIN-DELAY: login refused, last login less than "
 	       "%u s ago; next login allowed in %u s",
 	       puser->set.login_delay, wait);
-	/* RFC 2449 8.1.1: the mailbox is not opened and nothing changes */
-	refuse_login(client, puser, "LOGIN-DELAY", t_strdup_printf(
+	co = capa_output_for(client);
+	co->refusal = p_strdup_printf(client->pool,
 		"-ERR [LOGIN-DELAY] Minimum time between logins is %u "
-		"seconds, try again in %u seconds",
-		puser->set.login_delay, wait));
+		"seconds, try again in %u seconds\r\n",
+		puser->set.login_delay, wait);
+	/* runs after pop3 has opened INBOX and answered PASS */
+	co->to_disconnect = timeout_add_short(0, refused_session_disconnect,
+					      client);
 }
 
 static void popvault_pop3_client_created(struct client **clientp)
@@ -379,11 +440,13 @@ static void popvault_pop3_client_created(struct client **clientp)
 	struct popvault_user *puser = popvault_user_get(client->user);
 	unsigned int wait;
 
-	if (puser != NULL) {
+	if (puser == NULL)
+		capa_output_wrap(client, NULL);
+	else {
 		e_debug(puser->event, "pop3 session started");
-		capa_output_wrap(client, puser);
+		capa_output_wrap(client, &puser->set);
 		if (login_delay_refuse(puser, &wait))
-			refuse_login_delay(client, puser, wait);
+			login_delayed(client, puser, wait);
 		else if (popvault_crypt_pop3_unlock(puser) < 0) {
 			/* the log line and event come from the unlock */
 			refuse_login(client, puser, "locked encryption keys",

@@ -18,30 +18,25 @@ TAG = 16
 
 @contextlib.contextmanager
 def crypt_dovecot(users, **kwargs):
-    """A Dovecot whose users may name "<MASTER>" as popvault_master_key;
-    yields (dc, keydir). mail_temp_dir is a directory the tests can scan."""
+    """A Dovecot whose users (and plugin {}) may name "<MASTER>" as
+    popvault_master_key; yields dc with dc.master_key. dc.mail_temp_dir
+    (the harness's, in memory) is a directory the tests can scan."""
     keydir = tempfile.mkdtemp(prefix="popvault-keys-")
     os.chmod(keydir, 0o755)
     master = os.path.join(keydir, "master.key")
     with open(master, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
     os.chmod(master, 0o644)
-    tmpdir = os.path.join(keydir, "mailtmp")
-    os.mkdir(tmpdir)
-    os.chmod(tmpdir, 0o1777)
-    for u in users:
-        for k, v in list(u.fields.items()):
+    for fields in [u.fields for u in users] + [kwargs.get("plugin", {})]:
+        for k, v in list(fields.items()):
             if isinstance(v, str) and "<MASTER>" in v:
-                u.fields[k] = v.replace("<MASTER>", master)
-    extra = kwargs.pop("extra_conf", "")
-    kwargs["extra_conf"] = "mail_temp_dir = %s\n%s" % (tmpdir, extra)
+                fields[k] = v.replace("<MASTER>", master)
     try:
         with dovecot(users, **kwargs) as dc:
             # only the mail processes' uid reads the master key
             os.chown(master, dc.mail_uid, dc.mail_gid)
             os.chmod(master, 0o600)
             dc.master_key = master
-            dc.mail_temp_dir = tmpdir
             yield dc
     finally:
         shutil.rmtree(keydir, ignore_errors=True)
@@ -96,5 +91,18 @@ def fetch_one(dc, user, seq, items):
         st, _ = c.command("SELECT INBOX")
         assert " OK" in st, st
         return c.command("FETCH %d (%s)" % (seq, items))
+    finally:
+        c.logout()
+
+
+def imap_append(dc, user, msg, box="INBOX"):
+    c = dc.imap(user)
+    try:
+        c.cmd("a1 APPEND %s {%d}" % (box, len(msg)))
+        r = c.readline()
+        assert r.startswith("+"), r
+        c.send(msg + b"\r\n")
+        r = c.readline()
+        assert r.startswith("a1 OK"), r
     finally:
         c.logout()

@@ -3,9 +3,12 @@
 
 import argparse
 import os
+import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,6 +33,29 @@ DEMO_USERS = [
                 "popvault_retain_unread": "90d"},
      "downloaded mail kept 14 days, unread 90 days"),
 ]
+# Encryption at rest (docs/encryption.md). "<MASTER>" becomes the path of a
+# master key made for the demo.
+ENCRYPT_USERS = [
+    ("vault", {"popvault_encrypt": "yes", "popvault_master_key": "<MASTER>"},
+     "stored encrypted; the provider's master key opens the user's keys"),
+    ("locked", {"popvault_encrypt": "yes"},
+     "stored encrypted; keys locked with the login password (made at the "
+     "first login)"),
+]
+# password mode: the passdb hands the login password over (README)
+PASSDB_FIELDS = {"locked": {"userdb_popvault_key_password": "%w"}}
+
+
+def make_master_key():
+    """A demo master key in a directory of its own (the mail uid must
+    read it, nobody else)."""
+    keydir = tempfile.mkdtemp(prefix="popvault-demo-key-")
+    os.chmod(keydir, 0o755)
+    path = os.path.join(keydir, "master.key")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return keydir, path
 
 
 def port_or_free(preferred):
@@ -49,14 +75,23 @@ def main():
     args = ap.parse_args()
     harness.BUILD_DIR = os.path.abspath(args.build_dir)
 
-    users = [User(name, password="demo", fields=fields)
-             for name, fields, _ in DEMO_USERS]
+    keydir, master = make_master_key()
+    all_users = DEMO_USERS + ENCRYPT_USERS
+    users = [User(name, password="demo",
+                  fields={k: v.replace("<MASTER>", master)
+                          for k, v in fields.items()},
+                  passdb_fields=PASSDB_FIELDS.get(name))
+             for name, fields, _ in all_users]
     ports = {"pop3": port_or_free(11110), "imap": port_or_free(11143),
              "lmtp": port_or_free(11024)}
     dc = Dovecot(users, name="demo", ports=ports, debug=False)
     dc.start()
     try:
-        for name, _, _ in DEMO_USERS:
+        os.chown(master, dc.mail_uid, dc.mail_gid)
+        # password mode: the first login makes the key pair; until then
+        # delivery answers 451 (the MTA would retry)
+        dc.pop3("locked").quit()
+        for name, _, _ in all_users:
             dc.deliver_many(name, [
                 make_message("Welcome to popvault (%s)" % name,
                              body="This is sample message %d for %s.\r\n"
@@ -67,8 +102,15 @@ def main():
         print("  POP3  127.0.0.1:%d   IMAP 127.0.0.1:%d   LMTP 127.0.0.1:%d"
               % (ports["pop3"], ports["imap"], ports["lmtp"]))
         print("  users (password 'demo'), each with 3 sample messages:")
-        for name, fields, what in DEMO_USERS:
+        for name, fields, what in all_users:
             print("    %-8s %s" % (name, what))
+        maildirs = " ".join(os.path.join(dc.home(n), "Maildir")
+                            for n in ("plain", "vault", "locked"))
+        print("  encryption at rest: the text is in plain's files only; "
+              "vault's and locked's")
+        print("  start with the PVLT magic (ciphertext from the first byte):")
+        print("        grep -rl 'sample message' %s" % maildirs)
+        print("        LC_ALL=C grep -rlaP '^\\x89PVLT' %s" % maildirs)
         print("  try:  curl -s pop3://%s:demo@127.0.0.1:%d/       (list)"
               % ("delete", ports["pop3"]))
         print("        curl -s pop3://%s:demo@127.0.0.1:%d/1      (RETR 1)"
@@ -87,6 +129,7 @@ def main():
     finally:
         dc.stop()
         dc.cleanup()
+        shutil.rmtree(keydir, ignore_errors=True)
     return 0
 
 

@@ -27,6 +27,8 @@ SYSTEM_MODULEDIR = "/usr/lib/dovecot/modules"
 DOVECOT_LDA = "/usr/lib/dovecot/dovecot-lda"
 PLUGIN_SO = "lib20_popvault_plugin.so"
 LOGIN_PLUGIN_SO = "lib20_popvault_login_plugin.so"
+# a tmpfs every Linux system mounts
+MEMORY_TMP = "/dev/shm"
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 BUILD_DIR = os.environ.get("POPVAULT_BUILD_DIR", "")
@@ -366,8 +368,11 @@ class Dovecot:
     def __init__(self, users, plugin=None, mail_format="maildir",
                  extra_conf="", userdb="passwd-file", mail_plugins=None,
                  with_popvault=True, debug=True, name="dc", ports=None,
-                 login_env=None, module_dir=None, home_root=None):
+                 login_env=None, module_dir=None, home_root=None, tls=False,
+                 master_users=None):
         self.users = {u.name: u for u in users}
+        # {name: password}: a master passdb ("user*master" logins)
+        self.master_users = dict(master_users or {})
         # a directory of homes shared with another instance (cluster
         # tests); None: homes live in this instance's own directory
         self.home_root = home_root
@@ -385,6 +390,10 @@ class Dovecot:
         # popvault_login plugin settings for pop3-login, e.g.
         # {"POPVAULT_LOGIN_EXPIRE": "0:USER"}
         self.login_env = dict(login_env or {})
+        # TLS: a self-signed certificate (self.tls_cert, for 127.0.0.1 and
+        # localhost) made with the openssl CLI, "ssl = required", a POP3S
+        # listener (ports["pop3s"]) and STLS on the plain port
+        self.tls = tls
         # popvault's .so files from an installed tree (e.g. an extracted
         # .deb's /usr/lib/dovecot/modules) instead of the build tree
         self.module_dir = module_dir
@@ -398,10 +407,18 @@ class Dovecot:
         for d in ("run", "state", "home", "modules", "login-modules"):
             os.mkdir(os.path.join(self.tmp, d))
         os.chmod(os.path.join(self.tmp, "run"), 0o755)
+        # popvault refuses users with encrypted mail when mail_temp_dir is
+        # on a disk (docs/encryption.md): every server gets one in memory
+        self.mail_temp_dir = tempfile.mkdtemp(prefix="popvault-%s-"
+                                              % self.name, dir=MEMORY_TMP)
+        os.chmod(self.mail_temp_dir, 0o1777)
         self._identities()
         self._modules()
-        for name in ("pop3", "imap", "lmtp"):
+        for name in ("pop3", "imap", "lmtp") + (("pop3s",) if self.tls
+                                               else ()):
             self.ports.setdefault(name, free_port())
+        if self.tls:
+            self._make_cert()
         self._write_userdb()
         self.config_path = os.path.join(self.tmp, "dovecot.conf")
         with open(self.config_path, "w") as f:
@@ -455,20 +472,54 @@ class Dovecot:
         os.symlink(os.path.abspath(login_plugin),
                    os.path.join(self.tmp, "login-modules", LOGIN_PLUGIN_SO))
 
+    def _make_cert(self):
+        self.tls_cert = os.path.join(self.tmp, "cert.pem")
+        self.tls_key = os.path.join(self.tmp, "key.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+             "-subj", "/CN=localhost", "-addext",
+             "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-keyout", self.tls_key, "-out", self.tls_cert],
+            check=True, capture_output=True, timeout=60)
+        os.chmod(self.tls_cert, 0o644)
+
+    def _tls_conf(self):
+        if not self.tls:
+            return "ssl = no\ndisable_plaintext_auth = no\n"
+        # Dovecot counts a connection from 127.0.0.1 to 127.0.0.1 as
+        # secured: the harness' own plaintext clients still log in, real
+        # clients prove TLS through the "TLS" in pop3-login's log line
+        return ("ssl = required\nssl_cert = <%s\nssl_key = <%s\n"
+                "disable_plaintext_auth = yes\n"
+                % (self.tls_cert, self.tls_key))
+
     def home(self, user):
         root = self.home_root or os.path.join(self.tmp, "home")
         return os.path.join(root, user)
 
     def _write_userdb(self):
+        # userdb="passwd-file-both": one passwd-file is passdb and userdb,
+        # as most small setups (dovecot-conf/userdb/passwd-file.example)
+        both = self.userdb == "passwd-file-both"
         with open(os.path.join(self.tmp, "passwd"), "w") as f:
             for u in self.users.values():
-                fields = " ".join("%s=%s" % kv
-                                  for kv in u.passdb_fields.items())
+                fields = list(u.passdb_fields.items())
+                if both:
+                    fields += [("userdb_" + k, v)
+                               for k, v in self._userdb_fields(u).items()
+                               if v is not None]
+                fields = " ".join("%s=%s" % kv for kv in fields)
                 if DOVECOT_24:
                     fields = fields.replace("%w", "%{password}")
-                f.write("%s:{PLAIN}%s::::::%s\n" % (u.name, u.password,
-                                                    fields))
-        if self.userdb == "sqlite":
+                f.write("%s:{PLAIN}%s:%s:%s::%s::%s\n" % (
+                    u.name, u.password, self.mail_uid if both else "",
+                    self.mail_gid if both else "",
+                    self.home(u.name) if both else "", fields))
+        with open(os.path.join(self.tmp, "master-users"), "w") as f:
+            for name, password in self.master_users.items():
+                f.write("%s:{PLAIN}%s\n" % (name, password))
+        if self.userdb.startswith("sqlite"):
             self._write_sqlite()
             return
         with open(os.path.join(self.tmp, "userdb"), "w") as f:
@@ -488,7 +539,8 @@ class Dovecot:
         self._write_userdb()
         # passwd-file is re-read when its mtime changes; within the same
         # second it would not be
-        path = os.path.join(self.tmp, "userdb")
+        path = os.path.join(self.tmp, "passwd" if self.userdb ==
+                            "passwd-file-both" else "userdb")
         if os.path.exists(path):
             later = time.time() + 2
             os.utime(path, (later, later))
@@ -499,13 +551,13 @@ class Dovecot:
         db = os.path.join(self.tmp, "users.sqlite")
         con = sqlite3.connect(db)
         con.execute("CREATE TABLE users (username TEXT PRIMARY KEY, "
-                    "home TEXT, uid INTEGER, gid INTEGER%s)" %
+                    "password TEXT, home TEXT, uid INTEGER, gid INTEGER%s)" %
                     "".join(", %s TEXT" % c for c in cols))
         for u in self.users.values():
-            con.execute("INSERT INTO users VALUES (?, ?, ?, ?%s)" %
+            con.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?%s)" %
                         (", ?" * len(cols)),
-                        [u.name, self.home(u.name), self.mail_uid,
-                         self.mail_gid] +
+                        [u.name, "{PLAIN}" + u.password, self.home(u.name),
+                         self.mail_uid, self.mail_gid] +
                         [self._userdb_fields(u).get(c) for c in cols])
         con.commit()
         con.close()
@@ -518,6 +570,8 @@ class Dovecot:
                     "WHERE username = '%%u'\n" %
                     "".join(", %s" % c for c in cols))
             f.write("iterate_query = SELECT username AS user FROM users\n")
+            f.write("password_query = SELECT username AS user, password "
+                    "FROM users WHERE username = '%u'\n")
 
     # A 2.4 dict is a settings filter, which a userdb field cannot carry:
     # the tests' per-user popvault_dict (the same for every user of one
@@ -551,12 +605,31 @@ class Dovecot:
             "sdbox": "sdbox:~/sdbox",
             "mdbox": "mdbox:~/mdbox",
         }[self.mail_format]
-        if self.userdb == "sqlite":
+        passdb = ("passdb {\n  driver = passwd-file\n"
+                  "  args = scheme=PLAIN username_format=%%u %s/passwd\n}\n"
+                  % t)
+        if self.userdb.startswith("sqlite"):
             userdb = ("userdb {\n  driver = sql\n  args = %s/sql.conf.ext\n}\n"
                       % t)
+        elif self.userdb == "passwd-file-both":
+            userdb = ("userdb {\n  driver = passwd-file\n"
+                      "  args = username_format=%%u %s/passwd\n}\n" % t)
         else:
             userdb = ("userdb {\n  driver = passwd-file\n"
                       "  args = username_format=%%u %s/userdb\n}\n" % t)
+        if self.userdb == "sqlite-both":
+            # SQL passdb and userdb; the users' passdb fields are handed
+            # over as in docs/encryption.md: override_fields
+            override = sorted({"%s=%s" % kv for u in self.users.values()
+                               for kv in u.passdb_fields.items()})
+            passdb = ("passdb {\n  driver = sql\n  args = %s/sql.conf.ext\n"
+                      "%s}\n" % (t, "  override_fields = %s\n" %
+                                  " ".join(override) if override else ""))
+        if self.master_users:
+            passdb = ("auth_master_user_separator = *\n"
+                      "passdb {\n  driver = passwd-file\n  master = yes\n"
+                      "  pass = yes\n  args = scheme=PLAIN %s/master-users\n"
+                      "}\n" % t) + passdb
         plugin = "".join("  %s = %s\n" % kv for kv in self.plugin.items())
         login_env = " ".join("%s=%s" % kv for kv in self.login_env.items())
         login_plugins = ("protocol pop3 {\n  login_plugins = popvault_login\n}"
@@ -570,14 +643,13 @@ instance_name = popvault-{os.path.basename(t)}
 log_path = {t}/dovecot.log
 mail_debug = {"yes" if self.debug else "no"}
 auth_verbose = yes
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
+{self._tls_conf()}auth_mechanisms = plain
 default_internal_user = {self.internal_user}
 default_internal_group = {grp.getgrgid(pwd.getpwnam(self.internal_user).pw_gid).gr_name}
 default_login_user = {self.login_user}
 first_valid_uid = 1
 mail_location = {location}
+mail_temp_dir = {self.mail_temp_dir}
 mail_plugin_dir = {t}/modules
 mail_plugins = $mail_plugins {plugins}
 postmaster_address = postmaster@popvault.test
@@ -586,11 +658,7 @@ import_environment = TZ CORE_OUTOFMEM CORE_ERROR LD_PRELOAD FAKETIME FAKETIME_DO
 {SANITIZE_CONF}
 login_plugin_dir = {t}/login-modules
 {login_plugins}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {t}/passwd
-}}
-{userdb}
+{passdb}{userdb}
 {self._common_conf()}plugin {{
 {plugin}}}
 {self.extra_conf}
@@ -612,7 +680,8 @@ service pop3-login {{
     port = {self.ports["pop3"]}
   }}
   inet_listener pop3s {{
-    port = 0
+    address = 127.0.0.1
+    port = {self.ports.get("pop3s", 0)}
   }}
 }}
 service imap-login {{
@@ -690,6 +759,7 @@ default_login_user = {self.login_user}
 first_valid_uid = 1
 mail_driver = {driver}
 mail_path = {path}
+mail_temp_dir = {self.mail_temp_dir}
 mail_plugin_dir = {t}/modules
 mail_plugins {{
 {plugins}}}
@@ -746,6 +816,8 @@ passdb passwd-file {{
     def cleanup(self):
         if self.tmp and not os.environ.get("POPVAULT_KEEP_TMP"):
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if getattr(self, "mail_temp_dir", None):
+                shutil.rmtree(self.mail_temp_dir, ignore_errors=True)
 
     def __enter__(self):
         return self.start()

@@ -3,8 +3,9 @@
 
 Every test_*.py in this directory is a module; every test_* function in it
 is a test. A test passes when it returns, fails on any exception. The last
-line is "N passed, N failed"; the exit code is non-zero on any failure or
-when no test ran.
+line is "N passed, N failed" (", N skipped" when a test raised
+unittest.SkipTest: it says why and does not count as passed); the exit
+code is non-zero on any failure or when no test passed.
 """
 
 import argparse
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 import traceback
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -60,12 +62,15 @@ def main():
 
     tests = [(n, f) for n, f in discover(args.k)
              if not any(x in n for x in args.x)]
-    passed = failed = 0
+    passed = failed = skipped = 0
     failures = []
     for name, fn in tests:
         start = time.time()
         try:
             fn()
+        except unittest.SkipTest as e:
+            skipped += 1
+            print("skip %s: %s" % (name, e))
         except Exception:
             failed += 1
             failures.append(name)
@@ -77,7 +82,8 @@ def main():
         sys.stdout.flush()
     if failures:
         print("\nfailed tests:\n  " + "\n  ".join(failures))
-    print("%d passed, %d failed" % (passed, failed))
+    print("%d passed, %d failed%s" % (
+        passed, failed, ", %d skipped" % skipped if skipped else ""))
     return 0 if failed == 0 and passed > 0 else 1
 
 

@@ -1,10 +1,12 @@
 """RFC 2449 CAPA values after login, LOGIN-DELAY enforcement (also across
 two Dovecot instances sharing a redis dict)."""
 
+import os
 import re
 import time
 
 from harness import User, dovecot, make_message, redis_server
+from policy_util import deliver_numbered, imap_inventory
 
 DOVECOT_CAPA = ["CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING",
                 "AUTH-RESP-CODE"]
@@ -29,7 +31,8 @@ def test_capa_after_login_per_user():
              User("delay", fields={"popvault_login_delay": "15m",
                                    "popvault_retain_unread": "7d"})]
     with dovecot(users) as dc:
-        assert _capa(dc, "plain") == DOVECOT_CAPA
+        # a user without popvault settings: popvault's value all the same
+        assert _capa(dc, "plain") == DOVECOT_CAPA + ["EXPIRE NEVER"]
         assert _capa(dc, "del") == DOVECOT_CAPA + ["EXPIRE 0"]
         assert _capa(dc, "hide") == DOVECOT_CAPA + ["EXPIRE 0"]
         assert _capa(dc, "ret") == DOVECOT_CAPA + ["EXPIRE 14"]
@@ -89,8 +92,13 @@ def test_capa_after_multiline_replies_and_split_command():
         p.quit()
 
 
-def test_login_delay_enforced():
+def _no_errors(dc):
+    assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_login_delay_refuse_mode():
     users = [User("d", fields={"popvault_login_delay": "2s",
+                               "popvault_login_delay_mode": "refuse",
                                "popvault_after_retr": "delete"}),
              User("free")]
     with dovecot(users) as dc:
@@ -111,10 +119,12 @@ def test_login_delay_enforced():
             extra = None
         assert extra is None, extra
         p.close()
-        dc.wait_log(r"pop3\(d\).*popvault: LOGIN-DELAY: login refused")
+        dc.wait_log(r"pop3\(d\).*Info: popvault: LOGIN-DELAY: login refused")
         # refusing used to crash pop3 right after the reply was sent
         dc.wait_log(r"pop3\(d\).*Disconnected")
         assert "killed with signal" not in dc.log(), dc.log_tail(20)
+        # a refusal by policy is not an error (monitoring fires on those)
+        _no_errors(dc)
         # other users are not delayed
         for _ in range(2):
             dc.pop3("free").quit()
@@ -122,11 +132,61 @@ def test_login_delay_enforced():
         p = dc.pop3("d")
         assert p.stat()[0] == 2, "refused login changed the mailbox"
         p.quit()
+        _no_errors(dc)
+
+
+def _last_login(dc, user):
+    with open(os.path.join(dc.home(user), "popvault.dict")) as f:
+        return f.read()
+
+
+def test_login_delay_empty_mode():
+    # the default mode, and the same spelled out as the docs show it
+    users = [User("e", fields={"popvault_login_delay": "1h",
+                               "popvault_after_retr": "delete"}),
+             User("x", fields={"popvault_login_delay": "1h",
+                               "popvault_login_delay_mode": "empty",
+                               "popvault_on_dele": "move:Trash",
+                               "popvault_retain_unread": "1d"})]
+    with dovecot(users) as dc:
+        for u in ("e", "x"):
+            deliver_numbered(dc, u, 2)
+            p = dc.pop3(u)
+            assert p.stat()[0] == 2
+            p.quit()
+            stamp = _last_login(dc, u)
+            before = imap_inventory(dc, u)
+            since = dc.log_size()
+            # inside the window: logged in, an empty maildrop
+            p = dc.pop3()
+            assert p.command("USER %s" % u).startswith("+OK")
+            r = p.command("PASS pw-%s" % u)
+            assert r.startswith("+OK"), r
+            assert p.stat() == (0, 0)
+            assert p.list() == [] and p.uidl() == []
+            for cmd in ("RETR 1", "TOP 1 0", "LIST 1", "UIDL 2", "DELE 1",
+                        "RETR 3"):
+                r = p.command(cmd)
+                assert r.startswith("-ERR"), (cmd, r)
+            r, lines = p.multi("CAPA")
+            assert "LOGIN-DELAY 3600" in lines, lines
+            assert p.quit().startswith("+OK")
+            dc.wait_log(r"pop3\(%s\).*Info: popvault: LOGIN-DELAY: .*empty "
+                        r"maildrop" % u, since=since)
+            dc.wait_log(r"pop3\(%s\).*Disconnected: Logged out" % u,
+                        since=since)
+            # nothing changed: no \Seen, no policy, no sweep, no move
+            assert imap_inventory(dc, u) == before, (before,
+                                                     imap_inventory(dc, u))
+            # and the window was not restarted
+            assert _last_login(dc, u) == stamp
+        _no_errors(dc)
 
 
 def test_login_delay_across_two_instances_with_redis():
     with redis_server() as port:
         fields = {"popvault_login_delay": "1h",
+                  "popvault_login_delay_mode": "refuse",
                   "popvault_dict": "redis:host=127.0.0.1:port=%d" % port}
         with dovecot([User("c", fields=fields)], name="a") as a, \
                 dovecot([User("c", fields=fields)], name="b") as b:
@@ -152,7 +212,8 @@ def _capa_before_login(dc):
 
 def test_capa_before_login_aggregate():
     users = [User("del", fields={"popvault_after_retr": "delete"}),
-             User("slow", fields={"popvault_login_delay": "15m"})]
+             User("slow", fields={"popvault_login_delay": "15m"}),
+             User("plain")]
     with dovecot(users, login_env={"POPVAULT_LOGIN_EXPIRE": "0:USER",
                                    "POPVAULT_LOGIN_DELAY": "900:USER"}) as dc:
         lines = _capa_before_login(dc)
@@ -162,9 +223,15 @@ def test_capa_before_login_aggregate():
         assert lines[0] == "CAPA" and lines[-2:] == ["EXPIRE 0 USER",
                                                     "LOGIN-DELAY 900 USER"]
         assert any(l.startswith("SASL") for l in lines), lines
-        # after login each user sees exact values
-        assert "EXPIRE 0" in _capa(dc, "del")
-        assert "LOGIN-DELAY 900" in _capa(dc, "slow")
+        # after login each user sees exact values (RFC 2449 6.0: "USER"
+        # before login promises the user's own value after it), users
+        # without popvault settings or without a delay included
+        assert _capa(dc, "del") == DOVECOT_CAPA + ["EXPIRE 0",
+                                                   "LOGIN-DELAY 0"]
+        assert _capa(dc, "slow") == DOVECOT_CAPA + ["EXPIRE NEVER",
+                                                    "LOGIN-DELAY 900"]
+        assert _capa(dc, "plain") == DOVECOT_CAPA + ["EXPIRE NEVER",
+                                                     "LOGIN-DELAY 0"]
         # pipelined before login: both replies intact
         p = dc.pop3()
         p.send("CAPA\r\nUSER del\r\nCAPA\r\n")

@@ -40,7 +40,9 @@ def test_user_moves_between_backends():
                 popvault_master_key=master, popvault_on_dele="hide",
                 popvault_after_retr="move:Archive",
                 popvault_uidl_ledger="yes", **common)),
-            User("slow", fields=dict(popvault_login_delay="1h", **common)),
+            User("slow", fields=dict(popvault_login_delay="1h",
+                                     popvault_login_delay_mode="refuse",
+                                     **common)),
         ]
 
     with two_backends(users) as (a, b):

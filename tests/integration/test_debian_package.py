@@ -98,7 +98,8 @@ def test_deb_builds_installs_and_applies_a_policy():
                   MODULEDIR + "/login/lib20_popvault_login_plugin.so",
                   DOCDIR + "/examples/90-popvault.conf",
                   DOCDIR + "/examples/91-popvault-metrics.conf",
-                  DOCDIR + "/settings.md", DOCDIR + "/events.md"):
+                  DOCDIR + "/settings.md", DOCDIR + "/events.md",
+                  DOCDIR + "/COPYING", DOCDIR + "/copyright"):
             # dh_compress gzips documents over 4 KiB
             assert f in files or (f.endswith(".md") and f + ".gz" in files), \
                 (f, listing)
@@ -110,6 +111,13 @@ def test_deb_builds_installs_and_applies_a_policy():
         subprocess.run(["dpkg", "-x", deb, root], check=True)
         os.chmod(tmp, 0o755)
         moddir = os.path.join(root, MODULEDIR)
+        # the licence: MIT, in COPYING and in the DEP-5 copyright file
+        for name in ("COPYING", "copyright"):
+            with open(os.path.join(root, DOCDIR, name)) as f:
+                text = " ".join(f.read().split())
+            assert "Permission is hereby granted, free of charge" in text, name
+        with open(os.path.join(root, DOCDIR, "copyright")) as f:
+            assert "\nLicense: MIT\n" in f.read()
         # the example configuration ships disabled
         with open(os.path.join(root, DOCDIR, "examples",
                                "90-popvault.conf")) as f:

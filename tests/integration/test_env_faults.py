@@ -213,7 +213,7 @@ def test_master_key_unreadable():
             assert r.startswith("-ERR [SYS/TEMP]"), r
             p.close()
             for proc in ("lmtp", "pop3"):
-                dc.wait_log(r"%s\(.*popvault: user %s: crypt: master key "
+                dc.wait_log(r"%s\(.*popvault: user %s: crypt: popvault_master_key: "
                             r"open\(%s\) failed: Permission denied"
                             % (proc, USER, re.escape(dc.master_key)),
                             since=log_at)

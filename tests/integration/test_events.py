@@ -103,7 +103,9 @@ def test_events_fire_with_documented_fields():
     documented = documented_events()
     users = [User("pol", fields={"popvault_after_retr": "delete"}),
              User("ret", fields={"popvault_retain_unread": "1d"}),
-             User("ld", fields={"popvault_login_delay": "1h"}),
+             User("ld", fields={"popvault_login_delay": "1h",
+                                "popvault_login_delay_mode": "refuse"}),
+             User("lde", fields={"popvault_login_delay": "1h"}),
              User("dmg", fields=enc_fields()),
              User("lock", fields=enc_fields())]
     with crypt_dovecot(users, extra_conf=_metrics_conf("pvtest")) as dc:
@@ -117,12 +119,16 @@ def test_events_fire_with_documented_fields():
                                "ret", faketime="+2d")
         assert "result=removed" in out, out
 
-        # LOGIN-DELAY refusal
+        # LOGIN-DELAY refusal, and an empty session (the default mode)
         dc.pop3("ld").quit()
         p = dc.pop3()
         p.command("USER ld")
         assert p.command("PASS pw-ld").startswith("-ERR [LOGIN-DELAY]")
         p.close()
+        dc.pop3("lde").quit()
+        p = dc.pop3("lde")
+        assert p.stat() == (0, 0)
+        p.quit()
 
         # decryption failure: one bit flipped in a stored message
         before = message_files(dc, "dmg")
@@ -147,7 +153,8 @@ def test_events_fire_with_documented_fields():
 
         seen = {}
         for name in TRIGGERED:
-            got = _wait_exported(dc, name)
+            got = _wait_exported(
+                dc, name, n=2 if name == "popvault_login_delay_refused" else 1)
             assert got, "no %s event exported; log:\n%s" % (
                 name, dc.log_tail(60))
             seen[name] = got
@@ -163,9 +170,13 @@ def test_events_fire_with_documented_fields():
                    for e in seen["popvault_policy_action"]}
         assert ("pol", "after_retr", "delete") in reasons, reasons
         assert ("ret", "retain_unread", "expunge") in reasons, reasons
-        ld = seen["popvault_login_delay_refused"][0]["fields"]
-        assert ld["user"] == "ld" and int(ld["login_delay"]) == 3600, ld
-        assert int(ld["wait"]) > 3500, ld
+        modes = {}
+        for e in seen["popvault_login_delay_refused"]:
+            ld = e["fields"]
+            assert int(ld["login_delay"]) == 3600, ld
+            assert int(ld["wait"]) > 3500, ld
+            modes[ld["user"]] = ld["mode"]
+        assert modes == {"ld": "refuse", "lde": "empty"}, modes
         dmg = seen["popvault_crypt_damaged"][0]["fields"]
         assert dmg["mailbox"] == "INBOX" and int(dmg["uid"]) == 1, dmg
 

@@ -198,3 +198,67 @@ def test_demo_serves_curl():
     finally:
         p.terminate()
         p.wait(timeout=20)
+
+
+def test_demo_shows_encryption_at_rest():
+    """The demo has an encrypting user in master-key mode (vault) and one
+    in password mode (locked): their mail is ciphertext on disk, reads
+    back over POP3, and the commands the demo prints to show it work as
+    printed (issue 15 item 13)."""
+    import os
+    import poplib
+    import subprocess
+    import sys
+    import harness
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.Popen([sys.executable, os.path.join(here, "demo.py"),
+                          "--build-dir", harness.BUILD_DIR, "--seconds", "120"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out = []
+        for line in p.stdout:
+            out.append(line.decode())
+            if "Ctrl-C" in out[-1]:
+                break
+        text = "".join(out)
+        assert re.search(r"^\s+vault\s+stored encrypted", text, re.M), text
+        assert re.search(r"^\s+locked\s+stored encrypted", text, re.M), text
+        port = int(re.search(r"POP3  127\.0\.0\.1:(\d+)", text).group(1))
+        home = re.search(r"running from (\S+)", text).group(1) + "/home"
+        grep_text = re.search(r"^\s+(grep -rl 'sample message' .*)$", text,
+                              re.M).group(1)
+        grep_magic = re.search(r"^\s+(LC_ALL=C grep -rlaP .*)$", text,
+                               re.M).group(1)
+
+        def run(cmd):
+            r = subprocess.run(["bash", "-c", cmd], capture_output=True,
+                               text=True, timeout=20)
+            return sorted(r.stdout.split())
+
+        def owners(paths):
+            return sorted({os.path.relpath(f, home).split("/")[0]
+                           for f in paths})
+
+        with_text, with_magic = run(grep_text), run(grep_magic)
+        assert owners(with_text) == ["plain"] and len(with_text) == 3, \
+            with_text
+        assert owners(with_magic) == ["locked", "vault"] and \
+            len(with_magic) == 6, with_magic
+        for user in ("vault", "locked"):
+            # the demo's own key: vault's under the master key, locked's
+            # under its password
+            keys = os.listdir(os.path.join(home, user, ".popvault", "keys"))
+            assert [k for k in keys if k.endswith(".key")], keys
+            c = poplib.POP3("127.0.0.1", port, timeout=20)
+            c.user(user)
+            c.pass_("demo")
+            assert c.stat()[0] == 3
+            body = b"\n".join(c.retr(2)[1])
+            c.quit()
+            assert b"This is sample message 2 for %s." % user.encode() \
+                in body, body
+        # still ciphertext after the reads (maildir new/ -> cur/)
+        assert len(run(grep_magic)) == 6 and len(run(grep_text)) == 3
+    finally:
+        p.terminate()
+        p.wait(timeout=20)

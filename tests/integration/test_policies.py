@@ -2,7 +2,6 @@
 popvault_on_dele, popvault_list_since, popvault_list_window)."""
 
 import re
-import subprocess
 import time
 
 from harness import User, by_version, dovecot, make_message
@@ -235,82 +234,63 @@ def test_window_with_policy_and_deleted_flag_numbering():
         assert pop3_listing(dc, "w") == ["new1"]
 
 
-def _fetchmail(dc, user, keep, tmpdir):
-    rc = "%s/fetchmailrc-%s" % (tmpdir, user)
-    out = "%s/fetched-%s" % (tmpdir, user)
-    with open(rc, "w") as f:
-        f.write('set no syslog\npoll 127.0.0.1 protocol pop3 port %d '
-                'auth password\n  user "%s" password "%s" %s fetchall '
-                'sslproto "" mda "/bin/sh -c \'cat >> %s\'"\n'
-                % (dc.ports["pop3"], user, dc.users[user].password,
-                   "keep" if keep else "nokeep", out))
-    import os
-    os.chmod(rc, 0o600)
-    env = dict(os.environ, FETCHMAILHOME=tmpdir, HOME=tmpdir)
-    p = subprocess.run(["fetchmail", "-f", rc, "--nosyslog", "-v"],
-                       capture_output=True, timeout=60, env=env)
-    assert p.returncode in (0, 1), p.stdout + p.stderr  # 1 = no new mail
-    with open(out, "rb") as f:
-        return f.read()
-
-
-def test_real_clients():
-    import os
-    import poplib
-    import tempfile
-    policies = {"delete": "delete", "hide": "hide", "move": "move:Archive"}
-    users = []
-    for client in ("curl", "fmkeep", "fmnokeep", "poplib"):
-        for short, value in policies.items():
-            users.append(User("%s-%s" % (client, short),
-                              fields={"popvault_after_retr": value}))
+def test_whole_top_is_a_download():
+    # fetchmail downloads with "TOP n 99999999" and never sends RETR: a
+    # TOP that sent the whole message counts like RETR (after_retr,
+    # retention clock, \Seen); a partial TOP does not
+    users = [User("topdel", fields={"popvault_after_retr": "delete"}),
+             User("topmove", fields={"popvault_after_retr": "move:Archive"}),
+             User("topseen", fields={"popvault_retain_downloaded": "14d"}),
+             User("tophide", fields={"popvault_after_retr": "hide"})]
     with dovecot(users) as dc:
-        tmpdir = tempfile.mkdtemp(prefix="popvault-clients-")
         for u in users:
-            deliver_numbered(dc, u.name, 2)
-        for short, value in policies.items():
-            # curl: one RETR per connection, each ending with QUIT
-            u = "curl-%s" % short
-            out = subprocess.run(
-                ["curl", "-s", "--max-time", "10",
-                 "pop3://%s:%s@127.0.0.1:%d/1" % (u, dc.users[u].password,
-                                                  dc.ports["pop3"])],
-                capture_output=True, timeout=20).stdout
-            assert b"Subject: m1" in out, out
-            # fetchmail keep: RETR all, no DELE; nokeep: RETR + DELE
-            for fm, keep in (("fmkeep", True), ("fmnokeep", False)):
-                u = "%s-%s" % (fm, short)
-                got = _fetchmail(dc, u, keep, tmpdir)
-                assert b"Subject: m1" in got and b"Subject: m2" in got, got
-            # poplib: RETR 2, QUIT
-            u = "poplib-%s" % short
-            c = poplib.POP3("127.0.0.1", dc.ports["pop3"], timeout=10)
-            c.user(u)
-            c.pass_(dc.users[u].password)
-            assert b"Subject: m2" in b"\n".join(c.retr(2)[1])
-            c.quit()
+            deliver_numbered(dc, u.name, 4)
+        # every body is one line: "TOP n 1" sends all of it, "TOP n 0"
+        # only the header
+        for u in ("topdel", "topmove"):
+            p = dc.pop3(u)
+            for n, lines in ((1, 99999999), (2, 0), (3, 1)):
+                r, _ = p.multi("TOP %d %d" % (n, lines))
+                assert r.startswith("+OK"), r
+            assert p.quit().startswith("+OK")
+        inv = imap_inventory(dc, "topdel")
+        assert subjects(inv, "INBOX") == ["m2", "m4"], inv
+        inv = imap_inventory(dc, "topmove")
+        assert subjects(inv, "INBOX") == ["m2", "m4"], inv
+        assert subjects(inv, "Archive") == ["m1", "m3"], inv
 
-        for u in users:
-            client, short = u.name.split("-")
-            inv = imap_inventory(dc, u.name)
-            fetched = {"curl": ["m1"], "poplib": ["m2"]}.get(
-                client, ["m1", "m2"])
-            rest = sorted({"m1", "m2"} - set(fetched))
-            if client == "fmnokeep":
-                # the client's own DELE (expunge) wins over after_retr
-                assert subjects(inv, "INBOX") == [], (u.name, inv)
-                assert subjects(inv, "Archive") == [], (u.name, inv)
-                assert pop3_listing(dc, u.name) == []
-                continue
-            if short == "delete":
-                assert subjects(inv, "INBOX") == rest, (u.name, inv)
-            elif short == "hide":
-                assert subjects(inv, "INBOX") == ["m1", "m2"], (u.name, inv)
-                assert sorted(s for s, f in inv["INBOX"].items()
-                              if HIDDEN in f) == fetched, (u.name, inv)
-            else:
-                assert subjects(inv, "INBOX") == rest, (u.name, inv)
-                assert subjects(inv, "Archive") == fetched, (u.name, inv)
-            assert pop3_listing(dc, u.name) == rest, u.name
-        import shutil
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        # \Seen as pop3 gives it for RETR: also without QUIT
+        p = dc.pop3("topseen")
+        for n, lines in ((1, 99999999), (2, 0)):
+            r, _ = p.multi("TOP %d %d" % (n, lines))
+            assert r.startswith("+OK"), r
+        p.close()
+        dc.wait_log(r"pop3\(topseen\).*Disconnected")
+        inv = imap_inventory(dc, "topseen")
+        assert "\\Seen" in inv["INBOX"]["m1"], inv
+        assert "\\Seen" not in inv["INBOX"]["m2"], inv
+        # the retention clock starts with a QUIT session, as for RETR
+        pop3_session(dc, "topseen", top=[])
+        p = dc.pop3("topseen")
+        r, _ = p.multi("TOP 3 5")
+        assert r.startswith("+OK"), r
+        assert p.quit().startswith("+OK")
+        _, out, _ = dc.doveadm("-f", "flow", "popvault", "status",
+                               "-u", "topseen")
+        assert "downloaded=1 never_downloaded=3" in out, out
+        assert "\\Seen" in imap_inventory(dc, "topseen")["INBOX"]["m3"]
+
+
+        # numbering with a message left out of the listing: \Seen goes to
+        # the message the TOP sent (pop3 maps numbers to sequences)
+        p = dc.pop3("tophide")
+        p.retr(1)
+        assert p.quit().startswith("+OK")
+        p = dc.pop3("tophide")
+        r, lines = p.multi("TOP 2 99999999")
+        assert r.startswith("+OK") and "Subject: m3" in lines, lines
+        assert p.quit().startswith("+OK")
+        inv = imap_inventory(dc, "tophide")["INBOX"]
+        assert HIDDEN in inv["m1"] and HIDDEN in inv["m3"], inv
+        assert "\\Seen" in inv["m3"], inv
+        assert "\\Seen" not in inv["m2"] and HIDDEN not in inv["m2"], inv

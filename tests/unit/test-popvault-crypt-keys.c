@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <dirent.h>
+#include <sys/inotify.h>
 
 static char tmpdir[] = "/tmp/popvault-keys-test.XXXXXX";
 
@@ -55,9 +56,46 @@ static void test_master_key_formats(void)
 		if (tests[i].ok)
 			test_assert_idx(key[0] == 0 && key[31] == 31, i);
 	}
+	/* the value itself is the key: what Dovecot's config parser
+	   makes of `popvault_master_key = </file` (issue 15) */
+	for (i = 0; i < N_ELEMENTS(tests); i++) {
+		memset(key, 0xff, sizeof(key));
+		test_assert_idx((popvault_master_key_read(tests[i].content,
+			key, &error) == 0) == tests[i].ok, i);
+		if (tests[i].ok)
+			test_assert_idx(key[0] == 0 && key[31] == 31, i);
+		else {
+			test_assert_idx(strstr(error, "popvault_master_key")
+					!= NULL, i);
+			/* never the value, not even a damaged key's */
+			test_assert_idx(tests[i].content[0] == '\0' ||
+				strstr(error, tests[i].content) == NULL, i);
+		}
+	}
+	/* a path without "<" (plugin {} as a plain path) */
+	path = write_file("master", tests[0].content);
+	test_assert(popvault_master_key_read(path, key, &error) == 0 &&
+		    key[31] == 31);
+	/* a missing file below an existing directory is named ... */
+	path = t_strconcat(tmpdir, "/missing.key", NULL);
+	test_assert(popvault_master_key_read(path, key, &error) < 0 &&
+		    strstr(error, path) != NULL &&
+		    strstr(error, "No such file") != NULL);
+	/* ... a directory too ... */
+	test_assert(popvault_master_key_read(tmpdir, key, &error) < 0 &&
+		    strstr(error, tmpdir) != NULL);
+	/* ... and a path no key text can be ... */
+	test_assert(popvault_master_key_read("/nonexistent/popvault.key",
+					     key, &error) < 0 &&
+		    strstr(error, "/nonexistent/popvault.key") != NULL);
+	/* ... but not a value that may be a damaged key */
 	test_assert(popvault_master_key_read("/nonexistent/key", key,
 					     &error) < 0 &&
-		    strstr(error, "/nonexistent/key") != NULL);
+		    strstr(error, "/nonexistent") == NULL &&
+		    strstr(error, "not logged") != NULL);
+	test_assert(popvault_master_key_read("/AAECAwQFBgcICQoLDA0ODxAREh",
+					     key, &error) < 0 &&
+		    strstr(error, "AAECAw") == NULL);
 	test_end();
 }
 
@@ -315,6 +353,97 @@ static void test_keystore_tampering(void)
 	test_end();
 }
 
+/* Names of key files that appeared in or left keys since the watch
+   began, read without blocking. */
+static const char *key_file_events(int fd)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	const struct inotify_event *ev;
+	string_t *str = t_str_new(64);
+	ssize_t n, i;
+
+	while ((n = read(fd, buf, sizeof(buf))) > 0) {
+		for (i = 0; i < n; i += sizeof(*ev) + ev->len) {
+			ev = (const void *)(buf + i);
+			if (ev->len > 0 && ev->name[0] != '.')
+				str_printfa(str, "%s ", ev->name);
+		}
+	}
+	return str_c(str);
+}
+
+static void test_keystore_create_race(void)
+{
+	const char *keys = t_strconcat(tmpdir, "/race/.popvault/keys", NULL);
+	unsigned char master[POPVAULT_MASTER_KEY_SIZE];
+	unsigned char pk[POPVAULT_PK_SIZE], pk2[POPVAULT_PK_SIZE];
+	struct popvault_key_secrets secrets, empty;
+	const char *error;
+	int fd;
+
+	test_begin("popvault key store: racing creators publish one key pair");
+	i_zero(&empty); empty.password = "";
+	test_assert(popvault_keystore_create(keys, "r", &empty, pk,
+					     &error) < 0 &&
+		    strstr(error, "empty password") != NULL);
+	test_assert(popvault_keystore_exists(keys, &error) == 0);
+
+	memset(master, 5, sizeof(master));
+	i_zero(&secrets); secrets.master = master;
+	test_assert(popvault_keystore_create(keys, "r", &secrets, pk,
+					     &error) == 1);
+	/* A creator that comes second (it saw no "current" a moment ago)
+	   must leave no trace: a key file that appears and goes again is
+	   one a concurrent reader lists and then misses ("<id>.key is
+	   missing"), failing its whole session. */
+	fd = inotify_init1(IN_NONBLOCK);
+	i_assert(fd != -1);
+	i_assert(inotify_add_watch(fd, keys, IN_CREATE | IN_MOVED_TO |
+				   IN_DELETE | IN_MOVED_FROM) != -1);
+	test_assert(popvault_keystore_create(keys, "r", &secrets, pk2,
+					     &error) == 0 &&
+		    memcmp(pk, pk2, sizeof(pk)) == 0);
+	test_assert_strcmp(key_file_events(fd), "");
+	i_close_fd(&fd);
+	test_assert(load_count(keys, "r", &secrets, &error) == 1);
+	test_end();
+}
+
+static void test_keystore_public_mac(void)
+{
+	const char *keys = t_strconcat(tmpdir, "/mac/.popvault/keys", NULL);
+	unsigned char master[POPVAULT_MASTER_KEY_SIZE];
+	unsigned char other[POPVAULT_MASTER_KEY_SIZE];
+	unsigned char pk[POPVAULT_PK_SIZE], pk2[POPVAULT_PK_SIZE];
+	struct popvault_key_secrets secrets, wrong, none;
+	const char *error;
+	bool created;
+
+	test_begin("popvault key store: the master key vouches for current");
+	memset(master, 3, sizeof(master));
+	memset(other, 4, sizeof(other));
+	i_zero(&secrets); secrets.master = master;
+	i_zero(&wrong); wrong.master = other;
+	i_zero(&none);
+	test_assert(popvault_keystore_get_current(keys, "m", &secrets, pk,
+						  &created, &error) == 0 &&
+		    created);
+	test_assert(popvault_keystore_get_current(keys, "m", &secrets, pk2,
+						  &created, &error) == 0 &&
+		    !created && memcmp(pk, pk2, sizeof(pk)) == 0);
+	/* another master key, or the store under another user's name */
+	test_assert(popvault_keystore_get_current(keys, "m", &wrong, pk2,
+						  &created, &error) < 0 &&
+		    strstr(error, "does not vouch") != NULL);
+	test_assert(popvault_keystore_get_current(keys, "n", &secrets, pk2,
+						  &created, &error) < 0 &&
+		    strstr(error, "does not vouch") != NULL);
+	/* password mode has nothing to check against */
+	test_assert(popvault_keystore_get_current(keys, "n", &none, pk2,
+						  &created, &error) == 0);
+	test_end();
+}
+
 static void test_cleanup(void)
 {
 	const char *error;
@@ -331,6 +460,8 @@ int main(void)
 		test_keystore_password,
 		test_keystore_recovery,
 		test_keystore_tampering,
+		test_keystore_create_race,
+		test_keystore_public_mac,
 		test_cleanup,
 		NULL
 	};

@@ -53,23 +53,29 @@ static void test_capa_expire(void)
 		enum popvault_action_kind after_retr;
 		unsigned int downloaded, unread, delay;
 		const char *lines;
+		/* LOGIN-DELAY advertised before login */
+		bool delay_advertised;
 	} tests[] = {
 		{ POPVAULT_ACTION_KEEP, POPVAULT_NEVER, POPVAULT_NEVER, 0,
-		  "EXPIRE NEVER\r\n" },
+		  "EXPIRE NEVER\r\n", FALSE },
+		{ POPVAULT_ACTION_KEEP, POPVAULT_NEVER, POPVAULT_NEVER, 0,
+		  "EXPIRE NEVER\r\nLOGIN-DELAY 0\r\n", TRUE },
+		{ POPVAULT_ACTION_DELETE, POPVAULT_NEVER, POPVAULT_NEVER, 900,
+		  "EXPIRE 0\r\nLOGIN-DELAY 900\r\n", TRUE },
 		{ POPVAULT_ACTION_DELETE, POPVAULT_NEVER, POPVAULT_NEVER, 0,
-		  "EXPIRE 0\r\n" },
+		  "EXPIRE 0\r\n", FALSE },
 		{ POPVAULT_ACTION_HIDE, 14*86400, POPVAULT_NEVER, 0,
-		  "EXPIRE 0\r\n" },
+		  "EXPIRE 0\r\n", FALSE },
 		{ POPVAULT_ACTION_MOVE, POPVAULT_NEVER, POPVAULT_NEVER, 60,
-		  "EXPIRE 0\r\nLOGIN-DELAY 60\r\n" },
+		  "EXPIRE 0\r\nLOGIN-DELAY 60\r\n", FALSE },
 		{ POPVAULT_ACTION_KEEP, 14*86400, 30*86400, 0,
-		  "EXPIRE 14\r\n" },
+		  "EXPIRE 14\r\n", FALSE },
 		{ POPVAULT_ACTION_KEEP, POPVAULT_NEVER, 7*86400, 900,
-		  "EXPIRE 7\r\nLOGIN-DELAY 900\r\n" },
+		  "EXPIRE 7\r\nLOGIN-DELAY 900\r\n", FALSE },
 		{ POPVAULT_ACTION_KEEP, 36*3600, POPVAULT_NEVER, 0,
-		  "EXPIRE 1\r\n" },
+		  "EXPIRE 1\r\n", FALSE },
 		{ POPVAULT_ACTION_KEEP, 3600, POPVAULT_NEVER, 0,
-		  "EXPIRE 0\r\n" },
+		  "EXPIRE 0\r\n", FALSE },
 	};
 	struct popvault_settings set;
 	unsigned int i;
@@ -82,7 +88,8 @@ static void test_capa_expire(void)
 		set.retain_downloaded = tests[i].downloaded;
 		set.retain_unread = tests[i].unread;
 		set.login_delay = tests[i].delay;
-		test_assert_idx(strcmp(popvault_capa_lines(&set),
+		test_assert_idx(strcmp(popvault_capa_lines(&set,
+					tests[i].delay_advertised),
 				       tests[i].lines) == 0, i);
 	}
 	test_end();

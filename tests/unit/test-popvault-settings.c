@@ -182,6 +182,7 @@ static void test_settings_defaults(void)
 	test_assert(set.retain_downloaded == POPVAULT_NEVER);
 	test_assert(set.retain_unread == POPVAULT_NEVER);
 	test_assert(set.login_delay == 0);
+	test_assert(set.login_delay_mode == POPVAULT_LOGIN_DELAY_EMPTY);
 	test_assert(set.list_window == 0);
 	test_assert(set.list_since == 0);
 	test_assert(!set.encrypt && !set.uidl_ledger && !set.retain_count_top);
@@ -201,6 +202,7 @@ static void test_settings_valid(void)
 		{ "popvault_retain_count_top", "yes" },
 		{ "popvault_expire_action", "move:Trash" },
 		{ "popvault_login_delay", "15 mins" },
+		{ "popvault_login_delay_mode", "refuse" },
 		{ "popvault_dict", "redis:host=127.0.0.1:port=6379" },
 		{ "popvault_uidl_ledger", "yes" },
 		{ "popvault_encrypt", "yes" },
@@ -226,6 +228,7 @@ static void test_settings_valid(void)
 	test_assert(set.expire_action.kind == POPVAULT_ACTION_MOVE &&
 		    strcmp(set.expire_action.mailbox, "Trash") == 0);
 	test_assert(set.login_delay == 15*60);
+	test_assert(set.login_delay_mode == POPVAULT_LOGIN_DELAY_REFUSE);
 	test_assert(strcmp(set.dict_uri, "redis:host=127.0.0.1:port=6379") == 0);
 	test_assert(set.uidl_ledger && set.encrypt && !set.require_encrypted);
 	test_assert(set.cipher == POPVAULT_CIPHER_SETTING_XCHACHA20POLY1305);
@@ -251,6 +254,8 @@ static void test_settings_invalid(void)
 		{ { "popvault_retain_downloaded", "14x" }, { NULL, NULL } },
 		{ { "popvault_retain_unread", "-5" }, { NULL, NULL } },
 		{ { "popvault_login_delay", "soon" }, { NULL, NULL } },
+		{ { "popvault_login_delay_mode", "Refuse" }, { NULL, NULL } },
+		{ { "popvault_login_delay_mode", "queue" }, { NULL, NULL } },
 		{ { "popvault_uidl_ledger", "maybe" }, { NULL, NULL } },
 		{ { "popvault_encrypt", "true" }, { NULL, NULL } },
 		{ { "popvault_cipher", "rot13" }, { NULL, NULL } },
@@ -312,7 +317,11 @@ static void test_roundtrip_strings(void)
 	test_assert(strcmp(popvault_duration_to_str(61), "61s") == 0);
 	/* the names table has every setting exactly once */
 	for (i = 0; popvault_setting_name(i) != NULL; i++) ;
-	test_assert(i == 16);
+	test_assert(i == 19);
+	test_assert(strcmp(popvault_login_delay_mode_to_str(
+		POPVAULT_LOGIN_DELAY_REFUSE), "refuse") == 0);
+	test_assert(strcmp(popvault_login_delay_mode_to_str(
+		POPVAULT_LOGIN_DELAY_EMPTY), "empty") == 0);
 	test_end();
 }
 

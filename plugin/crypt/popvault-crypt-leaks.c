@@ -1,0 +1,153 @@
+/* Copyright (c) 2026 popvault authors, see the included COPYING file */
+
+/* popvault encrypts what it saves, but some of Dovecot's own writers see
+   the plaintext of every message they handle. These checks run when the
+   user is created, so a combination that would leak refuses the login
+   (POP3 -ERR [SYS/TEMP], IMAP BYE) and the delivery (LMTP 4xx, dovecot-lda
+   75) instead of leaking quietly. */
+
+#include "lib.h"
+#include "str.h"
+#include "mail-user.h"
+#include "popvault-settings.h"
+#include "popvault-crypt-leaks.h"
+
+#include <sys/stat.h>
+#ifdef __linux__
+#  include <sys/vfs.h>
+#endif
+
+/* statfs() f_type of the memory file systems (linux/magic.h) */
+#define POPVAULT_TMPFS_MAGIC 0x01021994
+#define POPVAULT_RAMFS_MAGIC 0x858458f6
+
+bool popvault_crypt_user_has_encrypted_mail(const struct popvault_settings *set,
+					    const char *keys_dir,
+					    struct event *event)
+{
+	struct stat st;
+
+	if (set->encrypt || set->require_encrypted)
+		return TRUE;
+	if (stat(keys_dir, &st) == 0)
+		return TRUE;
+	if (errno != ENOENT) {
+		/* can't tell: stay on the safe side */
+		e_error(event, "crypt: stat(%s) failed: %m", keys_dir);
+		return TRUE;
+	}
+	return FALSE;
+}
+
+/* The FTS backend that indexes the user's mail, NULL when FTS is off.
+   Dovecot's fts plugin attaches itself only when "fts" is one of the
+   user's mail_plugins (mail_user_add_plugin_hooks() matches the plain
+   name) and does nothing without a backend in the fts setting
+   (fts_mailbox_list_created(): "No fts setting - plugin disabled"). */
+static const char *user_fts_backend(struct mail_user *user)
+{
+	const char *const *plugins, *backend;
+
+	plugins = t_strsplit_spaces(user->set->mail_plugins, ", ");
+	if (!str_array_find(plugins, "fts"))
+		return NULL;
+	backend = mail_user_plugin_getenv(user, "fts");
+	return backend == NULL || backend[0] == '\0' ? NULL : backend;
+}
+
+int popvault_crypt_check_fts(struct mail_user *user,
+			     const struct popvault_settings *set,
+			     struct event *event, const char **error_r)
+{
+	const char *backend = user_fts_backend(user);
+
+	if (backend == NULL)
+		return 0;
+	if (set->allow_fts) {
+		e_warning(event, "crypt: user %s: FTS (fts=%s) indexes the "
+			  "words of encrypted mail in plaintext "
+			  "(allowed by popvault_allow_fts=yes)",
+			  user->username, backend);
+		return 0;
+	}
+	*error_r = t_strdup_printf("FTS (fts=%s) would store the words of "
+		"encrypted mail in plaintext in its index: refusing the user "
+		"(popvault_allow_fts=yes allows it)", backend);
+	return -1;
+}
+
+/* 1 when dir lives in memory, 0 when on a disk (fs_r says which), -1 when
+   it can't be told (error_r). */
+static int temp_dir_in_memory(const char *dir, const char **fs_r,
+			      const char **error_r)
+{
+#ifdef __linux__
+	struct statfs st;
+
+	if (statfs(dir, &st) < 0) {
+		*error_r = t_strdup_printf("statfs(%s) failed: %m", dir);
+		return -1;
+	}
+	if ((unsigned long)st.f_type == POPVAULT_TMPFS_MAGIC ||
+	    (unsigned long)st.f_type == POPVAULT_RAMFS_MAGIC)
+		return 1;
+	*fs_r = t_strdup_printf("file system type 0x%lx",
+				(unsigned long)st.f_type);
+	return 0;
+#else
+	*error_r = t_strdup_printf("can't tell whether %s is in memory on "
+				   "this system", dir);
+	return -1;
+#endif
+}
+
+/* LMTP spools DATA into the service's mail_temp_dir, not the recipient's:
+   a per-user value (a userdb field) can't be checked against the spool. */
+static bool user_temp_dir_from_userdb(struct mail_user *user)
+{
+	const char *const *field;
+
+	if (user->userdb_fields == NULL)
+		return FALSE;
+	for (field = user->userdb_fields; *field != NULL; field++) {
+		if (str_begins(*field, "mail_temp_dir="))
+			return TRUE;
+	}
+	return FALSE;
+}
+
+int popvault_crypt_check_temp_dir(struct mail_user *user,
+				  const struct popvault_settings *set,
+				  struct event *event, const char **error_r)
+{
+	const char *dir = user->set->mail_temp_dir;
+	const char *fs = NULL, *error = NULL;
+	int ret;
+
+	if (strcmp(user->service, "lmtp") == 0 &&
+	    user_temp_dir_from_userdb(user)) {
+		ret = -1;
+		error = "LMTP spools into the mail_temp_dir of the lmtp "
+			"service, a per-user mail_temp_dir does not move it";
+	} else {
+		ret = temp_dir_in_memory(dir, &fs, &error);
+	}
+	if (ret > 0)
+		return 0;
+	if (ret == 0) {
+		error = t_strdup_printf("mail_temp_dir=%s is on a disk (%s), "
+			"where Dovecot's temporary files (LMTP and "
+			"dovecot-lda input over 128 KiB, IMAP BINARY, "
+			"compressed mail) would hold plaintext", dir, fs);
+	}
+	if (set->allow_disk_temp) {
+		e_warning(event, "crypt: user %s: %s (allowed by "
+			  "popvault_allow_disk_temp=yes)",
+			  user->username, error);
+		return 0;
+	}
+	*error_r = t_strdup_printf("%s: refusing the user (put mail_temp_dir "
+		"on a tmpfs, or popvault_allow_disk_temp=yes allows it)",
+		error);
+	return -1;
+}
