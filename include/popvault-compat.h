@@ -86,6 +86,11 @@ int popvault_compat_dict_init_file(struct mail_user *user,
 const char *popvault_compat_pop3_uidl_format(struct mail_user *user);
 const char *popvault_compat_attachment_dir(struct mail_user *user);
 
+/* The FTS backend that indexes the user's mail (a driver name), NULL when
+   FTS is off. When FTS is on but its backend can't be read, a placeholder
+   name: the caller refuses rather than leak. */
+const char *popvault_compat_fts_backend(struct mail_user *user);
+
 /* Values for pop3_uidl_format's variables; NULL when not looked up. */
 struct popvault_uidl_vars {
 	const char *uidvalidity, *uid, *md5, *filename, *guid;

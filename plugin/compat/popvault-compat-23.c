@@ -277,3 +277,18 @@ bool popvault_doveadm_parse_arg_accept(
 {
 	return TRUE;
 }
+
+/* Dovecot's fts plugin attaches itself only when "fts" is one of the
+   user's mail_plugins (mail_user_add_plugin_hooks() matches the plain
+   name) and does nothing without a backend in the fts setting
+   (fts_mailbox_list_created(): "No fts setting - plugin disabled"). */
+const char *popvault_compat_fts_backend(struct mail_user *user)
+{
+	const char *const *plugins, *backend;
+
+	plugins = t_strsplit_spaces(user->set->mail_plugins, ", ");
+	if (!str_array_find(plugins, "fts"))
+		return NULL;
+	backend = mail_user_plugin_getenv(user, "fts");
+	return backend == NULL || backend[0] == '\0' ? NULL : backend;
+}

@@ -8,6 +8,8 @@
 #include "var-expand.h"
 #include "settings.h"
 #include "settings-parser.h"
+#include "array.h"
+#include "fts-settings.h"
 #include "dict.h"
 #include "mail-user.h"
 #include "mail-storage-settings.h"
@@ -15,6 +17,8 @@
 #include "popvault-settings.h"
 #include "popvault-settings-24.h"
 #include "popvault-compat.h"
+
+#include <dlfcn.h>
 
 struct user_settings_ctx {
 	const struct popvault_24_settings *set;
@@ -173,4 +177,33 @@ int popvault_compat_uidl_expand(string_t *dest, const char *format,
 	const struct var_expand_params params = { .table = table };
 
 	return var_expand(dest, format, &params, error_r) < 0 ? -1 : 0;
+}
+
+/* The fts plugin attaches itself only when "fts" is one of the user's
+   mail_plugins, and indexes nothing without an fts <driver> { } filter
+   (fts_mailbox_list_created(): array_is_empty(&set->fts)). Its settings
+   are declared by lib20_fts_plugin, which is loaded (RTLD_GLOBAL) when it is
+   in mail_plugins; dlsym() finds it whichever module was loaded first. */
+const char *popvault_compat_fts_backend(struct mail_user *user)
+{
+	const struct setting_parser_info *fts_info;
+	const struct fts_settings *set;
+	const char *const *plugins, *backend, *error;
+
+	plugins = settings_boollist_get(&user->set->mail_plugins);
+	if (!str_array_find(plugins, "fts"))
+		return NULL;
+	fts_info = dlsym(RTLD_DEFAULT, "fts_setting_parser_info");
+	if (fts_info == NULL)
+		return "(fts plugin settings not found)";
+	if (settings_get(user->event, fts_info, 0, &set, &error) < 0) {
+		e_error(user->event, "popvault: %s", error);
+		return "(fts settings unreadable)";
+	}
+	if (array_is_empty(&set->fts))
+		backend = NULL;
+	else
+		backend = t_strdup(array_idx_elem(&set->fts, 0));
+	settings_free(set);
+	return backend;
 }

@@ -1622,7 +1622,7 @@ int popvault_recovery_key_parse(const char *text,
 	   the text */
 	while (i_isspace(*p))
 		p++;
-	if (str_begins(p, RECOVERY_TEXT_PREFIX))
+	if (str_begins_with(p, RECOVERY_TEXT_PREFIX))
 		p += strlen(RECOVERY_TEXT_PREFIX);
 	for (; *p != '\0'; p++) {
 		if (*p == '-' || i_isspace(*p))
