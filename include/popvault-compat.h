@@ -62,6 +62,11 @@ int popvault_compat_user_settings(struct mail_user *user,
 				  struct popvault_settings *set_r,
 				  const char **error_r);
 
+/* TRUE when user is a shared folder's owner that another user's session
+   created (2.3: user->creator; 2.4 sets creator only after the
+   mail_user_created hooks ran). */
+bool popvault_compat_user_is_shared_owner(const struct mail_user *user);
+
 /* Sets a popvault_* setting (name with its prefix) for one user of a
    doveadm run, after the userdb lookup, so it wins over a userdb field.
    0, or -1 with error_r naming the setting, never the value. */

@@ -116,7 +116,8 @@ void popvault_mail_user_created(struct mail_user *user)
 	puser->event = event_create(user->event);
 	event_add_category(puser->event, &event_category_popvault);
 	/* a shared folder's owner logs inside the reader's session */
-	event_set_append_log_prefix(puser->event, user->creator == NULL ?
+	event_set_append_log_prefix(puser->event,
+		!popvault_compat_user_is_shared_owner(user) ?
 		"popvault: " : t_strdup_printf("popvault: owner %s: ",
 					       user->username));
 

@@ -28,7 +28,8 @@ KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 PACKAGES="dovecot-core dovecot-dev dovecot-pop3d dovecot-lmtpd dovecot-imapd
 dovecot-sqlite libsodium-dev libssl-dev build-essential autoconf automake
 libtool pkg-config python3 valgrind sqlite3 curl fetchmail faketime
-redis-server git ca-certificates dpkg-dev debhelper fakeroot dh-autoreconf"
+redis-server git ca-certificates dpkg-dev debhelper fakeroot dh-autoreconf
+dovecot-flatcurve dovecot-fts-xapian mpop getmail6 openssl"
 
 die() { echo "trixie-root: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mount)"

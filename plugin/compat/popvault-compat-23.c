@@ -157,6 +157,11 @@ owner_settings_lookup(struct mail_user *owner, struct user_envs *envs_r,
 	return ret;
 }
 
+bool popvault_compat_user_is_shared_owner(const struct mail_user *user)
+{
+	return user->creator != NULL;
+}
+
 /* Where the user's popvault_* settings come from: 1 with envs_r, 0 when
    the user is a shared folder's owner that does not exist, -1 with
    error_r. */

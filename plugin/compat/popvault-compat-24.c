@@ -22,7 +22,8 @@
 
 struct user_settings_ctx {
 	const struct popvault_24_settings *set;
-	struct mail_user *user;
+	/* the userdb fields the settings came from */
+	const char *const *userdb_fields;
 };
 
 static const char *user_setting_lookup(const char *name, void *context)
@@ -42,26 +43,97 @@ user_setting_iter(void *context,
 	struct user_settings_ctx *ctx = context;
 	const char *const *field;
 
-	if (ctx->user->userdb_fields == NULL)
+	if (ctx->userdb_fields == NULL)
 		return;
-	for (field = ctx->user->userdb_fields; *field != NULL; field++) {
+	for (field = ctx->userdb_fields; *field != NULL; field++) {
 		if (str_begins_with(*field, POPVAULT_SETTING_PREFIX))
 			cb(t_strcut(*field, '='), cb_context);
 	}
+}
+
+/* The owner of a shared folder (user->creator is the logged-in user):
+   Dovecot's shared storage creates it without a userdb lookup, on a copy
+   of the reader's settings instance, the reader's userdb fields included.
+   The owner's own popvault settings are the configuration plus the
+   owner's userdb fields, so they come from a lookup as for a login of the
+   owner (without its password). 1 with service_user_r, 0 when the owner
+   does not exist, -1 with error_r. */
+static int
+owner_service_user_lookup(struct mail_user *owner,
+			  struct mail_storage_service_user **service_user_r,
+			  const char **error_r)
+{
+	const struct mail_storage_service_input *reader_input =
+		mail_storage_service_user_get_input(owner->service_user);
+	struct mail_storage_service_input input;
+	const char *error = "unknown error";
+	int ret;
+
+	i_zero(&input);
+	input.event_parent = owner->event;
+	input.service = reader_input->service;
+	input.protocol = reader_input->protocol;
+	input.username = owner->username;
+	input.session_id_prefix = owner->session_id;
+	input.local_ip = reader_input->local_ip;
+	input.remote_ip = reader_input->remote_ip;
+	/* settings only: a userdb lookup, no plugins loaded, the log prefix
+	   left alone, no switch back to root (lmtp drops privileges
+	   temporarily) */
+	input.flags_override_add = MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
+		MAIL_STORAGE_SERVICE_FLAG_NO_PLUGINS |
+		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT;
+	input.flags_override_remove = MAIL_STORAGE_SERVICE_FLAG_TEMP_PRIV_DROP;
+	ret = mail_storage_service_lookup(
+		mail_storage_service_user_get_service_ctx(owner->service_user),
+		&input, service_user_r, &error);
+	if (ret <= 0) {
+		*error_r = t_strdup_printf("userdb lookup of the shared "
+					   "folder's owner: %s", error);
+		return ret < 0 ? -1 : 0;
+	}
+	return 1;
+}
+
+/* 2.4's shared storage sets owner->creator only after the owner's
+   mail_user_created hooks ran, so the owner is known there as an
+   autocreated user; the other autocreated user is raw storage's (LMTP,
+   dovecot-lda), which raw-storage.c names "raw-mail-user". */
+bool popvault_compat_user_is_shared_owner(const struct mail_user *user)
+{
+	if (user->creator != NULL)
+		return TRUE;
+	return user->autocreated &&
+		strcmp(user->username, "raw-mail-user") != 0;
 }
 
 int popvault_compat_user_settings(struct mail_user *user,
 				  struct popvault_settings *set_r,
 				  const char **error_r)
 {
-	struct user_settings_ctx ctx = { .user = user };
+	struct user_settings_ctx ctx = {
+		.userdb_fields = user->userdb_fields,
+	};
+	struct mail_storage_service_user *owner = NULL;
+	struct event *event = user->event;
 	const char *error;
 	int ret;
 
+	if (popvault_compat_user_is_shared_owner(user) && user->service_user != NULL) {
+		if ((ret = owner_service_user_lookup(user, &owner,
+						     error_r)) <= 0)
+			return ret;
+		event = mail_storage_service_user_get_event(owner);
+		ctx.userdb_fields =
+			mail_storage_service_user_get_userdb_fields(owner);
+	}
 	/* runs popvault_settings_parse() through the check_func too: an
 	   invalid userdb value fails here */
-	if (settings_get(user->event, &popvault_setting_parser_info, 0,
-			 &ctx.set, &error) < 0) {
+	ret = settings_get(event, &popvault_setting_parser_info, 0,
+			   &ctx.set, &error);
+	if (ret < 0) {
+		if (owner != NULL)
+			mail_storage_service_user_unref(&owner);
 		/* settings_get() prefixes the check_func's text; the log
 		   line stays the one 2.3 writes (docs, tests) */
 		const char *text = strstr(error, "Invalid "
@@ -73,6 +145,8 @@ int popvault_compat_user_settings(struct mail_user *user,
 	ret = popvault_settings_parse(user->pool, user_setting_lookup,
 				      user_setting_iter, &ctx, set_r, error_r);
 	settings_free(ctx.set);
+	if (owner != NULL)
+		mail_storage_service_user_unref(&owner);
 	return ret < 0 ? -1 : 1;
 }
 

@@ -808,7 +808,7 @@ static void crypt_user_login_keys(struct popvault_crypt_user *cuser)
    keys another user's session must never make or lock. */
 static bool crypt_user_is_login(struct mail_user *user)
 {
-	return user->creator == NULL &&
+	return !popvault_compat_user_is_shared_owner(user) &&
 		(strcmp(user->service, "pop3") == 0 ||
 		 strcmp(user->service, "imap") == 0);
 }
@@ -911,7 +911,8 @@ int popvault_crypt_user_created(struct mail_user *user,
 	   for the raw user that holds mail being delivered (autocreated,
 	   no creator): failing it would stop the whole lmtp process, and
 	   the recipient is checked. */
-	if ((!user->autocreated || user->creator != NULL) &&
+	if ((!user->autocreated ||
+	     popvault_compat_user_is_shared_owner(user)) &&
 	    popvault_crypt_user_has_encrypted_mail(set, cuser->keys_dir,
 						   puser->event) &&
 	    (popvault_crypt_check_fts(user, set, puser->event, error_r) < 0 ||

@@ -494,6 +494,14 @@ class Dovecot:
                 "disable_plaintext_auth = yes\n"
                 % (self.tls_cert, self.tls_key))
 
+    def _tls_conf_24(self):
+        if not self.tls:
+            return "ssl = no\nauth_allow_cleartext = yes\n"
+        # as _tls_conf(): 127.0.0.1 counts as secured
+        return ("ssl = required\nssl_server_cert_file = %s\n"
+                "ssl_server_key_file = %s\nauth_allow_cleartext = no\n"
+                % (self.tls_cert, self.tls_key))
+
     def home(self, user):
         root = self.home_root or os.path.join(self.tmp, "home")
         return os.path.join(root, user)
@@ -666,6 +674,8 @@ login_plugin_dir = {t}/login-modules
 
     def _common_conf(self):
         """The part both versions write alike: namespace and services."""
+        # 2.4 has no per-listener address (listen covers it)
+        pop3s_address = "" if DOVECOT_24 else "    address = 127.0.0.1\n"
         return f"""lmtp_save_to_detail_mailbox = no
 namespace inbox {{
   inbox = yes
@@ -680,8 +690,7 @@ service pop3-login {{
     port = {self.ports["pop3"]}
   }}
   inet_listener pop3s {{
-    address = 127.0.0.1
-    port = {self.ports.get("pop3s", 0)}
+{pop3s_address}    port = {self.ports.get("pop3s", 0)}
   }}
 }}
 service imap-login {{
@@ -725,7 +734,8 @@ service stats {{
         login_plugins = ("protocol pop3 {\n  login_plugins {\n"
                          "    popvault_login = yes\n  }\n}"
                          if self.login_env else "")
-        if self.userdb == "sqlite":
+        passdb = "passdb passwd-file {\n  passwd_file_path = %s/passwd\n}\n" % t
+        if self.userdb.startswith("sqlite"):
             cols = sorted({k for u in self.users.values()
                            for k in self._userdb_fields(u)})
             userdb = ("sql_driver = sqlite\nsqlite_path = %s/users.sqlite\n"
@@ -733,9 +743,28 @@ service stats {{
                       "FROM users WHERE username = '%%{user}'\n"
                       "  iterate_query = SELECT username AS user FROM users\n"
                       "}\n" % (t, "".join(", %s" % c for c in cols)))
+        elif self.userdb == "passwd-file-both":
+            userdb = ("userdb passwd-file {\n  passwd_file_path = %s/passwd\n"
+                      "}\n" % t)
         else:
             userdb = ("userdb passwd-file {\n  passwd_file_path = %s/userdb\n"
                       "}\n" % t)
+        if self.userdb == "sqlite-both":
+            # the users' passdb fields as passdb_fields (2.3:
+            # override_fields)
+            fields = sorted({kv for u in self.users.values()
+                             for kv in u.passdb_fields.items()})
+            passdb = ("passdb sql {\n  query = SELECT username AS user, "
+                      "password FROM users WHERE username = '%%{user}'\n"
+                      "%s}\n" % ("  passdb_fields {\n%s  }\n" % "".join(
+                          "    %s = %s\n" % (k, v.replace("%w", "%{password}"))
+                          for k, v in fields) if fields else ""))
+        if self.master_users:
+            # 2.3's pass = yes: the user must also pass the next passdb
+            passdb = ("auth_master_user_separator = *\n"
+                      "passdb master-users {\n  driver = passwd-file\n"
+                      "  master = yes\n  result_success = continue\n"
+                      "  passwd_file_path = %s/master-users\n}\n" % t) + passdb
         settings = dict(self.plugin)
         settings.update(self._global_dict_24())
         settings = "".join(_setting_24(*kv) for kv in settings.items())
@@ -750,9 +779,7 @@ instance_name = popvault-{os.path.basename(t)}
 log_path = {t}/dovecot.log
 mail_debug = {"yes" if self.debug else "no"}
 auth_verbose = yes
-ssl = no
-auth_allow_cleartext = yes
-auth_mechanisms = plain
+{self._tls_conf_24()}auth_mechanisms = plain
 default_internal_user = {self.internal_user}
 default_internal_group = {grp.getgrgid(pwd.getpwnam(self.internal_user).pw_gid).gr_name}
 default_login_user = {self.login_user}
@@ -770,10 +797,7 @@ import_environment {{
 {SANITIZE_CONF}
 login_plugin_dir = {t}/login-modules
 {login_plugins}
-passdb passwd-file {{
-  passwd_file_path = {t}/passwd
-}}
-{userdb}
+{passdb}{userdb}
 {self._common_conf()}
 {settings}
 {self.extra_conf}
