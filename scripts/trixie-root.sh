@@ -29,7 +29,7 @@ PACKAGES="dovecot-core dovecot-dev dovecot-pop3d dovecot-lmtpd dovecot-imapd
 dovecot-sqlite libsodium-dev libssl-dev build-essential autoconf automake
 libtool pkg-config python3 valgrind sqlite3 curl fetchmail faketime
 redis-server git ca-certificates dpkg-dev debhelper fakeroot dh-autoreconf
-dovecot-flatcurve dovecot-fts-xapian mpop getmail6 openssl"
+dovecot-flatcurve dovecot-fts-xapian mpop getmail6 openssl e2fsprogs"
 
 die() { echo "trixie-root: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mount)"
