@@ -288,19 +288,26 @@ class Bench:
         # fields would cost just the same.)
         users = [User(name, fields={"mail_plugins": plugins})
                  for name, plugins in self.user_plugins()]
-        plugin = {
+        # Dovecot 2.4 names mail_crypt's keys crypt_* (files, a filter
+        # for the private key) and always writes version 2
+        crypt_24 = ("crypt_global_public_key_file = %s\n"
+                    "crypt_global_private_key main {\n"
+                    "  crypt_private_key_file = %s\n}\n" % (pub, priv))
+        plugin = harness.by_version({
             "mail_crypt_global_private_key": "<" + priv,
             "mail_crypt_global_public_key": "<" + pub,
-            "mail_crypt_save_version": "2",
+            "mail_crypt_save_version": "2"}, {})
+        plugin.update({
             "popvault_after_retr": "keep",
             "popvault_retain_downloaded": "14d",
             "popvault_uidl_ledger": "yes",
-        }
+        })
         if enc:
             plugin.update({"popvault_encrypt": "yes",
                            "popvault_master_key": master})
         extra = "verbose_proctitle = yes\nmail_fsync = %s\n" % \
-            self.args.mail_fsync + self.extra_conf()
+            self.args.mail_fsync + self.extra_conf() + \
+            harness.by_version("", crypt_24)
         # popvault stays in the global mail_plugins so that doveadm
         # registers its commands; each user's userdb field overrides it.
         self.dc = Dovecot(users, userdb="sqlite", plugin=plugin,
@@ -338,7 +345,9 @@ class Bench:
 
     def pop3_pid(self, user, since):
         m = None
-        for m in re.finditer(r"pop3-login: Info: Login: user=<%s>.*?"
+        # 2.4 says "Logged in:"
+        for m in re.finditer(r"pop3-login: Info: (?:Login|Logged in): "
+                             r"user=<%s>.*?"
                              r"mpid=(\d+)" % re.escape(user),
                              self.dc.log()[since:]):
             pass
