@@ -478,7 +478,11 @@ class Bench:
         mbox = os.path.join(src, "inbox.mbox")
         self.make_mbox(mbox, s["mailbox_msgs"], s["mailbox_msg_size"])
         os.chmod(mbox, 0o644)
-        location = "mbox:%s:INBOX=%s:INDEX=MEMORY" % (src, mbox)
+        # 2.4: driver:path, the rest as -p source options
+        location = harness.by_version(
+            ["mbox:%s:INBOX=%s:INDEX=MEMORY" % (src, mbox)],
+            ["-p", "mail_inbox_path=" + mbox, "-p", "mail_index_path=MEMORY",
+             "mbox:" + src])
         # doveadm import saves through each user's own mail_plugins, so
         # mail_crypt (and popvault encryption) encrypt as on delivery.
         # The three imports run in parallel: set-up time is not measured.
@@ -487,7 +491,7 @@ class Bench:
             self.clear(u)
             procs.append((u, subprocess.Popen(
                 [harness.DOVEADM, "-c", self.dc.config_path, "import",
-                 "-u", u, location, "", "all"],
+                 "-u", u] + location + ["", "all"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
         t0 = time.time()
         for u, p in procs:
