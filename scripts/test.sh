@@ -21,3 +21,10 @@ if [ $# -eq 0 ]; then
 fi
 echo "== integration tests (real Dovecot on 127.0.0.1; Thunderbird included, about 35 s)"
 POPVAULT_THUNDERBIRD=1 python3 ../tests/integration/run.py --build-dir . "$@"
+echo "== Dovecot 2.4 (Debian 13 chroot, docs/dovecot-24.md): -Werror build, unit tests, integration suite"
+# The chroot is cached in /var/tmp; a fresh machine builds it first (75-150 s).
+cd ..
+args=("$@")
+[ $# -gt 0 ] || args=(-k test_)
+scripts/test-dovecot24.sh "${args[@]}" 2>&1 | tee build/dovecot24.log
+echo "Dovecot 2.4: $(grep -E '^[0-9]+ passed, [0-9]+ failed' build/dovecot24.log | tail -n1)"
