@@ -288,19 +288,26 @@ class Bench:
         # fields would cost just the same.)
         users = [User(name, fields={"mail_plugins": plugins})
                  for name, plugins in self.user_plugins()]
-        plugin = {
+        # Dovecot 2.4 names mail_crypt's keys crypt_* (files, a filter
+        # for the private key) and always writes version 2
+        crypt_24 = ("crypt_global_public_key_file = %s\n"
+                    "crypt_global_private_key main {\n"
+                    "  crypt_private_key_file = %s\n}\n" % (pub, priv))
+        plugin = harness.by_version({
             "mail_crypt_global_private_key": "<" + priv,
             "mail_crypt_global_public_key": "<" + pub,
-            "mail_crypt_save_version": "2",
+            "mail_crypt_save_version": "2"}, {})
+        plugin.update({
             "popvault_after_retr": "keep",
             "popvault_retain_downloaded": "14d",
             "popvault_uidl_ledger": "yes",
-        }
+        })
         if enc:
             plugin.update({"popvault_encrypt": "yes",
                            "popvault_master_key": master})
         extra = "verbose_proctitle = yes\nmail_fsync = %s\n" % \
-            self.args.mail_fsync + self.extra_conf()
+            self.args.mail_fsync + self.extra_conf() + \
+            harness.by_version("", crypt_24)
         # popvault stays in the global mail_plugins so that doveadm
         # registers its commands; each user's userdb field overrides it.
         self.dc = Dovecot(users, userdb="sqlite", plugin=plugin,
@@ -338,7 +345,9 @@ class Bench:
 
     def pop3_pid(self, user, since):
         m = None
-        for m in re.finditer(r"pop3-login: Info: Login: user=<%s>.*?"
+        # 2.4 says "Logged in:"
+        for m in re.finditer(r"pop3-login: Info: (?:Login|Logged in): "
+                             r"user=<%s>.*?"
                              r"mpid=(\d+)" % re.escape(user),
                              self.dc.log()[since:]):
             pass
@@ -469,7 +478,11 @@ class Bench:
         mbox = os.path.join(src, "inbox.mbox")
         self.make_mbox(mbox, s["mailbox_msgs"], s["mailbox_msg_size"])
         os.chmod(mbox, 0o644)
-        location = "mbox:%s:INBOX=%s:INDEX=MEMORY" % (src, mbox)
+        # 2.4: driver:path, the rest as -p source options
+        location = harness.by_version(
+            ["mbox:%s:INBOX=%s:INDEX=MEMORY" % (src, mbox)],
+            ["-p", "mail_inbox_path=" + mbox, "-p", "mail_index_path=MEMORY",
+             "mbox:" + src])
         # doveadm import saves through each user's own mail_plugins, so
         # mail_crypt (and popvault encryption) encrypt as on delivery.
         # The three imports run in parallel: set-up time is not measured.
@@ -478,7 +491,7 @@ class Bench:
             self.clear(u)
             procs.append((u, subprocess.Popen(
                 [harness.DOVEADM, "-c", self.dc.config_path, "import",
-                 "-u", u, location, "", "all"],
+                 "-u", u] + location + ["", "all"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
         t0 = time.time()
         for u, p in procs:

@@ -7,6 +7,7 @@
 
 struct module;
 struct mail_user;
+struct mailbox;
 struct popvault_user;
 
 /* Validates the user's encryption settings and attaches the crypt state
@@ -25,6 +26,15 @@ void popvault_crypt_user_deinit(struct popvault_user *puser);
 int popvault_crypt_pop3_unlock(struct popvault_user *puser);
 
 void popvault_crypt_init(struct module *module);
+
+/* Called when a message of a POP3 session's mailbox turns out damaged
+   while it is read. Set by the pop3 code, so crypt never calls into pop3:
+   it closes the connection before pop3 ends the reply with a "." that
+   would make a truncated message look whole. */
+typedef void popvault_crypt_damaged_callback_t(struct mailbox *box,
+					       const char *reason);
+void popvault_crypt_set_damaged_callback(
+	popvault_crypt_damaged_callback_t *callback);
 void popvault_crypt_deinit(void);
 
 /* For the doveadm tools. Opens the mail's stream (authenticating the

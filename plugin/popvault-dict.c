@@ -6,6 +6,7 @@
 #include "mail-user.h"
 #include "popvault-user.h"
 #include "popvault-dict.h"
+#include "popvault-compat.h"
 
 #define POPVAULT_DICT_PREFIX DICT_PATH_PRIVATE"popvault/"
 #define POPVAULT_DEFAULT_DICT_FILE "popvault.dict"
@@ -14,34 +15,30 @@ static int popvault_dict_open(struct popvault_user *puser,
 			      const char **error_r)
 {
 	struct mail_user *user = puser->user;
-	struct dict_settings set;
-	const char *uri = puser->set.dict_uri, *home, *error;
+	const char *home, *path;
+	int ret;
 
 	if (puser->dict != NULL)
 		return 0;
-	if (uri == NULL) {
-		if (mail_user_get_home(user, &home) <= 0) {
-			*error_r = "popvault_dict is not set and the user has "
-				"no home directory for the default file dict";
-			return -1;
-		}
-		/* namespaces may not exist yet (pop3 login), so not
-		   mail_user_home_mkdir() */
-		if (mkdir_parents(home, 0700) < 0 && errno != EEXIST) {
-			*error_r = t_strdup_printf("mkdir(%s) failed: %m", home);
-			return -1;
-		}
-		uri = t_strdup_printf("file:%s/"POPVAULT_DEFAULT_DICT_FILE, home);
-	}
-	i_zero(&set);
-	set.base_dir = user->set->base_dir;
-	set.event_parent = puser->event;
-	if (dict_init(uri, &set, &puser->dict, &error) < 0) {
-		*error_r = t_strdup_printf("dict_init(%s) failed: %s",
-					   uri, error);
+	ret = popvault_compat_dict_init(user, puser->event, puser->set.dict_uri,
+					&puser->dict, error_r);
+	if (ret != 0)
+		return ret < 0 ? -1 : 0;
+	/* no popvault_dict configured: a file dict in the home */
+	if (mail_user_get_home(user, &home) <= 0) {
+		*error_r = "popvault_dict is not set and the user has "
+			"no home directory for the default file dict";
 		return -1;
 	}
-	return 0;
+	/* namespaces may not exist yet (pop3 login), so not
+	   mail_user_home_mkdir() */
+	if (mkdir_parents(home, 0700) < 0 && errno != EEXIST) {
+		*error_r = t_strdup_printf("mkdir(%s) failed: %m", home);
+		return -1;
+	}
+	path = t_strdup_printf("%s/"POPVAULT_DEFAULT_DICT_FILE, home);
+	return popvault_compat_dict_init_file(user, puser->event, path,
+					      &puser->dict, error_r) < 0 ? -1 : 0;
 }
 
 int popvault_dict_get(struct popvault_user *puser, const char *key,

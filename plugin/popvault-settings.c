@@ -8,6 +8,7 @@
 #include "settings-parser.h"
 #include "utc-mktime.h"
 #include "popvault-settings.h"
+#include "popvault-compat.h"
 
 #include <time.h>
 
@@ -153,7 +154,7 @@ int popvault_parse_action(const char *value, unsigned int allowed_mask,
 	unsigned int i;
 
 	i_zero(action_r);
-	if (str_begins(value, MOVE_PREFIX) &&
+	if (str_begins_with(value, MOVE_PREFIX) &&
 	    (allowed_mask & ACTION_BIT(POPVAULT_ACTION_MOVE)) != 0) {
 		const char *mailbox = value + strlen(MOVE_PREFIX), *error;
 
@@ -192,7 +193,7 @@ int popvault_parse_duration(const char *value, bool allow_never,
 		return 0;
 	}
 	/* Dovecot's own interval syntax: "14d", "12 hours", "30 mins", "0" */
-	if (settings_get_time(value, secs_r, &error) < 0) {
+	if (popvault_parse_interval(value, secs_r, &error) < 0) {
 		*error_r = error;
 		return -1;
 	}

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES="dovecot-dev dovecot-core dovecot-pop3d dovecot-imapd dovecot-lmtpd
 dovecot-sqlite dovecot-lucene dovecot-fts-xapian libsodium-dev libssl-dev autoconf
 automake libtool pkg-config make gcc valgrind python3 sqlite3 curl fetchmail
-mpop getmail6 openssl faketime redis-server clang libclang-rt-14-dev dpkg-dev
+mpop getmail6 openssl faketime redis-server clang libclang-rt-dev dpkg-dev
 debhelper fakeroot dh-autoreconf git thunderbird strace"
 
 missing=""

@@ -19,5 +19,20 @@ if [ $# -eq 0 ]; then
 	echo "== crash points: every key command and a subset of the rest, killed at each mutating syscall"
 	python3 ../tests/crash/crashpoints.py --build-dir . --ci -j 2
 fi
-echo "== integration tests (real Dovecot on 127.0.0.1; Thunderbird included, about 35 s)"
-POPVAULT_THUNDERBIRD=1 python3 ../tests/integration/run.py --build-dir . "$@"
+echo "== integration tests on Dovecot $(dovecot --version) (real Dovecot on 127.0.0.1; Thunderbird included, about 35 s)"
+POPVAULT_THUNDERBIRD=1 python3 ../tests/integration/run.py --build-dir . "$@" 2>&1 |
+	tee dovecot23.log
+echo "== Dovecot 2.4 (Debian 13 chroot, docs/dovecot-24.md): -Werror build, unit tests, integration suite"
+# The chroot is cached in /var/tmp; a fresh machine builds it first (75-150 s).
+cd ..
+args=("$@")
+[ $# -gt 0 ] || args=(-k test_)
+scripts/test-dovecot24.sh "${args[@]}" 2>&1 | tee build/dovecot24.log
+# counts per host, then both together as the run's last line
+count() { grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -n1; }
+echo "== integration counts per host"
+echo "dovecot-2.3: $(count build/dovecot23.log)"
+echo "dovecot-2.4: $(count build/dovecot24.log)"
+cat build/dovecot23.log build/dovecot24.log | grep -E '^[0-9]+ passed, [0-9]+ failed' |
+	awk -F'[ ,]+' '{p += $1; f += $3; s += $5}
+		END {printf "%d passed, %d failed, %d skipped\n", p, f, s}'

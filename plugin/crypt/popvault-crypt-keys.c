@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <sodium.h>
+#include "popvault-compat.h"
 
 #define KEYFILE_MAGIC "popvault-keypair 1"
 #define KEYFILE_SUFFIX ".key"
@@ -914,10 +915,10 @@ static int read_recovery_pub(const char *keys_dir, struct recovery_pub *rp_r,
 		return -1;
 	}
 	for (; *lines != NULL; lines++) {
-		if (str_begins(*lines, "key_id ")) {
+		if (str_begins_with(*lines, "key_id ")) {
 			have_id = hex_field(*lines + 7, rp_r->id,
 					    sizeof(rp_r->id)) == 0;
-		} else if (str_begins(*lines, "public ")) {
+		} else if (str_begins_with(*lines, "public ")) {
 			have_pk = hex_field(*lines + 7, rp_r->pk,
 					    sizeof(rp_r->pk)) == 0;
 		}
@@ -1788,7 +1789,7 @@ int popvault_recovery_key_parse(const char *text,
 	   the text */
 	while (i_isspace(*p))
 		p++;
-	if (str_begins(p, RECOVERY_TEXT_PREFIX))
+	if (str_begins_with(p, RECOVERY_TEXT_PREFIX))
 		p += strlen(RECOVERY_TEXT_PREFIX);
 	for (; *p != '\0'; p++) {
 		if (*p == '-' || i_isspace(*p))

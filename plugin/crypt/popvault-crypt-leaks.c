@@ -10,6 +10,7 @@
 #include "str.h"
 #include "mail-user.h"
 #include "popvault-settings.h"
+#include "popvault-compat.h"
 #include "popvault-crypt-leaks.h"
 
 #include <sys/stat.h>
@@ -39,27 +40,11 @@ bool popvault_crypt_user_has_encrypted_mail(const struct popvault_settings *set,
 	return FALSE;
 }
 
-/* The FTS backend that indexes the user's mail, NULL when FTS is off.
-   Dovecot's fts plugin attaches itself only when "fts" is one of the
-   user's mail_plugins (mail_user_add_plugin_hooks() matches the plain
-   name) and does nothing without a backend in the fts setting
-   (fts_mailbox_list_created(): "No fts setting - plugin disabled"). */
-static const char *user_fts_backend(struct mail_user *user)
-{
-	const char *const *plugins, *backend;
-
-	plugins = t_strsplit_spaces(user->set->mail_plugins, ", ");
-	if (!str_array_find(plugins, "fts"))
-		return NULL;
-	backend = mail_user_plugin_getenv(user, "fts");
-	return backend == NULL || backend[0] == '\0' ? NULL : backend;
-}
-
 int popvault_crypt_check_fts(struct mail_user *user,
 			     const struct popvault_settings *set,
 			     struct event *event, const char **error_r)
 {
-	const char *backend = user_fts_backend(user);
+	const char *backend = popvault_compat_fts_backend(user);
 
 	if (backend == NULL)
 		return 0;
@@ -110,7 +95,7 @@ static bool user_temp_dir_from_userdb(struct mail_user *user)
 	if (user->userdb_fields == NULL)
 		return FALSE;
 	for (field = user->userdb_fields; *field != NULL; field++) {
-		if (str_begins(*field, "mail_temp_dir="))
+		if (str_begins_with(*field, "mail_temp_dir="))
 			return TRUE;
 	}
 	return FALSE;

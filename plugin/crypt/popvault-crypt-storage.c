@@ -5,8 +5,9 @@
 
    - save_begin sits in a forced "lib95_" post-hook so it is the vfunc
      closest to storage: zlib (lib20_zlib) compresses, then we encrypt.
-   - istream_opened sits in popvault's own lib20_popvault hooks, which
-     run before lib20_zlib: we decrypt first, then zlib decompresses. */
+   - istream_opened sits in a forced "lib19_" hook, which runs before
+     lib20_zlib (2.3) and lib20_mail_compress (2.4, which sorts before
+     lib20_popvault): we decrypt first, then zlib decompresses. */
 
 #include "lib.h"
 #include "array.h"
@@ -22,7 +23,6 @@
 #include "mail-storage-hooks.h"
 #include "module-dir.h"
 #include "popvault-user.h"
-#include "popvault-pop3.h"
 #include "popvault-crypt.h"
 #include "popvault-action.h"
 #include "popvault-crypt-keys.h"
@@ -30,6 +30,7 @@
 #include "popvault-crypt-leaks.h"
 
 #include <sodium.h>
+#include "popvault-compat.h"
 
 /* The epoch design (one X25519 per epoch on both sides) only pays off
    when a delivery process keeps its sender across deliveries: each
@@ -114,9 +115,8 @@ static ARRAY(struct sender_cache_entry *) sender_cache;
 /* popvault_crypt_see_containers() was called */
 static bool crypt_see_containers = FALSE;
 
-/* client_disconnect() exists only in the pop3 binary */
-#pragma weak client_disconnect
-extern void client_disconnect(struct client *client, const char *reason);
+/* set by the pop3 code: crypt never calls into pop3 */
+static popvault_crypt_damaged_callback_t *crypt_damaged_callback;
 
 static struct popvault_crypt_user *crypt_user(struct mail_user *user)
 {
@@ -389,7 +389,6 @@ static void crypt_mark_damaged(struct popvault_crypt_user *cuser,
 static void crypt_stream_error(const char *error, void *context)
 {
 	struct crypt_stream_ctx *sctx = context;
-	struct client *client;
 
 	crypt_log_damaged(sctx->cuser, sctx->vname, sctx->uid, error);
 	if (sctx->pop3_box != NULL)
@@ -397,9 +396,14 @@ static void crypt_stream_error(const char *error, void *context)
 	/* pop3's fetch_callback() ends every reply with "." even when the
 	   stream failed: the client would take a truncated message for a
 	   whole one. Closing the connection first keeps the dot out. */
-	if (sctx->pop3_box != NULL && client_disconnect != NULL &&
-	    (client = popvault_pop3_client_for_box(sctx->pop3_box)) != NULL)
-		client_disconnect(client, "popvault: damaged message");
+	if (sctx->pop3_box != NULL && crypt_damaged_callback != NULL)
+		crypt_damaged_callback(sctx->pop3_box, "popvault: damaged message");
+}
+
+void popvault_crypt_set_damaged_callback(
+	popvault_crypt_damaged_callback_t *callback)
+{
+	crypt_damaged_callback = callback;
 }
 
 static void crypt_stream_ctx_free(struct crypt_stream_ctx *sctx)
@@ -804,7 +808,7 @@ static void crypt_user_login_keys(struct popvault_crypt_user *cuser)
    keys another user's session must never make or lock. */
 static bool crypt_user_is_login(struct mail_user *user)
 {
-	return user->creator == NULL &&
+	return !popvault_compat_user_is_shared_owner(user) &&
 		(strcmp(user->service, "pop3") == 0 ||
 		 strcmp(user->service, "imap") == 0);
 }
@@ -840,7 +844,6 @@ int popvault_crypt_user_created(struct mail_user *user,
 				const char **error_r)
 {
 	const struct popvault_settings *set = &puser->set;
-	const struct mail_storage_settings *mail_set;
 	struct popvault_crypt_user *cuser;
 	const char *home, *error;
 
@@ -862,7 +865,8 @@ int popvault_crypt_user_created(struct mail_user *user,
 	    set->key_password == NULL && crypt_user_is_login(user)) {
 		*error_r = "popvault_encrypt=yes needs popvault_master_key or "
 			"popvault_key_password (e.g. "
-			"userdb_popvault_key_password=%w from the passdb)";
+			"userdb_popvault_key_password="
+			POPVAULT_HINT_PASSWORD_VAR " from the passdb)";
 		return -1;
 	}
 	if (mail_user_get_home(user, &home) <= 0 || home[0] != '/') {
@@ -870,8 +874,7 @@ int popvault_crypt_user_created(struct mail_user *user,
 			"(the key store lives there)";
 		return -1;
 	}
-	mail_set = mail_user_set_get_storage_set(user);
-	if (set->encrypt && mail_set->mail_attachment_dir[0] != '\0') {
+	if (set->encrypt && popvault_compat_attachment_dir(user)[0] != '\0') {
 		*error_r = "popvault_encrypt=yes can't be used with "
 			"mail_attachment_dir (attachments would be stored "
 			"in plaintext)";
@@ -908,7 +911,8 @@ int popvault_crypt_user_created(struct mail_user *user,
 	   for the raw user that holds mail being delivered (autocreated,
 	   no creator): failing it would stop the whole lmtp process, and
 	   the recipient is checked. */
-	if ((!user->autocreated || user->creator != NULL) &&
+	if ((!user->autocreated ||
+	     popvault_compat_user_is_shared_owner(user)) &&
 	    popvault_crypt_user_has_encrypted_mail(set, cuser->keys_dir,
 						   puser->event) &&
 	    (popvault_crypt_check_fts(user, set, puser->event, error_r) < 0 ||
@@ -950,17 +954,23 @@ static struct mail_storage_hooks popvault_crypt_post_hooks = {
 };
 
 /* Sorted by name among all plugins' hooks: lib95 runs last, so its
-   save_begin is the innermost layer (after compression). */
+   save_begin is the innermost layer (after compression); lib19 runs before
+   every lib20 plugin, so its istream_opened is the outer layer that
+   decrypts before decompression. */
 static struct module popvault_crypt_post_module = {
 	.path = "lib95_popvault_crypt_plugin.so"
 };
+static struct module popvault_crypt_read_module = {
+	.path = "lib19_popvault_crypt_read_plugin.so"
+};
 
-void popvault_crypt_init(struct module *module)
+void popvault_crypt_init(struct module *module ATTR_UNUSED)
 {
 	if (popvault_crypto_init() < 0)
 		i_fatal("popvault: crypt: libsodium initialization failed");
 	i_array_init(&sender_cache, SENDER_CACHE_MAX);
-	mail_storage_hooks_add(module, &popvault_crypt_read_hooks);
+	mail_storage_hooks_add_forced(&popvault_crypt_read_module,
+				      &popvault_crypt_read_hooks);
 	mail_storage_hooks_add_forced(&popvault_crypt_post_module,
 				      &popvault_crypt_post_hooks);
 }

@@ -48,6 +48,7 @@
 #include "popvault-progress.h"
 #include "popvault-doveadm.h"
 #include "popvault-retention.h"
+#include "popvault-compat.h"
 #include "popvault-secret-stdin.h"
 
 #include <sodium.h>
@@ -60,6 +61,8 @@
 #pragma weak doveadm_print_flush
 #pragma weak doveadm_print_header_simple
 #pragma weak doveadm_print_init
+#pragma weak doveadm_cmd_param_str
+#pragma weak doveadm_cmd_param_bool
 
 enum crypt_tool_op {
 	CRYPT_TOOL_ENCRYPT,
@@ -748,7 +751,7 @@ static void crypt_tool_dedup(struct crypt_tool_box *bctx)
 	dup = mail_alloc(t, 0, NULL);
 	iter = hash_table_iterate_init(bctx->targets);
 	while (hash_table_iterate(iter, bctx->targets, &key, &list)) {
-		if (!str_begins(key, "dup\t"))
+		if (!str_begins_with(key, "dup\t"))
 			continue;
 		msgs = array_get(list, &count);
 		if (count < 2 || !mail_set_uid(keep, msgs[0]->uid))
@@ -822,7 +825,7 @@ static bool crypt_tool_sdbox_has_orphans(struct mailbox *box)
 		return FALSE;
 	hdr = mail_index_get_header(box->view);
 	while (!found && (d = readdir(dirp)) != NULL) {
-		if (str_begins(d->d_name, "u.") &&
+		if (str_begins_with(d->d_name, "u.") &&
 		    str_to_uint32(d->d_name + 2, &uid) == 0 &&
 		    uid < hdr->next_uid &&
 		    !mail_index_lookup_seq(box->view, uid, &seq))
@@ -848,7 +851,7 @@ static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 	bctx.user = user;
 	bctx.progress = progress;
 	bctx.target_encrypted = cmd->op == CRYPT_TOOL_ENCRYPT;
-	bctx.uidl_format = mail_user_set_get_storage_set(user)->pop3_uidl_format;
+	bctx.uidl_format = popvault_compat_pop3_uidl_format(user);
 	/* verify changes nothing a read does not have to */
 	bctx.box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS |
 				 (cmd->op == CRYPT_TOOL_VERIFY ?
@@ -966,7 +969,8 @@ static int crypt_tool_check_user(struct crypt_tool_cmd_context *cmd,
 				"decrypted copies would be encrypted again; "
 				"turn encryption off for the user first "
 				"(popvault_encrypt=no, e.g. "
-				"doveadm -o plugin/popvault_encrypt=no)";
+				"doveadm -o " POPVAULT_HINT_SETTING_PREFIX
+				"popvault_encrypt=no)";
 			return -1;
 		}
 		if (puser != NULL && puser->set.require_encrypted) {
@@ -1079,9 +1083,9 @@ static void crypt_tool_remove_leftovers(struct crypt_tool_cmd_context *cmd,
 		return;
 	while ((d = readdir(dirp)) != NULL) {
 		len = strlen(d->d_name);
-		if (!(str_begins(d->d_name, "m.") && len > 7 &&
+		if (!(str_begins_with(d->d_name, "m.") && len > 7 &&
 		      strcmp(d->d_name + len - 7, ".broken") == 0) &&
-		    !(str_begins(d->d_name, ".temp.") &&
+		    !(str_begins_with(d->d_name, ".temp.") &&
 		      crypt_tool_temp_is_stale(d->d_name)))
 			continue;
 		path = t_strconcat(dir, "/", d->d_name, NULL);
@@ -1266,23 +1270,6 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 	return ret;
 }
 
-static bool crypt_tool_parse_arg(struct doveadm_mail_cmd_context *_ctx,
-				 int c)
-{
-	struct crypt_tool_cmd_context *cmd =
-		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
-
-	switch (c) {
-	case 'm':
-		cmd->mailbox = p_strdup(_ctx->pool, optarg);
-		return TRUE;
-	case 'P':
-		cmd->password_stdin = TRUE;
-		return TRUE;
-	}
-	return FALSE;
-}
-
 /* -P: the password reaches the user's settings as if the passdb had
    handed it over (popvault_key_password), for every user of the run,
    and never appears in argv (ps, shell history) as doveadm -o would
@@ -1299,9 +1286,9 @@ crypt_tool_prerun(struct doveadm_mail_cmd_context *_ctx,
 
 	if (cmd->password == NULL)
 		return 0;
-	if (mail_storage_service_user_set_setting(service_user,
-			"plugin/popvault_key_password", cmd->password,
-			&error) <= 0) {
+	if (popvault_compat_service_user_set(service_user,
+			POPVAULT_SETTING_PREFIX "key_password", cmd->password,
+			&error) < 0) {
 		/* the error names the setting, not the value */
 		*error_r = t_strdup_printf("popvault: can't set "
 			"popvault_key_password: %s", error);
@@ -1319,11 +1306,15 @@ static void crypt_tool_deinit(struct doveadm_mail_cmd_context *_ctx)
 		sodium_memzero(cmd->password, strlen(cmd->password));
 }
 
-static void crypt_tool_init(struct doveadm_mail_cmd_context *_ctx,
-			    const char *const args[] ATTR_UNUSED)
+static void crypt_tool_init(struct doveadm_mail_cmd_context *_ctx
+			    POPVAULT_DOVEADM_INIT_ARGS)
 {
 	struct crypt_tool_cmd_context *cmd =
 		container_of(_ctx, struct crypt_tool_cmd_context, ctx);
+
+	(void)doveadm_cmd_param_str(_ctx->cctx, "mailbox", &cmd->mailbox);
+	(void)doveadm_cmd_param_bool(_ctx->cctx, "password-stdin",
+				     &cmd->password_stdin);
 
 	/* a user without crypt settings may still have encrypted mail,
 	   which must not pass for plaintext (that needs no decrypting, or
@@ -1353,8 +1344,7 @@ crypt_tool_alloc(enum crypt_tool_op op)
 
 	cmd = doveadm_mail_cmd_alloc(struct crypt_tool_cmd_context);
 	cmd->op = op;
-	cmd->ctx.getopt_args = "m:P";
-	cmd->ctx.v.parse_arg = crypt_tool_parse_arg;
+	popvault_doveadm_getopt(&cmd->ctx, "m:P");
 	cmd->ctx.v.prerun = crypt_tool_prerun;
 	cmd->ctx.v.init = crypt_tool_init;
 	cmd->ctx.v.deinit = crypt_tool_deinit;

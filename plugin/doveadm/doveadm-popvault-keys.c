@@ -20,6 +20,7 @@
 #include "popvault-doveadm.h"
 
 #include <sodium.h>
+#include "popvault-compat.h"
 
 /* Only the doveadm binary defines these (see doveadm-popvault.c). */
 #pragma weak doveadm_cmd_register_ver2
@@ -29,6 +30,8 @@
 #pragma weak doveadm_print_header_simple
 #pragma weak doveadm_print_init
 #pragma weak doveadm_print_flush
+#pragma weak doveadm_cmd_param_str
+#pragma weak doveadm_cmd_param_bool
 
 enum key_op {
 	KEY_GENERATE,
@@ -174,48 +177,33 @@ static int key_cmd_run(struct doveadm_mail_cmd_context *_ctx,
 	return 0;
 }
 
-static bool key_cmd_parse_arg(struct doveadm_mail_cmd_context *_ctx, int c)
+/* the options, read the same way on Dovecot 2.3 and 2.4 */
+static void key_cmd_read_options(struct key_cmd_context *cmd)
 {
-	struct key_cmd_context *cmd =
-		container_of(_ctx, struct key_cmd_context, ctx);
+	const struct doveadm_cmd_context *cctx = cmd->ctx.cctx;
 
-	switch (c) {
-	case 'p':
-		cmd->password = p_strdup(_ctx->pool, optarg);
-		break;
-	case 'P':
-		cmd->password_stdin = TRUE;
-		break;
-	case 'o':
-		cmd->old_password = p_strdup(_ctx->pool, optarg);
-		break;
-	case 'O':
-		cmd->old_stdin = TRUE;
-		break;
-	case 'n':
-		cmd->new_password = p_strdup(_ctx->pool, optarg);
-		break;
-	case 'N':
-		cmd->new_stdin = TRUE;
-		break;
-	case 'r':
-		cmd->recovery_text = p_strdup(_ctx->pool, optarg);
-		break;
-	case 'R':
-		cmd->recovery_stdin = TRUE;
-		break;
-	default:
-		return FALSE;
-	}
-	return TRUE;
+	(void)doveadm_cmd_param_str(cctx, "password", &cmd->password);
+	(void)doveadm_cmd_param_bool(cctx, "password-stdin",
+				     &cmd->password_stdin);
+	(void)doveadm_cmd_param_str(cctx, "old-password", &cmd->old_password);
+	(void)doveadm_cmd_param_bool(cctx, "old-password-stdin",
+				     &cmd->old_stdin);
+	(void)doveadm_cmd_param_str(cctx, "new-password", &cmd->new_password);
+	(void)doveadm_cmd_param_bool(cctx, "new-password-stdin",
+				     &cmd->new_stdin);
+	(void)doveadm_cmd_param_str(cctx, "recovery-key", &cmd->recovery_text);
+	(void)doveadm_cmd_param_bool(cctx, "recovery-key-stdin",
+				     &cmd->recovery_stdin);
 }
 
-static void key_cmd_init(struct doveadm_mail_cmd_context *_ctx,
-			 const char *const args[] ATTR_UNUSED)
+static void key_cmd_init(struct doveadm_mail_cmd_context *_ctx
+			 POPVAULT_DOVEADM_INIT_ARGS)
 {
 	struct key_cmd_context *cmd =
 		container_of(_ctx, struct key_cmd_context, ctx);
 	const char *error;
+
+	key_cmd_read_options(cmd);
 
 	/* the order of the stdin lines: unlock first, then new */
 	if (cmd->password_stdin)
@@ -291,8 +279,7 @@ static struct doveadm_mail_cmd_context *key_cmd_alloc(enum key_op op)
 
 	cmd = doveadm_mail_cmd_alloc(struct key_cmd_context);
 	cmd->op = op;
-	cmd->ctx.getopt_args = getopt_args[op];
-	cmd->ctx.v.parse_arg = key_cmd_parse_arg;
+	popvault_doveadm_getopt(&cmd->ctx, getopt_args[op]);
 	cmd->ctx.v.init = key_cmd_init;
 	cmd->ctx.v.deinit = key_cmd_deinit;
 	cmd->ctx.v.run = key_cmd_run;

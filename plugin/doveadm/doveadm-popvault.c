@@ -20,6 +20,7 @@
 
 #include <fcntl.h>
 #include <sysexits.h>
+#include "popvault-compat.h"
 
 /* The doveadm commands live in the mail plugin itself: Dovecot has no
    setting for the doveadm module directory, so a separate doveadm module
@@ -32,12 +33,14 @@
 #pragma weak doveadm_print
 #pragma weak doveadm_print_header_simple
 #pragma weak doveadm_print_init
+#pragma weak doveadm_cmd_param_str
+#pragma weak doveadm_cmd_param_bool
 #pragma weak doveadm_print_header
 #pragma weak doveadm_mail_help_name
 
 struct popvault_cmd_context {
 	struct doveadm_mail_cmd_context ctx;
-	bool dry_run;
+	bool dry_run, all_users;
 	/* sweep -A: users done so far, on a terminal only */
 	struct popvault_progress *progress;
 };
@@ -135,8 +138,8 @@ cmd_popvault_status_run(struct doveadm_mail_cmd_context *ctx,
 }
 
 static void
-cmd_popvault_status_init(struct doveadm_mail_cmd_context *ctx,
-			 const char *const args[] ATTR_UNUSED)
+cmd_popvault_status_init(struct doveadm_mail_cmd_context *ctx
+			 POPVAULT_DOVEADM_INIT_ARGS)
 {
 	static const char *const fields[] = {
 		"state", "after_retr", "on_dele", "list_since",
@@ -201,7 +204,7 @@ cmd_popvault_sweep_run(struct doveadm_mail_cmd_context *_ctx,
 	unsigned int recovered;
 	const char *error;
 
-	if (ctx->ctx.iterate_all_users) {
+	if (ctx->all_users) {
 		if (ctx->progress == NULL) {
 			ctx->progress = popvault_progress_begin(
 				ctx->dry_run ? "sweep -n" : "sweep", "all users",
@@ -231,28 +234,20 @@ cmd_popvault_sweep_run(struct doveadm_mail_cmd_context *_ctx,
 }
 
 static void
-cmd_popvault_sweep_init(struct doveadm_mail_cmd_context *ctx,
-			const char *const args[] ATTR_UNUSED)
-{
-	static const char *const fields[] = {
-		"mailbox", "uid", "guid", "reason", "expired", "result",
-	};
-
-	popvault_doveadm_header_user(ctx);
-	for (unsigned int i = 0; i < N_ELEMENTS(fields); i++)
-		doveadm_print_header_simple(fields[i]);
-}
-
-static bool
-cmd_popvault_sweep_parse_arg(struct doveadm_mail_cmd_context *_ctx, int c)
+cmd_popvault_sweep_init(struct doveadm_mail_cmd_context *_ctx
+			POPVAULT_DOVEADM_INIT_ARGS)
 {
 	struct popvault_cmd_context *ctx =
 		container_of(_ctx, struct popvault_cmd_context, ctx);
-
-	if (c != 'n')
-		return FALSE;
-	ctx->dry_run = TRUE;
-	return TRUE;
+	static const char *const fields[] = {
+		"mailbox", "uid", "guid", "reason", "expired", "result",
+	};
+	(void)doveadm_cmd_param_bool(_ctx->cctx, "dry-run", &ctx->dry_run);
+	(void)doveadm_cmd_param_bool(_ctx->cctx, "all-users",
+				     &ctx->all_users);
+	popvault_doveadm_header_user(_ctx);
+	for (unsigned int i = 0; i < N_ELEMENTS(fields); i++)
+		doveadm_print_header_simple(fields[i]);
 }
 
 static void cmd_popvault_sweep_deinit(struct doveadm_mail_cmd_context *_ctx)
@@ -268,8 +263,7 @@ static struct doveadm_mail_cmd_context *cmd_popvault_sweep_alloc(void)
 	struct popvault_cmd_context *ctx;
 
 	ctx = doveadm_mail_cmd_alloc(struct popvault_cmd_context);
-	ctx->ctx.getopt_args = "n";
-	ctx->ctx.v.parse_arg = cmd_popvault_sweep_parse_arg;
+	popvault_doveadm_getopt(&ctx->ctx, "n");
 	ctx->ctx.v.init = cmd_popvault_sweep_init;
 	ctx->ctx.v.run = cmd_popvault_sweep_run;
 	ctx->ctx.v.deinit = cmd_popvault_sweep_deinit;
@@ -377,7 +371,7 @@ cmd_popvault_uidl_export_run(struct doveadm_mail_cmd_context *ctx,
 	int ret;
 
 	i_zero(&ectx);
-	ectx.format = mail_user_set_get_storage_set(user)->pop3_uidl_format;
+	ectx.format = popvault_compat_pop3_uidl_format(user);
 	if (puser != NULL && puser->set.uidl_ledger &&
 	    popvault_ledger_get(puser, &ectx.ledger, &error) < 0) {
 		i_error("%s: %s", user->username, error);
@@ -398,8 +392,8 @@ cmd_popvault_uidl_export_run(struct doveadm_mail_cmd_context *ctx,
 }
 
 static void
-cmd_popvault_uidl_export_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
-			      const char *const args[] ATTR_UNUSED)
+cmd_popvault_uidl_export_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED
+			      POPVAULT_DOVEADM_INIT_ARGS)
 {
 	/* plain "<uidl> <guid>" lines, the format import reads back */
 	doveadm_print_header("uidl", "uidl", DOVEADM_PRINT_HEADER_FLAG_HIDE_TITLE);
@@ -512,22 +506,22 @@ cmd_popvault_uidl_import_run(struct doveadm_mail_cmd_context *_ctx,
 }
 
 static void
-cmd_popvault_uidl_import_init(struct doveadm_mail_cmd_context *_ctx,
-			      const char *const args[])
+cmd_popvault_uidl_import_init(struct doveadm_mail_cmd_context *_ctx
+			      POPVAULT_DOVEADM_INIT_ARGS)
 {
 	struct popvault_uidl_cmd_context *ctx =
 		container_of(_ctx, struct popvault_uidl_cmd_context, ctx);
 	struct uidl_import_line *line;
 	struct istream *input;
-	const char *text, *uidl, *ref, *error;
+	const char *path, *text, *uidl, *ref, *error;
 	unsigned int n = 0;
 	int fd;
 
-	if (args[0] == NULL || args[1] != NULL)
+	if (!doveadm_cmd_param_str(_ctx->cctx, "import-file", &path))
 		doveadm_mail_help_name("popvault uidl import");
-	fd = open(args[0], O_RDONLY);
+	fd = open(path, O_RDONLY);
 	if (fd == -1)
-		i_fatal_status(EX_NOINPUT, "open(%s) failed: %m", args[0]);
+		i_fatal_status(EX_NOINPUT, "open(%s) failed: %m", path);
 	/* the whole file is checked before any user is touched: a file with
 	   garbage imports nothing */
 	p_array_init(&ctx->lines, _ctx->pool, 64);
@@ -539,7 +533,7 @@ cmd_popvault_uidl_import_init(struct doveadm_mail_cmd_context *_ctx,
 		if (popvault_ledger_parse_import_line(text, &uidl, &ref,
 						      &error) < 0) {
 			i_fatal_status(EX_DATAERR, "%s line %u: %s: "
-				       "nothing imported", args[0], n, error);
+				       "nothing imported", path, n, error);
 		}
 		line = array_append_space(&ctx->lines);
 		line->line = n;
@@ -547,7 +541,7 @@ cmd_popvault_uidl_import_init(struct doveadm_mail_cmd_context *_ctx,
 		line->ref = p_strdup(_ctx->pool, ref);
 	}
 	if (input->stream_errno != 0) {
-		i_fatal_status(EX_NOINPUT, "read(%s) failed: %s", args[0],
+		i_fatal_status(EX_NOINPUT, "read(%s) failed: %s", path,
 			       i_stream_get_error(input));
 	}
 	i_stream_destroy(&input);

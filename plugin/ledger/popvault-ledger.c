@@ -4,7 +4,6 @@
 #include "str.h"
 #include "hash.h"
 #include "istream.h"
-#include "var-expand.h"
 #include "write-full.h"
 #include "mail-storage.h"
 #include "mail-user.h"
@@ -13,6 +12,7 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+#include "popvault-compat.h"
 
 struct popvault_ledger {
 	pool_t pool;
@@ -174,27 +174,24 @@ int popvault_uidl_default(struct mail *mail, const char *format,
 
 	/* the same inputs pop3 uses for pop3_uidl_format, looked up only
 	   when the format asks for them */
-	if (strstr(format, "%m") != NULL || strstr(format, "md5}") != NULL) {
+	if (popvault_compat_uidl_format_uses(format, 'm', "md5")) {
 		if (mail_get_special(mail, MAIL_FETCH_HEADER_MD5, &md5) < 0)
 			goto fail;
 	}
-	if (strstr(format, "%f") != NULL || strstr(format, "filename}") != NULL) {
+	if (popvault_compat_uidl_format_uses(format, 'f', "filename")) {
 		if (mail_get_special(mail, MAIL_FETCH_STORAGE_ID, &filename) < 0)
 			goto fail;
 	}
-	if (strstr(format, "%g") != NULL || strstr(format, "guid}") != NULL) {
+	if (popvault_compat_uidl_format_uses(format, 'g', "guid")) {
 		if (mail_get_special(mail, MAIL_FETCH_GUID, &guid) < 0)
 			goto fail;
 	}
-	const struct var_expand_table tab[] = {
-		{ 'v', dec2str(uid_validity), "uidvalidity" },
-		{ 'u', dec2str(mail->uid), "uid" },
-		{ 'm', md5, "md5" },
-		{ 'f', filename, "filename" },
-		{ 'g', guid, "guid" },
-		{ '\0', NULL, NULL }
+	const struct popvault_uidl_vars vars = {
+		.uidvalidity = dec2str(uid_validity),
+		.uid = dec2str(mail->uid),
+		.md5 = md5, .filename = filename, .guid = guid,
 	};
-	if (var_expand(str, format, tab, &error) <= 0) {
+	if (popvault_compat_uidl_expand(str, format, &vars, &error) < 0) {
 		*error_r = t_strdup_printf("pop3_uidl_format=%s: %s",
 					   format, error);
 		return -1;

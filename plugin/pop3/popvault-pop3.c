@@ -473,12 +473,21 @@ struct client *popvault_pop3_client_for_box(struct mailbox *box)
 	return NULL;
 }
 
+static void popvault_pop3_damaged(struct mailbox *box, const char *reason)
+{
+	struct client *client = popvault_pop3_client_for_box(box);
+
+	if (client != NULL)
+		client_disconnect(client, reason);
+}
+
 void popvault_pop3_init(void)
 {
 	if (pop3_client_created_hook_set == NULL)
 		return;
 	next_hook_client_created =
 		pop3_client_created_hook_set(popvault_pop3_client_created);
+	popvault_crypt_set_damaged_callback(popvault_pop3_damaged);
 	popvault_pop3_hooked = TRUE;
 }
 
@@ -487,6 +496,7 @@ void popvault_pop3_deinit(void)
 	if (!popvault_pop3_hooked)
 		return;
 	(void)pop3_client_created_hook_set(next_hook_client_created);
+	popvault_crypt_set_damaged_callback(NULL);
 	popvault_pop3_hooked = FALSE;
 	if (array_is_created(&capa_outputs))
 		array_free(&capa_outputs);

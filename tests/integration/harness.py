@@ -34,6 +34,43 @@ FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 BUILD_DIR = os.environ.get("POPVAULT_BUILD_DIR", "")
 
 
+def _dovecot_version():
+    """(major, minor) of the Dovecot under test: DOVECOT_VERSION ("2.4")
+    if set, else `dovecot --version`. The configuration is rendered in
+    that version's syntax."""
+    text = os.environ.get("DOVECOT_VERSION")
+    if not text:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            text = subprocess.run([DOVECOT, "--version"], capture_output=True,
+                                  text=True, timeout=10).stdout
+    m = re.match(r"\s*(\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else (2, 3)
+
+
+DOVECOT_VERSION = _dovecot_version()
+DOVECOT_24 = DOVECOT_VERSION >= (2, 4)
+SETTINGS_SO = "libpopvault_settings.so"
+
+
+def _setting_24(key, value):
+    """One setting of a test's plugin {} in 2.4 form. popvault_dict is a
+    dict URI on 2.3 and a dict filter on 2.4: the redis URIs the tests use
+    become that filter."""
+    if key == "popvault_dict":
+        m = re.fullmatch(r"redis:host=([^:]+):port=(\d+)", value)
+        if m is None:
+            raise HarnessError("no 2.4 form for popvault_dict=%s" % value)
+        return ("popvault_dict {\n  dict redis {\n    redis_host = %s\n"
+                "    redis_port = %s\n  }\n}\n" % m.groups())
+    return "%s = %s\n" % (key, value)
+
+
+def by_version(conf_23, conf_24):
+    """A test's configuration snippet in the syntax of the Dovecot under
+    test."""
+    return conf_24 if DOVECOT_24 else conf_23
+
+
 # scripts/check-sanitize.sh: the plugin is built with ASan+UBSan and
 # Dovecot is not, so the sanitizer runtime is preloaded into Dovecot's
 # processes only (never into this test process), reports go to files in
@@ -72,6 +109,26 @@ def require_binaries():
     if not os.path.exists(plugin):
         raise HarnessError("built plugin not found at %s (run make first)"
                            % plugin)
+    if DOVECOT_24:
+        # 2.4 reads settings modules only from its compiled-in directory and
+        # exposes them only when the plugin is there too: run the tests
+        # against an installed build (scripts/trixie-root.sh's chroot)
+        for built, installed in (
+                (os.path.join(BUILD_DIR, ".libs", SETTINGS_SO),
+                 os.path.join(SYSTEM_MODULEDIR, "settings", SETTINGS_SO)),
+                (plugin, os.path.join(SYSTEM_MODULEDIR, PLUGIN_SO))):
+            if not _same_file_content(built, installed):
+                raise HarnessError("Dovecot 2.4 needs this build installed: "
+                                   "%s differs from %s (make install)"
+                                   % (installed, built))
+
+
+def _same_file_content(a, b):
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read()
+    except OSError:
+        return False
 
 
 # ports handed out by this process: the kernel may give a just-released
@@ -437,6 +494,14 @@ class Dovecot:
                 "disable_plaintext_auth = yes\n"
                 % (self.tls_cert, self.tls_key))
 
+    def _tls_conf_24(self):
+        if not self.tls:
+            return "ssl = no\nauth_allow_cleartext = yes\n"
+        # as _tls_conf(): 127.0.0.1 counts as secured
+        return ("ssl = required\nssl_server_cert_file = %s\n"
+                "ssl_server_key_file = %s\nauth_allow_cleartext = no\n"
+                % (self.tls_cert, self.tls_key))
+
     def home(self, user):
         root = self.home_root or os.path.join(self.tmp, "home")
         return os.path.join(root, user)
@@ -449,13 +514,16 @@ class Dovecot:
             for u in self.users.values():
                 fields = list(u.passdb_fields.items())
                 if both:
-                    fields += [("userdb_" + k, v) for k, v in u.fields.items()
+                    fields += [("userdb_" + k, v)
+                               for k, v in self._userdb_fields(u).items()
                                if v is not None]
+                fields = " ".join("%s=%s" % kv for kv in fields)
+                if DOVECOT_24:
+                    fields = fields.replace("%w", "%{password}")
                 f.write("%s:{PLAIN}%s:%s:%s::%s::%s\n" % (
                     u.name, u.password, self.mail_uid if both else "",
                     self.mail_gid if both else "",
-                    self.home(u.name) if both else "",
-                    " ".join("%s=%s" % kv for kv in fields)))
+                    self.home(u.name) if both else "", fields))
         with open(os.path.join(self.tmp, "master-users"), "w") as f:
             for name, password in self.master_users.items():
                 f.write("%s:{PLAIN}%s\n" % (name, password))
@@ -466,7 +534,7 @@ class Dovecot:
             for u in self.users.values():
                 # passwd-file passes only userdb_-prefixed extra fields
                 extra = " ".join("userdb_%s=%s" % kv
-                                 for kv in u.fields.items()
+                                 for kv in self._userdb_fields(u).items()
                                  if kv[1] is not None)
                 f.write("%s::%d:%d::%s::%s\n" % (
                     u.name, self.mail_uid, self.mail_gid,
@@ -486,7 +554,8 @@ class Dovecot:
             os.utime(path, (later, later))
 
     def _write_sqlite(self):
-        cols = sorted({k for u in self.users.values() for k in u.fields})
+        cols = sorted({k for u in self.users.values()
+                       for k in self._userdb_fields(u)})
         db = os.path.join(self.tmp, "users.sqlite")
         con = sqlite3.connect(db)
         con.execute("CREATE TABLE users (username TEXT PRIMARY KEY, "
@@ -497,7 +566,7 @@ class Dovecot:
                         (", ?" * len(cols)),
                         [u.name, "{PLAIN}" + u.password, self.home(u.name),
                          self.mail_uid, self.mail_gid] +
-                        [u.fields.get(c) for c in cols])
+                        [self._userdb_fields(u).get(c) for c in cols])
         con.commit()
         con.close()
         os.chmod(db, 0o644)
@@ -512,12 +581,33 @@ class Dovecot:
             f.write("password_query = SELECT username AS user, password "
                     "FROM users WHERE username = '%u'\n")
 
-    def config(self):
-        t = self.tmp
+    # A 2.4 dict is a settings filter, which a userdb field cannot carry:
+    # the tests' per-user popvault_dict (the same for every user of one
+    # server) is rendered as the global filter there.
+    def _userdb_fields(self, user):
+        if not DOVECOT_24:
+            return user.fields
+        return {k: v for k, v in user.fields.items() if k != "popvault_dict"}
+
+    def _global_dict_24(self):
+        uris = {u.fields["popvault_dict"] for u in self.users.values()
+                if u.fields.get("popvault_dict") is not None}
+        if len(uris) > 1:
+            raise HarnessError("Dovecot 2.4: one popvault_dict per server, "
+                               "not %s" % sorted(uris))
+        return {"popvault_dict": uris.pop()} if uris else {}
+
+    def _plugins(self):
         if self.mail_plugins is not None:
-            plugins = self.mail_plugins
-        else:
-            plugins = "popvault" if self.with_popvault else ""
+            return self.mail_plugins
+        return "popvault" if self.with_popvault else ""
+
+    def config(self):
+        return self._config_24() if DOVECOT_24 else self._config_23()
+
+    def _config_23(self):
+        t = self.tmp
+        plugins = self._plugins()
         location = {
             "maildir": "maildir:~/Maildir",
             "sdbox": "sdbox:~/sdbox",
@@ -576,7 +666,17 @@ import_environment = TZ CORE_OUTOFMEM CORE_ERROR LD_PRELOAD FAKETIME FAKETIME_DO
 {SANITIZE_CONF}
 login_plugin_dir = {t}/login-modules
 {login_plugins}
-lmtp_save_to_detail_mailbox = no
+{passdb}{userdb}
+{self._common_conf()}plugin {{
+{plugin}}}
+{self.extra_conf}
+"""
+
+    def _common_conf(self):
+        """The part both versions write alike: namespace and services."""
+        # 2.4 has no per-listener address (listen covers it)
+        pop3s_address = "" if DOVECOT_24 else "    address = 127.0.0.1\n"
+        return f"""lmtp_save_to_detail_mailbox = no
 namespace inbox {{
   inbox = yes
   separator = /
@@ -584,22 +684,18 @@ namespace inbox {{
     special_use = \\Trash
   }}
 }}
-{passdb}{userdb}
 service pop3-login {{
   chroot =
   inet_listener pop3 {{
-    address = 127.0.0.1
     port = {self.ports["pop3"]}
   }}
   inet_listener pop3s {{
-    address = 127.0.0.1
-    port = {self.ports.get("pop3s", 0)}
+{pop3s_address}    port = {self.ports.get("pop3s", 0)}
   }}
 }}
 service imap-login {{
   chroot =
   inet_listener imap {{
-    address = 127.0.0.1
     port = {self.ports["imap"]}
   }}
   inet_listener imaps {{
@@ -608,7 +704,6 @@ service imap-login {{
 }}
 service lmtp {{
   inet_listener lmtp {{
-    address = 127.0.0.1
     port = {self.ports["lmtp"]}
   }}
 }}
@@ -620,8 +715,91 @@ service stats {{
     mode = 0666
   }}
 }}
-plugin {{
-{plugin}}}
+"""
+
+    def _config_24(self):
+        t = self.tmp
+        driver, path = {
+            "maildir": ("maildir", "~/Maildir"),
+            "sdbox": ("sdbox", "~/sdbox"),
+            "mdbox": ("mdbox", "~/mdbox"),
+        }[self.mail_format]
+        plugins = "".join("  %s = yes\n" % p for p in self._plugins().split())
+        env = ["TZ", "CORE_OUTOFMEM", "CORE_ERROR", "LD_PRELOAD", "FAKETIME",
+               "FAKETIME_DONT_FAKE_MONOTONIC", "FAKETIME_NO_CACHE",
+               "NO_FAKE_STAT", "ASAN_OPTIONS", "UBSAN_OPTIONS"]
+        import_env = "".join("  %s = %%{env:%s}\n" % (e, e) for e in env)
+        import_env += "".join("  %s = %s\n" % kv
+                              for kv in self.login_env.items())
+        login_plugins = ("protocol pop3 {\n  login_plugins {\n"
+                         "    popvault_login = yes\n  }\n}"
+                         if self.login_env else "")
+        passdb = "passdb passwd-file {\n  passwd_file_path = %s/passwd\n}\n" % t
+        if self.userdb.startswith("sqlite"):
+            cols = sorted({k for u in self.users.values()
+                           for k in self._userdb_fields(u)})
+            userdb = ("sql_driver = sqlite\nsqlite_path = %s/users.sqlite\n"
+                      "userdb sql {\n  query = SELECT home, uid, gid%s "
+                      "FROM users WHERE username = '%%{user}'\n"
+                      "  iterate_query = SELECT username AS user FROM users\n"
+                      "}\n" % (t, "".join(", %s" % c for c in cols)))
+        elif self.userdb == "passwd-file-both":
+            userdb = ("userdb passwd-file {\n  passwd_file_path = %s/passwd\n"
+                      "}\n" % t)
+        else:
+            userdb = ("userdb passwd-file {\n  passwd_file_path = %s/userdb\n"
+                      "}\n" % t)
+        if self.userdb == "sqlite-both":
+            # the users' passdb fields as passdb_fields (2.3:
+            # override_fields)
+            fields = sorted({kv for u in self.users.values()
+                             for kv in u.passdb_fields.items()})
+            passdb = ("passdb sql {\n  query = SELECT username AS user, "
+                      "password FROM users WHERE username = '%%{user}'\n"
+                      "%s}\n" % ("  passdb_fields {\n%s  }\n" % "".join(
+                          "    %s = %s\n" % (k, v.replace("%w", "%{password}"))
+                          for k, v in fields) if fields else ""))
+        if self.master_users:
+            # 2.3's pass = yes: the user must also pass the next passdb
+            passdb = ("auth_master_user_separator = *\n"
+                      "passdb master-users {\n  driver = passwd-file\n"
+                      "  master = yes\n  result_success = continue\n"
+                      "  passwd_file_path = %s/master-users\n}\n" % t) + passdb
+        settings = dict(self.plugin)
+        settings.update(self._global_dict_24())
+        settings = "".join(_setting_24(*kv) for kv in settings.items())
+        return f"""# generated by popvault's test harness (Dovecot 2.4)
+dovecot_config_version = 2.4.1
+dovecot_storage_version = 2.4.1
+protocols = pop3 imap lmtp
+listen = 127.0.0.1
+base_dir = {t}/run
+state_dir = {t}/state
+instance_name = popvault-{os.path.basename(t)}
+log_path = {t}/dovecot.log
+mail_debug = {"yes" if self.debug else "no"}
+auth_verbose = yes
+{self._tls_conf_24()}auth_mechanisms = plain
+default_internal_user = {self.internal_user}
+default_internal_group = {grp.getgrgid(pwd.getpwnam(self.internal_user).pw_gid).gr_name}
+default_login_user = {self.login_user}
+first_valid_uid = 1
+mail_driver = {driver}
+mail_path = {path}
+mail_temp_dir = {self.mail_temp_dir}
+mail_plugin_dir = {t}/modules
+mail_plugins {{
+{plugins}}}
+postmaster_address = postmaster@popvault.test
+# lets doveadm(faketime=...) keep libfaketime across Dovecot's env clean-up
+import_environment {{
+{import_env}}}
+{SANITIZE_CONF}
+login_plugin_dir = {t}/login-modules
+{login_plugins}
+{passdb}{userdb}
+{self._common_conf()}
+{settings}
 {self.extra_conf}
 """
 
@@ -761,6 +939,11 @@ plugin {{
             env = dict(env or os.environ, LD_PRELOAD=preload,
                        FAKETIME=faketime, FAKETIME_DONT_FAKE_MONOTONIC="1",
                        FAKETIME_NO_CACHE="1", NO_FAKE_STAT="1")
+        if DOVECOT_24:
+            # 2.4 has no plugin {} section: -o names the setting itself
+            args = [a[len("plugin/"):] if a.startswith("plugin/") and
+                    i > 0 and args[i - 1] == "-o" else a
+                    for i, a in enumerate(args)]
         p = subprocess.run([DOVEADM, "-c", self.config_path] + list(args),
                            input=input, capture_output=True, timeout=120,
                            env=env)

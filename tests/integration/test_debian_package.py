@@ -40,7 +40,9 @@ def _export(dest):
 
 # what autoreconf, configure and make leave in a tree that is not a git
 # checkout (e.g. an unpacked CI copy)
-GENERATED = {"build", ".git", "autom4te.cache", "m4", "build-aux",
+# (build-aux/ holds one tracked template, run-test.sh.in, among generated
+# files)
+GENERATED = {"build", ".git", "autom4te.cache", "m4",
              "configure", "Makefile.in", "aclocal.m4", "popvault-config.h.in",
              "__pycache__"}
 
@@ -49,8 +51,12 @@ def _walk_sources():
     names = []
     for dirpath, dirs, files in os.walk(ROOT):
         dirs[:] = [d for d in dirs if d not in GENERATED
-                   and not (dirpath == ROOT and d.startswith("build"))]
+                   and not (dirpath == ROOT and d.startswith("build")
+                            and d != "build-aux")]
         for fn in files:
+            if os.path.basename(dirpath) == "build-aux" and \
+                    not fn.endswith(".in"):
+                continue
             if fn not in GENERATED and not fn.endswith(".pyc"):
                 names.append(os.path.relpath(os.path.join(dirpath, fn), ROOT))
     return names

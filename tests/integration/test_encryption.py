@@ -8,7 +8,7 @@ import re
 import socket
 import subprocess
 
-from harness import User, make_message
+from harness import User, by_version, make_message
 from crypt_util import (CHUNK, HEADER_SIZE, MAGIC, TAG, all_files,
                         crypt_dovecot, enc_fields, fetch_one, imap_append,
                         literal, message_files, new_file)
@@ -395,8 +395,14 @@ def test_copy_keeps_ciphertext_and_legacy_reads():
 
 def test_zlib_then_encrypt():
     users = [User("z", fields=enc_fields())]
-    with crypt_dovecot(users, mail_plugins="zlib popvault",
-                       plugin={"zlib_save": "gz"}) as dc:
+    # 2.4 renamed zlib to mail_compress, which also changes the module
+    # order (lib20_mail_compress sorts before lib20_popvault)
+    with crypt_dovecot(users,
+                       mail_plugins=by_version("zlib popvault",
+                                               "mail_compress popvault"),
+                       plugin=by_version({"zlib_save": "gz"},
+                                         {"mail_compress_write_method":
+                                          "gz"})) as dc:
         m = make_message("zlib", body=("compressible line\r\n" * 20000))
         dc.deliver("z", m)
         path = message_files(dc, "z")[0]

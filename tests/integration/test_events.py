@@ -12,13 +12,13 @@ import re
 import secrets
 import time
 
-from harness import User, make_message
+from harness import User, by_version, make_message
 from crypt_util import crypt_dovecot, enc_fields, message_files, new_file
 from policy_util import deliver_numbered, pop3_session
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-METRICS_CONF = os.path.join(ROOT, "dovecot-conf", "conf.d",
-                            "91-popvault-metrics.conf")
+METRICS_CONF = os.path.join(ROOT, "dovecot-conf", "conf.d", by_version(
+    "91-popvault-metrics.conf", "91-popvault-metrics-24.conf"))
 
 # the actions the issue names; each must be triggered below
 TRIGGERED = ("popvault_policy_action", "popvault_login_delay_refused",
@@ -59,9 +59,11 @@ def _metrics_conf(exporter):
     # ship every counted event to the exporter as well
     conf = re.sub(r"(metric \w+ \{\n)", r"\1  exporter = %s\n" % exporter,
                   conf)
-    return ("event_exporter %s {\n  format = json\n"
-            "  format_args = time-rfc3339\n  transport = log\n}\n%s"
-            % (exporter, conf))
+    return (by_version("event_exporter %s {\n  format = json\n"
+                       "  format_args = time-rfc3339\n  transport = log\n}\n",
+                       "event_exporter %s {\n  format = json\n"
+                       "  time_format = rfc3339\n  driver = log\n}\n")
+            % exporter + conf)
 
 
 def _exported(dc):

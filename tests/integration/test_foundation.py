@@ -3,7 +3,7 @@ refuses users whose popvault_* settings are wrong."""
 
 import re
 
-from harness import Dovecot, User, dovecot, make_message
+from harness import Dovecot, User, by_version, dovecot, make_message
 
 
 def _process_lines(log, proc, user):
@@ -47,7 +47,9 @@ def test_unconfigured_user_sees_plain_dovecot_pop3():
 
     def run(with_popvault):
         with dovecot([User("bob")], with_popvault=with_popvault,
-                     extra_conf="pop3_uidl_format = %u\n") as dc:
+                     extra_conf=by_version("pop3_uidl_format = %u\n",
+                                           "pop3_uidl_format = %{uid}\n")
+                     ) as dc:
             for n in range(4):
                 dc.deliver("bob", make_message("msg %d" % n,
                                                body="body %d\r\n" % n,

@@ -64,7 +64,10 @@ def test_global_master_key_keeps_dovecot_cache_for_plain_users():
         _use_mailbox(dc, "plain")
         without_popvault = _cache_dump(dc, "plain")
     assert without_popvault is not None
-    assert "hdr.SUBJECT" in without_popvault, without_popvault
+    # Dovecot cached header values (2.3 decides for Subject, 2.4 for
+    # Message-ID here): there is a cache to compare
+    assert re.search(r"- hdr\.[\w-]+: \d+: \S", without_popvault), \
+        without_popvault
 
     users = [User("plain"),
              User("enc", fields=enc_fields()),

@@ -4,7 +4,7 @@ popvault_on_dele, popvault_list_since, popvault_list_window)."""
 import re
 import time
 
-from harness import User, dovecot, make_message
+from harness import User, by_version, dovecot, make_message
 from policy_util import (append_dated, deliver_numbered, imap_inventory,
                          pop3_listing, pop3_session, subjects)
 
@@ -151,10 +151,13 @@ def test_hidden_state_survives_restart_and_can_be_cleared():
 def test_move_failure_keeps_mail_and_fails_quit():
     # quota full on the target: the copy cannot be made
     users = [User("q", fields={"popvault_after_retr": "move:Archive"})]
+    quota_23 = {"quota": "count:User quota", "quota_rule": "*:messages=3",
+                "quota_vsizes": "yes"}
+    quota_24 = ('quota "User quota" {\n  driver = count\n'
+                '  quota_message_count = 3\n}\n')
     with dovecot(users, mail_plugins="quota popvault",
-                 plugin={"quota": "count:User quota",
-                         "quota_rule": "*:messages=3",
-                         "quota_vsizes": "yes"}) as dc:
+                 plugin=by_version(quota_23, {}),
+                 extra_conf=by_version("", quota_24)) as dc:
         deliver_numbered(dc, "q", 3)
         p = dc.pop3("q")
         p.retr(1)

@@ -16,7 +16,8 @@ import subprocess
 import tempfile
 import time
 
-from harness import MEMORY_TMP, HarnessError, User, make_message
+from harness import (MEMORY_TMP, HarnessError, User, by_version,
+                     make_message)
 from crypt_util import MAGIC, crypt_dovecot, enc_fields, imap_append, message_files
 
 
@@ -217,8 +218,11 @@ def _raw_device_scan(compressed):
     marks = {k: marker() for k in ("lmtp", "lda", "append", "binary")}
     conf = {}
     if compressed:
-        conf = {"mail_plugins": "zlib popvault",
-                "plugin": {"zlib_save": "gz"}}
+        # 2.4 renamed zlib to mail_compress (as test_encryption.py)
+        conf = {"mail_plugins": by_version("zlib popvault",
+                                           "mail_compress popvault"),
+                "plugin": by_version({"zlib_save": "gz"},
+                                     {"mail_compress_write_method": "gz"})}
     with Ext4Image(128) as fs:
         users = [User("enc", fields=enc_fields())]
         with crypt_dovecot(users, home_root=fs.mnt, **conf) as dc:

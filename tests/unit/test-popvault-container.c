@@ -15,6 +15,7 @@
 #include "pvlt-v1-fixtures.h"
 
 #include <sodium.h>
+#include "popvault-compat.h"
 
 #define SMALL_LOG2 12
 #define SMALL_CHUNK (1U << SMALL_LOG2)
@@ -644,7 +645,7 @@ static void test_tamper(void)
 			if (getenv("PV_DEBUG") != NULL) i_info("%s/%u: %s", tests[i].name, mode, error);
 			test_assert_idx(ret < 0, c * 100 + i);
 			if (ret < 0) {
-				test_assert_idx(str_begins(error, "popvault: "), i);
+				test_assert_idx(str_begins_with(error, "popvault: "), i);
 				if (strstr(error, tests[i].error_substr) == NULL && mode != 2) {
 					i_error("tamper %s mode %u: unexpected error: %s",
 						tests[i].name, mode, error);

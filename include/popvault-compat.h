@@ -1,0 +1,112 @@
+#ifndef POPVAULT_COMPAT_H
+#define POPVAULT_COMPAT_H
+
+/* The seam between Dovecot 2.3 and 2.4 (issue 16). Behaviour code calls the
+   names below and contains no version test; what differs is here (small
+   API renames, as macros) and in one file per host:
+     plugin/compat/popvault-compat-23.c   Dovecot 2.3 (plugin {} settings)
+     plugin/compat/popvault-compat-24.c   Dovecot 2.4 (settings_get())
+   configure picks the file by probing the API (DOVECOT_24_SETTINGS).
+   DOVECOT_PREREQ() comes from Dovecot's own headers, so this header also
+   works in builds without popvault-config.h (fuzz targets). */
+
+#include "lib.h"
+
+struct mail_user;
+struct mail;
+struct dict;
+struct event;
+struct popvault_settings;
+struct doveadm_mail_cmd_context;
+struct mail_storage_service_user;
+
+#if DOVECOT_PREREQ(2, 4, 0)
+#  include "str-parse.h"
+/* settings_get_time() moved to lib's str-parse.h */
+#  define popvault_parse_interval(str, secs_r, error_r) \
+	str_parse_get_interval(str, secs_r, error_r)
+/* v.init lost its args parameter; options come from cctx */
+#  define POPVAULT_DOVEADM_INIT_ARGS
+#  define popvault_doveadm_getopt(ctx, getopt_args) ((void)(getopt_args))
+/* how messages tell the admin to write the login password and a
+   doveadm -o setting */
+#  define POPVAULT_HINT_PASSWORD_VAR "%{password}"
+#  define POPVAULT_HINT_SETTING_PREFIX ""
+#else
+#  include "settings-parser.h"
+/* 2.4 spells the two-argument form str_begins_with() */
+#  define str_begins_with(str, prefix) str_begins(str, prefix)
+#  define popvault_parse_interval(str, secs_r, error_r) \
+	settings_get_time(str, secs_r, error_r)
+#  define POPVAULT_DOVEADM_INIT_ARGS , const char *const args[] ATTR_UNUSED
+#  define POPVAULT_HINT_PASSWORD_VAR "%w"
+#  define POPVAULT_HINT_SETTING_PREFIX "plugin/"
+/* 2.3 turns each option back into getopt form and refuses it unless the
+   command has getopt_args and a parse_arg callback. The commands read every
+   option with doveadm_cmd_param_*() on both versions, so the callback only
+   accepts. */
+bool popvault_doveadm_parse_arg_accept(struct doveadm_mail_cmd_context *ctx,
+				       int c);
+#  define popvault_doveadm_getopt(ctx, _getopt_args) STMT_START { \
+	(ctx)->getopt_args = (_getopt_args); \
+	(ctx)->v.parse_arg = popvault_doveadm_parse_arg_accept; \
+	} STMT_END
+#endif
+
+/* Reads and validates (popvault_settings_parse()) the user's popvault_*
+   settings, global values overridden by userdb fields; for a shared
+   folder's owner (user->creator set) the owner's own settings. 1 on
+   success, 0 when that owner does not exist (error_r says why), -1 with
+   error_r naming the setting and value. */
+int popvault_compat_user_settings(struct mail_user *user,
+				  struct popvault_settings *set_r,
+				  const char **error_r);
+
+/* TRUE when user is a shared folder's owner that another user's session
+   created (2.3: user->creator; 2.4 sets creator only after the
+   mail_user_created hooks ran). */
+bool popvault_compat_user_is_shared_owner(const struct mail_user *user);
+
+/* Sets a popvault_* setting (name with its prefix) for one user of a
+   doveadm run, after the userdb lookup, so it wins over a userdb field.
+   0, or -1 with error_r naming the setting, never the value. */
+int popvault_compat_service_user_set(struct mail_storage_service_user *user,
+				     const char *name, const char *value,
+				     const char **error_r);
+
+/* Opens the dict that holds per-user popvault state. dict_uri is the
+   popvault_dict value on 2.3 (NULL: none); on 2.4 the dict comes from the
+   popvault_dict { dict ... } filter. Returns 1 when opened, 0 when none is
+   configured (the caller falls back to the file dict), -1 on error. */
+int popvault_compat_dict_init(struct mail_user *user, struct event *event,
+			      const char *dict_uri, struct dict **dict_r,
+			      const char **error_r);
+/* Opens the default file dict at path. */
+int popvault_compat_dict_init_file(struct mail_user *user,
+				   struct event *event, const char *path,
+				   struct dict **dict_r, const char **error_r);
+
+/* The user's pop3_uidl_format and mail_attachment_dir (2.4:
+   mail_ext_attachment_path; "" when unset). */
+const char *popvault_compat_pop3_uidl_format(struct mail_user *user);
+const char *popvault_compat_attachment_dir(struct mail_user *user);
+
+/* The FTS backend that indexes the user's mail (a driver name), NULL when
+   FTS is off. When FTS is on but its backend can't be read, a placeholder
+   name: the caller refuses rather than leak. */
+const char *popvault_compat_fts_backend(struct mail_user *user);
+
+/* Values for pop3_uidl_format's variables; NULL when not looked up. */
+struct popvault_uidl_vars {
+	const char *uidvalidity, *uid, *md5, *filename, *guid;
+};
+/* TRUE when format may use the variable (2.3 %m or %{md5}, 2.4 %{md5 ...});
+   a false positive only costs a lookup. */
+bool popvault_compat_uidl_format_uses(const char *format, char short_key,
+				      const char *long_key);
+/* Expands format into dest, the same way pop3 does. */
+int popvault_compat_uidl_expand(string_t *dest, const char *format,
+				const struct popvault_uidl_vars *vars,
+				const char **error_r);
+
+#endif

@@ -1,0 +1,44 @@
+#!/bin/bash
+# Builds and tests popvault against Dovecot 2.4.1 in the Debian 13 chroot
+# of scripts/trixie-root.sh (created on first use, cached afterwards).
+#
+#   scripts/test-dovecot24.sh                  build (-Werror), unit tests
+#   scripts/test-dovecot24.sh -k NAME ...      and the integration tests
+#                                              whose name contains NAME
+#
+# The build lives in the chroot's copy of the tree (/popvault/build24) and
+# is installed into the chroot's /usr/lib/dovecot/modules: Dovecot 2.4
+# loads settings modules only from its compiled-in directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/trixie-root.sh create
+start=$(date +%s)
+scripts/trixie-root.sh run /bin/bash -c '
+set -euo pipefail
+mkdir -p m4
+if [ ! -x configure ] || [ configure.ac -nt configure ] ||
+   [ Makefile.am -nt configure ]; then
+	autoreconf -fi 2>&1 | grep -v -e "dovecot.m4" -e "obsolete" -e "^ " || true
+fi
+mkdir -p build24
+cd build24
+if [ ! -f Makefile ] || [ ../configure -nt Makefile ]; then
+	../configure --enable-werror >configure.log 2>&1 ||
+		{ cat configure.log; exit 1; }
+fi
+make -j"$(nproc)" >make.log 2>&1 || { cat make.log; exit 1; }
+if grep -i "warning:" make.log; then
+	echo "popvault: compiler warnings on Dovecot 2.4 (see above)" >&2
+	exit 1
+fi
+echo "popvault: built against Dovecot $(dovecot --version)"
+make check >check.log 2>&1 || { cat check.log; echo "popvault: unit tests failed" >&2; exit 1; }
+grep "tests failed" check.log
+make install >/dev/null
+if [ $# -gt 0 ]; then
+	cd ..
+	python3 tests/integration/run.py --build-dir build24 "$@"
+fi
+' test-dovecot24 "$@"
+echo "popvault: Dovecot 2.4 run took $(($(date +%s) - start)) s"
