@@ -322,7 +322,8 @@ def imap_inventory(dc, user):
 def doveadm_inventory(dc, user, opts=()):
     """The same over doveadm fetch (for a key password given with -o,
     where no login password is at hand); None when it can't read."""
-    p = subprocess.run([harness.DOVEADM, "-c", dc.config_path] + list(opts)
+    p = subprocess.run([harness.DOVEADM, "-c", dc.config_path]
+                       + harness.host_doveadm_args(opts)
                        + ["-f", "json", "fetch", "-u", user,
                           "mailbox text", "all"],
                        capture_output=True, timeout=60)
@@ -506,7 +507,8 @@ def doveadm_traced(dc, args, trace_path, point=None, input=None, env=None):
     if env:
         run_env.update(env)
     p = subprocess.run(strace_args(trace_path, point) +
-                       [harness.DOVEADM, "-c", dc.config_path] + list(args),
+                       [harness.DOVEADM, "-c", dc.config_path] +
+                       harness.host_doveadm_args(args),
                        input=input, capture_output=True, timeout=120,
                        env=run_env)
     return (p.returncode, p.stdout.decode(errors="replace"),

@@ -136,6 +136,17 @@ def _same_file_content(a, b):
 _ports_given = set()
 
 
+def host_doveadm_args(args):
+    """doveadm arguments as the Dovecot under test spells them: 2.4 has no
+    plugin {} section, so -o names the setting itself."""
+    args = list(args)
+    if not DOVECOT_24:
+        return args
+    return [a[len("plugin/"):] if a.startswith("plugin/") and
+            i > 0 and args[i - 1] == "-o" else a
+            for i, a in enumerate(args)]
+
+
 def free_port():
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -939,11 +950,7 @@ login_plugin_dir = {t}/login-modules
             env = dict(env or os.environ, LD_PRELOAD=preload,
                        FAKETIME=faketime, FAKETIME_DONT_FAKE_MONOTONIC="1",
                        FAKETIME_NO_CACHE="1", NO_FAKE_STAT="1")
-        if DOVECOT_24:
-            # 2.4 has no plugin {} section: -o names the setting itself
-            args = [a[len("plugin/"):] if a.startswith("plugin/") and
-                    i > 0 and args[i - 1] == "-o" else a
-                    for i, a in enumerate(args)]
+        args = host_doveadm_args(args)
         p = subprocess.run([DOVEADM, "-c", self.config_path] + list(args),
                            input=input, capture_output=True, timeout=120,
                            env=env)
