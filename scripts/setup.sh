@@ -8,7 +8,7 @@ PACKAGES="dovecot-dev dovecot-core dovecot-pop3d dovecot-imapd dovecot-lmtpd
 dovecot-sqlite dovecot-lucene dovecot-fts-xapian libsodium-dev libssl-dev autoconf
 automake libtool pkg-config make gcc valgrind python3 sqlite3 curl fetchmail
 mpop getmail6 openssl faketime redis-server clang libclang-rt-dev dpkg-dev
-debhelper fakeroot dh-autoreconf git thunderbird strace"
+debhelper fakeroot dh-autoreconf git thunderbird strace debootstrap"
 
 missing=""
 for p in $PACKAGES; do
