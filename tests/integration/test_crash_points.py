@@ -21,6 +21,26 @@ def _recovery(dc, user):
     return cl.RECOVERY_RX.search(out).group(0)
 
 
+def _killed_runs(dc, args, crash_dir, min_points):
+    """Records doveadm ARGS once from alice's present state, then yields
+    (point, stdout) after each run killed exactly at one of its mutating
+    calls, every run starting from that same state."""
+    snap = os.path.join(crash_dir, "snap")
+    cl.snapshot(dc, ["alice"], snap)
+    scope = [os.path.join(dc.tmp, "home") + "/"]
+    trace = os.path.join(crash_dir, "record.trace")
+    rc, out, err = cl.doveadm_traced(dc, args, trace)
+    assert rc == 0, err
+    points = cl.parse_trace(trace, scope)
+    assert len(points) >= min_points, points
+    for i, point in enumerate(points):
+        cl.restore(dc, ["alice"], snap)
+        trace = os.path.join(crash_dir, "k%d.trace" % i)
+        rc, out, err = cl.doveadm_traced(dc, args, trace, point)
+        assert rc == -9 and cl.killed_call(trace, scope), (point, rc)
+        yield point, out
+
+
 def test_key_recovery_killed_keeps_the_held_recovery_key():
     """Killed anywhere before it has printed the new recovery key, `key
     recovery` leaves every private key sealed to the recovery key the
@@ -38,25 +58,12 @@ def test_key_recovery_killed_keeps_the_held_recovery_key():
             dc.doveadm("popvault", "key", "rotate", "-u", "alice", "-p", PW)
             keys = os.path.join(dc.home("alice"), ".popvault", "keys")
             assert cl.recovery_opens(keys, held) == []
-            snap = os.path.join(crash_dir, "snap")
-            cl.snapshot(dc, ["alice"], snap)
-            scope = [os.path.join(dc.tmp, "home") + "/"]
             args = ["-f", "tab", "popvault", "key", "recovery", "-u",
                     "alice", "-p", PW]
-
-            trace = os.path.join(crash_dir, "record.trace")
-            rc, out, err = cl.doveadm_traced(dc, args, trace)
-            assert rc == 0, err
-            points = cl.parse_trace(trace, scope)
+            failures = []
             # two key files and the recovery file, each written to a
             # temporary file, fsynced and renamed, twice for the keys
-            assert len(points) >= 12, points
-            failures = []
-            for i, point in enumerate(points):
-                cl.restore(dc, ["alice"], snap)
-                trace = os.path.join(crash_dir, "k%d.trace" % i)
-                rc, out, err = cl.doveadm_traced(dc, args, trace, point)
-                assert rc == -9 and cl.killed_call(trace, scope), (point, rc)
+            for point, out in _killed_runs(dc, args, crash_dir, 12):
                 shown = cl.RECOVERY_RX.findall(out)
                 ok = [r for r in [held] + shown
                       if cl.recovery_opens(keys, r) == []]
@@ -94,9 +101,6 @@ def test_key_password_killed_reads_with_old_or_new_password():
             # two key pairs: a kill can fall between their files
             dc.doveadm("popvault", "key", "rotate", "-u", "alice", "-p", PW)
             dc.deliver("alice", make_message("two"))
-            snap = os.path.join(crash_dir, "snap")
-            cl.snapshot(dc, ["alice"], snap)
-            scope = [os.path.join(dc.tmp, "home") + "/"]
             args = ["popvault", "key", "password", "-u", "alice",
                     "-o", PW, "-n", new_pw]
 
@@ -106,17 +110,8 @@ def test_key_password_killed_reads_with_old_or_new_password():
                                   pw))
                 return inv is not None and len(inv) == 2
 
-            trace = os.path.join(crash_dir, "record.trace")
-            rc, out, err = cl.doveadm_traced(dc, args, trace)
-            assert rc == 0, err
-            points = cl.parse_trace(trace, scope)
-            assert len(points) >= 8, points
             failures = []
-            for i, point in enumerate(points):
-                cl.restore(dc, ["alice"], snap)
-                trace = os.path.join(crash_dir, "k%d.trace" % i)
-                rc, out, err = cl.doveadm_traced(dc, args, trace, point)
-                assert rc == -9 and cl.killed_call(trace, scope), (point, rc)
+            for point, _ in _killed_runs(dc, args, crash_dir, 8):
                 if not reads(PW) and not reads(new_pw):
                     failures.append("%s: reads with neither" % point)
                     continue
