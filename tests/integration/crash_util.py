@@ -338,31 +338,10 @@ def doveadm_inventory(dc, user, opts=()):
     return {k: sorted(v) for k, v in inv.items()}
 
 
-def master_children(dc, comm):
-    """PIDs of the Dovecot master's children named comm (/proc)."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % pid) as f:
-                name, rest = f.read().split(" (", 1)[1].rsplit(") ", 1)
-        except (OSError, IndexError, ValueError):
-            continue
-        if name == comm and int(rest.split()[1]) == dc.proc.pid:
-            out.append(int(pid))
-    return out
-
-
 def wait_session_end(dc, comm="pop3"):
     """A POP3 session's work goes on after its QUIT reply (move
     recovery, the retention sweep): wait for its process to end."""
-    deadline = time.time() + SESSION_TIMEOUT
-    while master_children(dc, comm):
-        if time.time() > deadline:
-            raise AssertionError("%s still running %d s after QUIT" % (
-                comm, SESSION_TIMEOUT))
-        time.sleep(0.01)
+    dc.wait_sessions_end(comm, SESSION_TIMEOUT)
 
 
 def pop3_view(dc, user, password=None):

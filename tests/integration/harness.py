@@ -13,6 +13,7 @@ import pwd
 import grp
 import re
 import shutil
+import select
 import signal
 import socket
 import sqlite3
@@ -30,6 +31,8 @@ LOGIN_PLUGIN_SO = "lib20_popvault_login_plugin.so"
 # a tmpfs every Linux system mounts
 MEMORY_TMP = "/dev/shm"
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+# where Dovecot's service binaries live (Debian 12 and 13 alike)
+DOVECOT_LIBEXEC = "/usr/lib/dovecot"
 
 BUILD_DIR = os.environ.get("POPVAULT_BUILD_DIR", "")
 
@@ -91,6 +94,35 @@ def sanitizer_env():
                 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:"
                 "verify_asan_link_order=0:log_path=" + log,
                 UBSAN_OPTIONS="print_stacktrace=1:log_path=" + log)
+
+
+def faketime_env(**spec):
+    """The environment that runs a program under libfaketime; spec is
+    FAKETIME="+15d" or FAKETIME_TIMESTAMP_FILE=path. File times stay
+    real (NO_FAKE_STAT), so mail keeps its honest received dates."""
+    # libfaketime before the ASan runtime: the other order hangs at start
+    # (ASan then needs verify_asan_link_order=0)
+    preload = ":".join(p for p in (FAKETIME_LIB, SANITIZER_PRELOAD) if p)
+    return dict(spec, LD_PRELOAD=preload, FAKETIME_DONT_FAKE_MONOTONIC="1",
+                FAKETIME_NO_CACHE="1", NO_FAKE_STAT="1")
+
+
+def wait_pidfds(fds, timeout=60):
+    """Waits until the process of every pidfd in fds has ended: the
+    kernel tells, nothing is sampled. timeout is only a safety net."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    pending = set(fds)
+    deadline = time.monotonic() + timeout
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("%d processes still running after %d s"
+                                 % (len(pending), timeout))
+        for fd, _ in poller.poll(left * 1000):
+            poller.unregister(fd)
+            pending.discard(fd)
 
 
 class HarnessError(Exception):
@@ -380,7 +412,7 @@ class Dovecot:
                  extra_conf="", userdb="passwd-file", mail_plugins=None,
                  with_popvault=True, debug=True, name="dc", ports=None,
                  login_env=None, module_dir=None, home_root=None, tls=False,
-                 master_users=None):
+                 master_users=None, clock_services=()):
         self.users = {u.name: u for u in users}
         # {name: password}: a master passdb ("user*master" logins)
         self.master_users = dict(master_users or {})
@@ -408,6 +440,12 @@ class Dovecot:
         # popvault's .so files from an installed tree (e.g. an extracted
         # .deb's /usr/lib/dovecot/modules) instead of the build tree
         self.module_dir = module_dir
+        # services ("pop3", "auth") whose processes read the time from
+        # the test clock: libfaketime with the offset in <tmp>/clock,
+        # which advance_clock() moves on. Test-only: popvault itself has
+        # no way to move its time.
+        self.clock_services = tuple(clock_services)
+        self.clock_offset = 0
 
     # --- lifecycle -------------------------------------------------------
 
@@ -431,6 +469,8 @@ class Dovecot:
         if self.tls:
             self._make_cert()
         self._write_userdb()
+        self.clock_path = os.path.join(self.tmp, "clock")
+        self._write_clock()
         self.config_path = os.path.join(self.tmp, "dovecot.conf")
         with open(self.config_path, "w") as f:
             f.write(self.config())
@@ -731,7 +771,70 @@ service stats {{
     mode = 0666
   }}
 }}
-"""
+{self._clock_conf()}"""
+
+    def _clock_conf(self):
+        """clock_services' processes start under libfaketime, reading
+        the test clock's file at every time call (see advance_clock)."""
+        # env -u: 2.4's import_environment may hand over an empty
+        # FAKETIME, which would win over the file
+        env = " ".join("%s=%s" % kv for kv in sorted(faketime_env(
+            FAKETIME_TIMESTAMP_FILE=self.clock_path).items()))
+        return "".join("service %s {\n  executable = /usr/bin/env -u FAKETIME "
+                       "%s %s/%s\n}\n" % (svc, env, DOVECOT_LIBEXEC, svc)
+                       for svc in self.clock_services)
+
+    def _write_clock(self):
+        # a rename: a process reading the clock never sees half a file
+        tmp = self.clock_path + ".new"
+        with open(tmp, "w") as f:
+            f.write("+%d\n" % self.clock_offset)
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, self.clock_path)
+
+    def advance_clock(self, seconds):
+        """Moves the clock of clock_services' processes on by seconds,
+        for running processes at their next time call. Only forwards:
+        Dovecot warns about time moving backwards."""
+        assert self.clock_services, "no service reads the test clock"
+        assert seconds > 0, seconds
+        self.clock_offset += seconds
+        self._write_clock()
+
+    def _is_child(self, pid, comm):
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                name, rest = f.read().split(" (", 1)[1].rsplit(") ", 1)
+        except (OSError, IndexError, ValueError):
+            return False
+        return name == comm and int(rest.split()[1]) == self.proc.pid
+
+    def children(self, comm):
+        """PIDs of the master's children named comm, alive now (/proc)."""
+        return [int(pid) for pid in os.listdir("/proc")
+                if pid.isdigit() and self._is_child(pid, comm)]
+
+    def wait_sessions_end(self, comm="pop3", timeout=60):
+        """A session's work goes on after the client is gone (\\Seen of a
+        dropped connection, move recovery, the retention sweep); its
+        process ends when it is done. Waits, without sampling, for the end
+        of every comm process the master has now."""
+        fds = []
+        try:
+            for pid in self.children(comm):
+                with contextlib.suppress(ProcessLookupError):
+                    fd = os.pidfd_open(pid)
+                    fds.append(fd)
+                    # the PID may have been reused since the scan: a
+                    # pidfd is kept only for the process checked after
+                    # it was opened
+                    if not self._is_child(pid, comm):
+                        fds.pop()
+                        os.close(fd)
+            wait_pidfds(fds, timeout)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _config_24(self):
         t = self.tmp
@@ -935,13 +1038,8 @@ login_plugin_dir = {t}/login-modules
         recorded times without a backdoor in popvault itself."""
         env = sanitizer_env()
         if faketime is not None:
-            # libfaketime before the ASan runtime: the other order hangs
-            # at start (ASan then needs verify_asan_link_order=0)
-            preload = ":".join(p for p in (FAKETIME_LIB, SANITIZER_PRELOAD)
-                               if p)
-            env = dict(env or os.environ, LD_PRELOAD=preload,
-                       FAKETIME=faketime, FAKETIME_DONT_FAKE_MONOTONIC="1",
-                       FAKETIME_NO_CACHE="1", NO_FAKE_STAT="1")
+            env = dict(env or os.environ,
+                       **faketime_env(FAKETIME=faketime))
         args = host_doveadm_args(args)
         p = subprocess.run([DOVEADM, "-c", self.config_path] + list(args),
                            input=input, capture_output=True, timeout=120,
