@@ -3,7 +3,6 @@ two Dovecot instances sharing a redis dict)."""
 
 import os
 import re
-import time
 
 from harness import User, dovecot, make_message, redis_server
 from policy_util import deliver_numbered, imap_inventory
@@ -96,29 +95,38 @@ def _no_errors(dc):
     assert dc.log_errors() == [], dc.log_errors()
 
 
+def _refused(dc, user):
+    """A login of user refused by LOGIN-DELAY: the seconds it says to
+    wait. The refusal is the whole answer: the connection just closes."""
+    p = dc.pop3()
+    p.command("USER %s" % user)
+    r = p.command("PASS pw-%s" % user)
+    m = re.match(r"-ERR \[LOGIN-DELAY\] .* try again in (\d+) seconds$", r)
+    assert m, r
+    try:
+        extra = p.readline()
+    except (EOFError, OSError):
+        extra = None
+    assert extra is None, extra
+    p.close()
+    return int(m.group(1))
+
+
 def test_login_delay_refuse_mode():
-    users = [User("d", fields={"popvault_login_delay": "2s",
+    users = [User("d", fields={"popvault_login_delay": "1h",
                                "popvault_login_delay_mode": "refuse",
                                "popvault_after_retr": "delete"}),
              User("free")]
-    with dovecot(users) as dc:
+    # pop3 reads its time from the test clock: the hour passes when the
+    # test says so, not while it waits
+    with dovecot(users, clock_services=("pop3",)) as dc:
         dc.deliver("d", make_message("m1"))
         p = dc.pop3("d")
         assert p.stat()[0] == 1
         p.quit()
         # a second login within the delay is refused, the mailbox untouched
         dc.deliver("d", make_message("m2"))
-        p = dc.pop3()
-        p.command("USER d")
-        r = p.command("PASS pw-d")
-        assert r.startswith("-ERR [LOGIN-DELAY]"), r
-        # the refusal is the whole answer: the connection just closes
-        try:
-            extra = p.readline()
-        except (EOFError, OSError):
-            extra = None
-        assert extra is None, extra
-        p.close()
+        assert _refused(dc, "d") <= 3600
         dc.wait_log(r"pop3\(d\).*Info: popvault: LOGIN-DELAY: login refused")
         # refusing used to crash pop3 right after the reply was sent
         dc.wait_log(r"pop3\(d\).*Disconnected")
@@ -128,7 +136,12 @@ def test_login_delay_refuse_mode():
         # other users are not delayed
         for _ in range(2):
             dc.pop3("free").quit()
-        time.sleep(2.2)
+        # half an hour later: still refused, and the window counts from
+        # the first login, not from the refused ones
+        dc.advance_clock(1800)
+        assert _refused(dc, "d") <= 1800
+        # the hour is over
+        dc.advance_clock(1800)
         p = dc.pop3("d")
         assert p.stat()[0] == 2, "refused login changed the mailbox"
         p.quit()

@@ -134,9 +134,9 @@ def test_lost_index_never_deletes_early():
 
 
 def test_session_sweep_skips_until_something_is_due():
-    import time
-    users = [User("h", fields={"popvault_retain_unread": "3s"})]
-    with dovecot(users) as dc:
+    users = [User("h", fields={"popvault_retain_unread": "2d"})]
+    # pop3 reads its time from the test clock (its sweep too)
+    with dovecot(users, clock_services=("pop3",)) as dc:
         deliver_numbered(dc, "h", 1)
         pop3_session(dc, "h", top=[1])
         dc.wait_log(r"pop3\(h\).*retention sweep: 1 messages, 0 expired")
@@ -145,9 +145,19 @@ def test_session_sweep_skips_until_something_is_due():
         pop3_session(dc, "h")
         dc.wait_log(r"pop3\(h\).*retention sweep: nothing due yet",
                     since=mark)
-        time.sleep(3.2)
+        # a day later nothing is due either: the hint still holds
+        dc.advance_clock(86400)
+        mark = dc.log_size()
         pop3_session(dc, "h")
-        dc.wait_log(r"pop3\(h\).*policy: .*reason=retain_unread")
+        dc.wait_log(r"pop3\(h\).*retention sweep: nothing due yet",
+                    since=mark)
+        assert pop3_listing(dc, "h") == ["m1"]
+        # past the two days: the session after which it is due scans
+        dc.advance_clock(86400 + 1)
+        mark = dc.log_size()
+        pop3_session(dc, "h")
+        dc.wait_log(r"pop3\(h\).*policy: .*reason=retain_unread",
+                    since=mark)
         assert pop3_listing(dc, "h") == []
 
 
