@@ -10,7 +10,6 @@ import json
 import os
 import re
 import stat
-import time
 
 from harness import User, make_message
 from crypt_util import MAGIC, crypt_dovecot, enc_fields, message_files, \
@@ -55,8 +54,13 @@ def set_passdb_password(dc, user, password):
     path = os.path.join(dc.tmp, "passwd")
     later = os.stat(path).st_mtime + 2
     os.utime(path, (later, later))
-    # the auth process looks at the file at most once a second
-    time.sleep(1.1)
+    auth_rereads(dc)
+
+
+def auth_rereads(dc):
+    """The auth process looks at a passwd-file at most once a second of
+    its clock (clock_services=("auth",)): move that clock a second on."""
+    dc.advance_clock(1)
 
 
 def file_state(dc, user):
@@ -120,7 +124,7 @@ def pop3_read_all(dc, user, originals):
 
 def test_password_mode_end_to_end():
     alice = User("alice", PW_A, PASSWORD_MODE, passdb_fields=KEY_PW)
-    with crypt_dovecot([alice]) as dc:
+    with crypt_dovecot([alice], clock_services=("auth",)) as dc:
         # before the first login there is no key pair: fail closed
         lmtp = dc.lmtp()
         try:
@@ -240,7 +244,7 @@ def test_password_mode_end_to_end():
         # encryption turned off for new mail: the password still opens
         # the old mail, new mail is stored as it comes
         dc.update_user("alice", popvault_encrypt="no")
-        time.sleep(1.1)
+        auth_rereads(dc)
         before = set(message_files(dc, "alice"))
         originals.append(make_message("plain again"))
         dc.deliver("alice", originals[-1])
