@@ -2,7 +2,6 @@
 popvault_on_dele, popvault_list_since, popvault_list_window)."""
 
 import re
-import time
 
 from harness import User, by_version, dovecot, make_message
 from policy_util import (append_dated, deliver_numbered, imap_inventory,
@@ -121,7 +120,9 @@ def test_no_quit_changes_nothing():
             deliver_numbered(dc, n, 4)
             assert pop3_session(dc, n, retr=[1, 2], dele=[2, 3],
                                 quit=False) is None
-        time.sleep(0.5)
+        # a dropped session stores \Seen on its way out: look once every
+        # pop3 process has ended
+        dc.wait_sessions_end("pop3")
         for n in names:
             inv = imap_inventory(dc, n)
             assert subjects(inv, "INBOX") == ["m1", "m2", "m3", "m4"], (n, inv)
