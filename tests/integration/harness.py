@@ -19,6 +19,7 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 
@@ -909,7 +910,7 @@ login_plugin_dir = {t}/login-modules
 {self.extra_conf}
 """
 
-    def _wait_ready(self, timeout=15):
+    def _wait_ready(self, timeout=60):
         deadline = time.time() + timeout
         pending = set(self.ports.values())
         while pending and time.time() < deadline:
@@ -972,15 +973,18 @@ login_plugin_dir = {t}/login-modules
         except OSError:
             return "(no log)"
 
-    def wait_log(self, pattern, timeout=10, since=0):
-        """Waits until the log (from byte offset since) matches."""
+    def wait_log(self, pattern, timeout=60, since=0, count=1):
+        """Waits until the log (from byte offset since) matches count
+        times; returns the matches. Dovecot's log process writes what the
+        others send it, so the line is the event; timeout is only a
+        safety net against a line that never comes."""
         deadline = time.time() + timeout
         rx = re.compile(pattern)
         while True:
             text = self.log()[since:]
-            m = rx.search(text)
-            if m:
-                return m
+            found = list(rx.finditer(text))
+            if len(found) >= count:
+                return found[0] if count == 1 else found
             if time.time() > deadline:
                 raise AssertionError("log never matched %r; tail:\n%s"
                                      % (pattern, self.log_tail()))
@@ -1076,18 +1080,23 @@ def redis_server():
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no",
                              "--dir", tmp, "--daemonize", "no"],
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise HarnessError("redis-server did not start")
-                time.sleep(0.05)
+        # redis says when it listens; the timeout is only a safety net
+        seen = b""
+        fd = proc.stdout.fileno()
+        deadline = time.monotonic() + 60
+        while b"Ready to accept connections" not in seen:
+            ready, _, _ = select.select(
+                [fd], [], [], max(deadline - time.monotonic(), 0))
+            chunk = os.read(fd, 65536) if ready else b""
+            if not chunk:
+                raise HarnessError("redis-server did not start:\n%s"
+                                   % seen.decode(errors="replace"))
+            seen += chunk
+        # the rest of its output goes nowhere, but must not fill the pipe
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
         yield port
     finally:
         proc.terminate()

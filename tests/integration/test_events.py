@@ -10,7 +10,6 @@ import json
 import os
 import re
 import secrets
-import time
 
 from harness import User, by_version, make_message
 from crypt_util import crypt_dovecot, enc_fields, message_files, new_file
@@ -75,13 +74,9 @@ def _exported(dc):
     return out
 
 
-def _wait_exported(dc, name, n=1, timeout=10):
-    deadline = time.time() + timeout
-    while True:
-        got = [e for e in _exported(dc) if e["event"] == name]
-        if len(got) >= n or time.time() > deadline:
-            return got
-        time.sleep(0.1)
+def _wait_exported(dc, name, n=1):
+    dc.wait_log(r'\{"event":"%s"' % name, count=n)
+    return [e for e in _exported(dc) if e["event"] == name]
 
 
 def test_docs_list_every_event_in_the_code():
