@@ -32,7 +32,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import harness
 from policy_util import list_mailboxes
@@ -231,21 +230,6 @@ def arm(crash_dir, svc, trace_path, point=None, env=None):
 def disarm(crash_dir, svc):
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(crash_dir, svc + ".arm"))
-
-
-def wait_trace_end(path, timeout=30):
-    """Waits until the traced process of a strace log has ended."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(path):
-            with open(path, errors="replace") as f:
-                text = f.read()
-            first = LINE_RX.match(text)
-            if first and re.search(r"^%s +\+\+\+ (exited|killed)" %
-                                   first.group(1), text, re.M):
-                return True
-        time.sleep(0.01)
-    return False
 
 
 # --- clients with the session deadline ------------------------------------

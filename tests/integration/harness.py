@@ -481,11 +481,12 @@ class Dovecot:
 
     def start_again(self):
         """(Re)starts the master on the existing directory and config."""
+        since = self.log_size()
         self.proc = subprocess.Popen(
             [DOVECOT, "-F", "-c", self.config_path],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=sanitizer_env())
-        self._wait_ready()
+        self._wait_ready(since)
         return self
 
     def _identities(self):
@@ -910,26 +911,21 @@ login_plugin_dir = {t}/login-modules
 {self.extra_conf}
 """
 
-    def _wait_ready(self, timeout=60):
-        deadline = time.time() + timeout
-        pending = set(self.ports.values())
-        while pending and time.time() < deadline:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode(errors="replace")
-                raise HarnessError("dovecot exited with %s at start-up:\n%s\n%s"
-                                   % (self.proc.returncode, out,
-                                      self.log_tail()))
-            for port in list(pending):
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", port),
-                                             timeout=0.2).close()
-                    pending.discard(port)
-            if pending:
-                time.sleep(0.05)
-        if pending:
+    def _wait_ready(self, since):
+        """The master binds every listener before it logs that it is
+        starting up (services_listen() before main_init() in 2.3's and
+        2.4's master/main.c): after that line every port answers."""
+        try:
+            self.wait_log(r"master: Info: Dovecot v\S+ .*starting up",
+                          since=since)
+        except HarnessError:
+            out = self.proc.stdout.read().decode(errors="replace")
+            raise HarnessError("dovecot exited with %s at start-up:\n%s\n%s"
+                               % (self.proc.returncode, out,
+                                  self.log_tail())) from None
+        except AssertionError as e:
             self.stop()
-            raise HarnessError("dovecot did not listen on ports %s in %ds:\n%s"
-                               % (sorted(pending), timeout, self.log_tail()))
+            raise HarnessError("dovecot did not start: %s" % e) from None
 
     def stop(self):
         if self.proc is None:
@@ -985,6 +981,9 @@ login_plugin_dir = {t}/login-modules
             found = list(rx.finditer(text))
             if len(found) >= count:
                 return found[0] if count == 1 else found
+            if self.proc is not None and self.proc.poll() is not None:
+                raise HarnessError("dovecot exited with %s while waiting "
+                                   "for %r" % (self.proc.returncode, pattern))
             if time.time() > deadline:
                 raise AssertionError("log never matched %r; tail:\n%s"
                                      % (pattern, self.log_tail()))
