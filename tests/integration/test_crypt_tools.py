@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 import crash_util as cl
 from harness import User, make_message
@@ -190,6 +191,7 @@ def _recorded_points(dc, op, opts=()):
         snap = os.path.join(tmp, "snap")
         cl.snapshot(dc, [USER], snap)
         trace = os.path.join(tmp, "record.trace")
+        _age_dirs(dc)
         rc, out, err = cl.doveadm_traced(dc, _tool_args(op, opts), trace)
         assert rc in (0, 75), (rc, err)
         points = cl.parse_trace(trace, [dc.home(USER) + "/"])
@@ -197,6 +199,19 @@ def _recorded_points(dc, op, opts=()):
         return points
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _age_dirs(dc):
+    """Maildir lists new/ and cur/ again when they changed within the
+    last second (Dovecot's "dirty" directories), so a recording run and
+    the killed run from the same state made different calls, and the
+    kill landed elsewhere, depending on whether that second had passed
+    (seen: a kill meant for the first copy caught the fifth). Dated an
+    hour back before each run, the directories are old to both."""
+    when = time.time() - 3600
+    for top, dirs, _ in os.walk(dc.home(USER)):
+        for d in dirs:
+            os.utime(os.path.join(top, d), (when, when))
 
 
 def _tool_args(op, opts=()):
@@ -209,6 +224,7 @@ def _run_killed(dc, op, point, opts=()):
     tmp = tempfile.mkdtemp(prefix="popvault-crash-")
     try:
         trace = os.path.join(tmp, "kill.trace")
+        _age_dirs(dc)
         rc, out, err = cl.doveadm_traced(dc, _tool_args(op, opts), trace,
                                          point)
         killed = cl.killed_call(trace, [dc.home(USER) + "/"])
