@@ -11,6 +11,8 @@
 #include "mail-user.h"
 #include "mail-storage-settings.h"
 #include "mail-storage-service.h"
+#include "mdbox-storage.h"
+#include "mdbox-storage-rebuild.h"
 #include "popvault-user.h"
 #include "doveadm-mail.h"
 #include "popvault-settings.h"
@@ -296,4 +298,10 @@ const char *popvault_compat_fts_backend(struct mail_user *user)
 		return NULL;
 	backend = mail_user_plugin_getenv(user, "fts");
 	return backend == NULL || backend[0] == '\0' ? NULL : backend;
+}
+
+int popvault_compat_mdbox_repair_finish(struct mail_storage *storage)
+{
+	i_assert(strcmp(storage->name, MDBOX_STORAGE_NAME) == 0);
+	return mdbox_storage_rebuild(MDBOX_STORAGE(storage));
 }

@@ -281,3 +281,11 @@ const char *popvault_compat_fts_backend(struct mail_user *user)
 	settings_free(set);
 	return backend;
 }
+
+int popvault_compat_mdbox_repair_finish(struct mail_storage *storage
+					ATTR_UNUSED)
+{
+	/* 2.4's sync rebuilds through mdbox_storage_rebuild(), which
+	   clears the map's fscked flag itself */
+	return 0;
+}
