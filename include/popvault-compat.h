@@ -99,11 +99,12 @@ const char *popvault_compat_fts_backend(struct mail_user *user);
 
 /* After a forced resync of every mailbox of an mdbox storage: leaves the
    storage so that the next process does not rebuild it again. 2.3.19's
-   sync-time rebuild fscks the map index and leaves its "fscked" header
-   flag set, so every later sync of a process that has the map open
-   rebuilds the storage once more (and sets it again); such a process's
-   saves, expunges and purges then fail. Dovecot's own storage rebuild
-   (what 2.4's sync calls) clears the flag. -1 on failure. */
+   storage rebuild fscks the map index, which flags its header as
+   fscked, and does not clear the flag when a sync started it: every
+   later sync of a process that has the map open then rebuilds the
+   storage once more (and flags it again), and that process's expunges
+   are undone and its purges fail. 2.4 clears the flag itself. -1 on
+   failure (the storage's error). */
 int popvault_compat_mdbox_repair_finish(struct mail_storage *storage);
 
 /* Values for pop3_uidl_format's variables; NULL when not looked up. */
