@@ -502,6 +502,16 @@ class LoginDelay(Pop3Session):
         # a login inside the delay: check() looks at what POP3 says
         return None
 
+    def ci_select(self, points):
+        """CI: the dict write (from its first call on popvault.dict* to
+        the rename onto it: where a kill once left a lock that held the
+        next login) and the reply."""
+        touch = [i for i, p in enumerate(points)
+                 if "popvault.dict" in p.desc]
+        if not touch:
+            return None
+        return points[touch[0]:touch[-1] + 1] + points[-1:]
+
     def check(self, env, phase):
         try:
             value = cl.last_login(env.dc, self.user)
@@ -791,11 +801,15 @@ CI_POINTS = 6
 
 
 def select(points, op, only_ci):
-    """All points, or the CI subset: all of a key command's; of every
-    other operation CI_POINTS spread evenly over its life, the first
-    and the last (the reply) among them, the same ones every run."""
+    """All points, or the CI subset: all of a key command's; those the
+    operation's ci_select() names; of every other operation CI_POINTS
+    spread evenly over its life, the first and the last (the reply)
+    among them, the same ones every run."""
     if not only_ci or op.key_command or len(points) <= CI_POINTS:
         return list(points)
+    chosen = getattr(op, "ci_select", lambda p: None)(points)
+    if chosen:
+        return chosen
     n = len(points) - 1
     return [points[i * n // (CI_POINTS - 1)] for i in range(CI_POINTS)]
 
