@@ -77,6 +77,8 @@ class Op:
     interim_copies = False
     crypt = False
     key_command = False
+    # run by --ci (at the points select() picks)
+    in_ci = True
     user = "u"
     fields = {}
     passdb_fields = {}
@@ -558,6 +560,8 @@ class LoginDelayRefuse(LoginDelay):
 class LoginDelayEmpty(LoginDelay):
     name = "LOGIN-DELAY dict update (empty)"
     mode = "empty"
+    # the same dict write as refuse's: CI cuts it there
+    in_ci = False
 
 
 def all_ops():
@@ -851,7 +855,8 @@ def main():
         print("strace missing (apt-get install strace)")
         return 2
     ops = [i for i, o in enumerate(all_ops())
-           if not args.k or any(k in o.name for k in args.k)]
+           if (not args.k or any(k in o.name for k in args.k)) and
+           (o.in_ci or not args.ci)]
     start = time.time()
     rows = []
     with concurrent.futures.ProcessPoolExecutor(max(1, args.j)) as pool:
