@@ -213,8 +213,10 @@ def service_conf(crash_dir, services=("pop3", "lmtp")):
                                    arm=os.path.join(crash_dir, svc + ".arm"),
                                    strace=STRACE))
         os.chmod(wrapper, 0o755)
-        conf += ("service %s {\n  executable = %s\n  service_count = 1\n}\n"
-                 % (svc, wrapper))
+        # one session per process: 2.4 renamed service_count
+        conf += ("service %s {\n  executable = %s\n  %s = 1\n}\n"
+                 % (svc, wrapper, harness.by_version(
+                     "service_count", "restart_request_count")))
     return conf
 
 
