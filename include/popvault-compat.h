@@ -14,6 +14,7 @@
 
 struct mail_user;
 struct mail;
+struct mail_storage;
 struct dict;
 struct event;
 struct popvault_settings;
@@ -95,6 +96,16 @@ const char *popvault_compat_attachment_dir(struct mail_user *user);
    FTS is off. When FTS is on but its backend can't be read, a placeholder
    name: the caller refuses rather than leak. */
 const char *popvault_compat_fts_backend(struct mail_user *user);
+
+/* After a forced resync of every mailbox of an mdbox storage: leaves the
+   storage so that the next process does not rebuild it again. 2.3.19's
+   storage rebuild fscks the map index, which flags its header as
+   fscked, and does not clear the flag when a sync started it: every
+   later sync of a process that has the map open then rebuilds the
+   storage once more (and flags it again), and that process's expunges
+   are undone and its purges fail. 2.4 clears the flag itself. -1 on
+   failure (the storage's error). */
+int popvault_compat_mdbox_repair_finish(struct mail_storage *storage);
 
 /* Values for pop3_uidl_format's variables; NULL when not looked up. */
 struct popvault_uidl_vars {

@@ -6,8 +6,8 @@
 #   scripts/crash-all.sh             all of them (make crash-all)
 #   scripts/crash-all.sh --ci        the CI subset (make crash-ci): every
 #                                    crash point of the key commands, the
-#                                    first and last of each kind of call
-#                                    of the other operations
+#                                    LOGIN-DELAY dict write, 6 points
+#                                    spread over each other operation
 #   scripts/crash-all.sh -k NAME     only operations whose name has NAME
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -11,6 +11,8 @@
 #include "mail-user.h"
 #include "mail-storage-settings.h"
 #include "mail-storage-service.h"
+#include "mdbox-storage.h"
+#include "mdbox-map-private.h"
 #include "popvault-user.h"
 #include "doveadm-mail.h"
 #include "popvault-settings.h"
@@ -238,7 +240,13 @@ int popvault_compat_dict_init_file(struct mail_user *user,
 				   struct event *event, const char *path,
 				   struct dict **dict_r, const char **error_r)
 {
-	return dict_init_uri(user, event, t_strconcat("file:", path, NULL),
+	/* lock=fcntl: the file dict's default dotlock is the new file
+	   itself, created before its content is written; a writer killed
+	   in between leaves a lock without a PID that holds every next
+	   write (a POP3 login with LOGIN-DELAY) for its 60 s stale timeout.
+	   An fcntl lock goes with its process. */
+	return dict_init_uri(user, event, t_strconcat("file:", path,
+						      ":lock=fcntl", NULL),
 			     dict_r, error_r);
 }
 
@@ -296,4 +304,34 @@ const char *popvault_compat_fts_backend(struct mail_user *user)
 		return NULL;
 	backend = mail_user_plugin_getenv(user, "fts");
 	return backend == NULL || backend[0] == '\0' ? NULL : backend;
+}
+
+int popvault_compat_mdbox_repair_finish(struct mail_storage *storage)
+{
+	struct mdbox_storage *mstorage = MDBOX_STORAGE(storage);
+	struct mdbox_map *map = mstorage->map;
+	struct mail_index_sync_ctx *sync_ctx;
+	struct mail_index_view *view;
+	struct mail_index_transaction *trans;
+
+	if (map->index == NULL || map->view == NULL) {
+		/* the resync did not open the map: nothing was rebuilt */
+		return 0;
+	}
+	/* a sync begun now sees the flag the rebuild's fsck wrote (the
+	   rebuild's own view predates it, which is why its unset misses
+	   it) */
+	if (mail_index_sync_begin(map->index, &sync_ctx, &view, &trans,
+				  0) < 0) {
+		mail_storage_set_index_error(storage, map->index);
+		return -1;
+	}
+	mail_index_unset_fscked(trans);
+	mail_index_sync_set_reason(sync_ctx, "popvault: mdbox repaired");
+	if (mail_index_sync_commit(&sync_ctx) < 0) {
+		mail_storage_set_index_error(storage, map->index);
+		return -1;
+	}
+	(void)mail_index_reset_fscked(map->index);
+	return 0;
 }

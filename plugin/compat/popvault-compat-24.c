@@ -191,6 +191,10 @@ int popvault_compat_dict_init_file(struct mail_user *user ATTR_UNUSED,
 			  SETTINGS_OVERRIDE_TYPE_CODE);
 	settings_override(instance, "dict_file_path", path,
 			  SETTINGS_OVERRIDE_TYPE_CODE);
+	/* fcntl, not a dotlock a killed writer leaves behind (see
+	   popvault-compat-23.c) */
+	settings_override(instance, "dict_file_lock_method", "fcntl",
+			  SETTINGS_OVERRIDE_TYPE_CODE);
 	dict_event = event_create(event);
 	event_set_ptr(dict_event, SETTINGS_EVENT_INSTANCE, instance);
 	ret = dict_init_filter_auto(dict_event, "popvault", dict_r, error_r);
@@ -280,4 +284,12 @@ const char *popvault_compat_fts_backend(struct mail_user *user)
 		backend = t_strdup(array_idx_elem(&set->fts, 0));
 	settings_free(set);
 	return backend;
+}
+
+int popvault_compat_mdbox_repair_finish(struct mail_storage *storage
+					ATTR_UNUSED)
+{
+	/* 2.4's sync rebuilds through mdbox_storage_rebuild(), which
+	   clears the map's fscked flag itself */
+	return 0;
 }

@@ -17,14 +17,21 @@
    Killed between 1 and 3, the mailbox holds both. A re-run pairs each
    source with a newer target-form message of the same GUID whose bytes
    are identical and only expunges the source (step 3), so nothing is
-   lost or duplicated whichever moment the process died. */
+   lost or duplicated whichever moment the process died.
+
+   mdbox names each copy with a GUID derived from the source's
+   (crypt_tool_copy_guid()): a copy killed inside its append comes back
+   damaged from the storage rebuild, and only that name tells it apart
+   from mail (crypt_tool_drop_broken_copies()). */
 
 #include "lib.h"
 #include "array.h"
 #include "hash.h"
+#include "guid.h"
 #include "str.h"
 #include "seq-range-array.h"
 #include "istream.h"
+#include "message-size.h"
 #include "hostpid.h"
 #include "mkdir-parents.h"
 #include "mail-namespace.h"
@@ -89,6 +96,9 @@ struct crypt_tool_cmd_context {
 	bool no_keys;
 	/* decrypt, per user: encrypted messages left for that reason */
 	unsigned int left_encrypted;
+	/* encrypt on mdbox, per user: the last run repaired the storage
+	   (crypt_tool_size_is_wrong()) */
+	bool check_sizes;
 };
 
 /* One message of a mailbox, as found by the scan. */
@@ -100,6 +110,8 @@ struct crypt_tool_msg {
 	time_t received;
 	/* a target-form message already matched with a source */
 	bool paired;
+	/* mdbox: a damaged copy of an interrupted run, expunged */
+	bool dropped;
 };
 ARRAY_DEFINE_TYPE(crypt_tool_msg_p, struct crypt_tool_msg *);
 
@@ -121,7 +133,8 @@ struct crypt_tool_box {
 	/* target-form messages by key: "<guid>"; "dup\t<guid>\t<pop3 uidl>"
 	   (crypt_tool_dedup()); maildir only, "size <vsize>" for those
 	   without a stored POP3 UIDL; mdbox only, "rd <received> <vsize>"
-	   (crypt_tool_find_copies()) */
+	   (crypt_tool_find_copies()); mdbox only, every message of either
+	   form by "any <guid>" (crypt_tool_drop_broken_copies()) */
 	HASH_TABLE(const char *, ARRAY_TYPE(crypt_tool_msg_p) *) targets;
 
 	unsigned int done, skipped, failed;
@@ -245,9 +258,38 @@ static int crypt_tool_get_uidl(struct crypt_tool_box *bctx, struct mail *mail,
 				     bctx->uid_validity, uidl_r, error_r);
 }
 
+/* Attempts at a copy of one message in one run: the first, and one more
+   after a copy that read back wrong (crypt_tool_convert_one()). */
+#define CRYPT_TOOL_COPY_ATTEMPTS 2
+
+/* mdbox: the GUID of the copy of the message with src_guid that this
+   command makes at attempt (0-based). Derived, not random: a re-run
+   finds a copy by it even when all else about the copy is damaged (a
+   kill inside its append leaves the message size in its dbox header
+   unwritten, and the storage rebuild then salvages the copy with the
+   zeroed header as part of its body). Different from the source's GUID
+   (a rebuild links records to stored messages by GUID) and per attempt
+   (a copy that read back wrong is expunged but stays in the m.* file
+   until a purge). The command is part of it, so a decrypt's copy of an
+   encrypt's copy gets a GUID of its own. */
+static const char *crypt_tool_copy_guid(const struct crypt_tool_box *bctx,
+					const char *src_guid,
+					unsigned int attempt)
+{
+	guid_128_t guid;
+	const char *input;
+
+	input = t_strdup_printf("popvault %s copy %u of %s",
+				crypt_tool_names[bctx->cmd->op], attempt,
+				src_guid);
+	crypto_generichash(guid, sizeof(guid), (const void *)input,
+			   strlen(input), NULL, 0);
+	return guid_128_to_string(guid);
+}
+
 /* Step 1: saves a copy of src; returns its UID, 0 on failure. */
 static uint32_t crypt_tool_save_copy(struct crypt_tool_box *bctx,
-				     struct mail *src)
+				     struct mail *src, unsigned int attempt)
 {
 	struct mailbox_transaction_context *t;
 	struct mail_transaction_commit_changes changes;
@@ -289,10 +331,14 @@ static uint32_t crypt_tool_save_copy(struct crypt_tool_box *bctx,
 	   mdbox: after a killed append it rebuilds its storage and links
 	   mailbox records to stored messages by GUID, and a copy and its
 	   original sharing one then read as each other (seen: a fresh copy
-	   read back as the plaintext). There the copy is found by received
-	   date, size and identical bytes instead. */
+	   read back as the plaintext). There the copy gets a GUID derived
+	   from the original's. */
 	if (!bctx->mdbox)
 		mailbox_save_set_guid(save, guid);
+	else if (guid[0] != '\0') {
+		mailbox_save_set_guid(save,
+			crypt_tool_copy_guid(bctx, guid, attempt));
+	}
 	mailbox_save_set_pop3_uidl(save, uidl);
 	if (order[0] != '\0' && str_to_uint(order, &pop3_order) == 0)
 		mailbox_save_set_pop3_order(save, pop3_order);
@@ -458,7 +504,8 @@ static int crypt_tool_replace(struct crypt_tool_box *bctx, uint32_t src_uid,
 }
 
 /* Target-form messages that may be an earlier run's copy of src, best
-   first: those with src's GUID (GUIDs can repeat: copies within a
+   first: on mdbox those with a GUID this command derives from src's,
+   then those with src's GUID (GUIDs can repeat: copies within a
    mailbox; and the copy can be older than src: an mdbox index rebuild
    after a kill brings expunged but not yet purged originals back with
    new UIDs), then maildir messages of src's size, newer than src, that
@@ -473,21 +520,28 @@ static void crypt_tool_find_copies(struct crypt_tool_box *bctx,
 {
 	ARRAY_TYPE(crypt_tool_msg_p) *list;
 	struct crypt_tool_msg *msg;
-	const char *keys[3];
-	unsigned int i;
+	const char *keys[CRYPT_TOOL_COPY_ATTEMPTS + 3];
+	unsigned int i, size_key = CRYPT_TOOL_COPY_ATTEMPTS + 1;
 
-	keys[0] = src->guid[0] == '\0' ? NULL : src->guid;
-	keys[1] = t_strdup_printf("size %"PRIuUOFF_T, src->vsize);
+	for (i = 0; i < CRYPT_TOOL_COPY_ATTEMPTS; i++) {
+		keys[i] = !bctx->mdbox || src->guid[0] == '\0' ? NULL :
+			crypt_tool_copy_guid(bctx, src->guid, i);
+	}
+	keys[i++] = src->guid[0] == '\0' ? NULL : src->guid;
+	keys[i++] = t_strdup_printf("size %"PRIuUOFF_T, src->vsize);
 	/* mdbox: a rebuild brings back originals expunged but not purged,
-	   with new UIDs above their copies' */
-	keys[2] = !bctx->mdbox ? NULL : t_strdup_printf("rd %ld %"PRIuUOFF_T,
+	   with new UIDs above their copies'; and copies made before copy
+	   GUIDs were derived have random ones */
+	keys[i++] = !bctx->mdbox ? NULL : t_strdup_printf("rd %ld %"PRIuUOFF_T,
 		(long)src->received, src->vsize);
+	i_assert(i == N_ELEMENTS(keys));
 	for (i = 0; i < N_ELEMENTS(keys); i++) {
 		if (keys[i] == NULL ||
 		    (list = hash_table_lookup(bctx->targets, keys[i])) == NULL)
 			continue;
 		array_foreach_elem(list, msg) {
-			if (!msg->paired && (i != 1 || msg->uid > src->uid))
+			if (!msg->paired && msg != src &&
+			    (i != size_key || msg->uid > src->uid))
 				array_push_back(copies, &msg);
 		}
 	}
@@ -516,7 +570,7 @@ static int crypt_tool_expunge_uid(struct crypt_tool_box *bctx, uint32_t uid)
    removed again (error_r), -1 failed (reported). */
 static int crypt_tool_copy_once(struct crypt_tool_box *bctx,
 				struct crypt_tool_msg *msg,
-				const char **error_r)
+				unsigned int attempt, const char **error_r)
 {
 	struct mailbox_transaction_context *t;
 	struct mail *src;
@@ -531,7 +585,7 @@ static int crypt_tool_copy_once(struct crypt_tool_box *bctx,
 		mailbox_transaction_rollback(&t);
 		return 1;
 	}
-	new_uid = crypt_tool_save_copy(bctx, src);
+	new_uid = crypt_tool_save_copy(bctx, src, attempt);
 	mail_free(&src);
 	mailbox_transaction_rollback(&t);
 	if (new_uid == 0)
@@ -612,10 +666,11 @@ static int crypt_tool_convert_one(struct crypt_tool_box *bctx,
 	/* A copy that reads back wrong is removed and made once more: after
 	   a killed mdbox append Dovecot may notice its damaged map (and
 	   rebuild it) only when the next copy is read. */
-	for (attempt = 1;; attempt++) {
-		if ((ret = crypt_tool_copy_once(bctx, msg, &error)) != 0)
+	for (attempt = 0;; attempt++) {
+		if ((ret = crypt_tool_copy_once(bctx, msg, attempt,
+						&error)) != 0)
 			return ret < 0 ? -1 : 0;
-		if (attempt == 2) {
+		if (attempt + 1 == CRYPT_TOOL_COPY_ATTEMPTS) {
 			crypt_tool_fail(bctx, msg->uid, t_strconcat(
 				"the copy did not read back right twice "
 				"(", error, "); original kept", NULL));
@@ -646,6 +701,34 @@ static void crypt_tool_add_target(struct crypt_tool_box *bctx,
 	array_push_back(list, &msg);
 }
 
+/* encrypt on mdbox after a repair: TRUE in *wrong_r when the size the
+   storage gives for the encrypted mail is not that of the message. A
+   storage rebuild that fixes a damaged m.* file (a kill inside an
+   append) rewrites the stored virtual size of the message before the
+   damage too, computed from the bytes in the file: the ciphertext. IMAP
+   then cuts the message off at that size and drops the connection. */
+static int crypt_tool_size_is_wrong(struct mail *mail, bool *wrong_r,
+				    const char **error_r)
+{
+	struct message_size body;
+	struct istream *input;
+	uoff_t vsize;
+	bool has_nuls;
+
+	if (mail_get_virtual_size(mail, &vsize) < 0 ||
+	    mail_get_stream(mail, NULL, NULL, &input) < 0) {
+		*error_r = crypt_tool_box_error(mail->box);
+		return -1;
+	}
+	i_stream_seek(input, 0);
+	if (message_get_body_size(input, &body, &has_nuls) < 0) {
+		*error_r = i_stream_get_error(input);
+		return -1;
+	}
+	*wrong_r = body.virtual_size != vsize;
+	return 0;
+}
+
 /* Reads every message: verify reports failures; encrypt/decrypt sort
    them into sources (to convert) and targets (already converted). */
 static int crypt_tool_scan(struct crypt_tool_box *bctx)
@@ -656,7 +739,7 @@ static int crypt_tool_scan(struct crypt_tool_box *bctx)
 	struct crypt_tool_msg *msg;
 	struct mail *mail;
 	const char *guid, *uidl, *error;
-	bool encrypted;
+	bool encrypted, wrong_size;
 	int ret = 0;
 
 	t = mailbox_transaction_begin(bctx->box, 0, "popvault crypt tool");
@@ -690,9 +773,24 @@ static int crypt_tool_scan(struct crypt_tool_box *bctx)
 				msg->vsize = UOFF_T_MAX;
 			if (mail_get_received_date(mail, &msg->received) < 0)
 				msg->received = (time_t)-1;
-			if (encrypted != bctx->target_encrypted)
+			if (bctx->mdbox && msg->guid[0] != '\0') {
+				crypt_tool_add_target(bctx, t_strconcat(
+					"any ", msg->guid, NULL), msg);
+			}
+			wrong_size = FALSE;
+			if (encrypted && bctx->mdbox &&
+			    bctx->cmd->check_sizes &&
+			    crypt_tool_size_is_wrong(mail, &wrong_size,
+						     &error) < 0) {
+				crypt_tool_fail(bctx, mail->uid, error);
+				wrong_size = FALSE;
+			}
+			if (encrypted != bctx->target_encrypted ||
+			    wrong_size) {
+				/* wrong_size: copied again like a source,
+				   the copy's stored size is its own */
 				array_push_back(&bctx->sources, &msg);
-			else {
+			} else {
 				bctx->skipped++;
 				crypt_tool_add_target(bctx, msg->guid, msg);
 				if (mail_get_special(mail,
@@ -757,7 +855,8 @@ static void crypt_tool_dedup(struct crypt_tool_box *bctx)
 		if (count < 2 || !mail_set_uid(keep, msgs[0]->uid))
 			continue;
 		for (i = 1; i < count; i++) T_BEGIN {
-			if (mail_set_uid(dup, msgs[i]->uid)) {
+			if (!msgs[i]->dropped &&
+			    mail_set_uid(dup, msgs[i]->uid)) {
 				ret = crypt_tool_mails_equal(keep, dup, &error);
 				if (ret > 0) {
 					mail_expunge(dup);
@@ -784,6 +883,104 @@ static void crypt_tool_dedup(struct crypt_tool_box *bctx)
 			crypt_tool_box_error(bctx->box), NULL));
 		return;
 	}
+}
+
+static int crypt_tool_purge(struct mail_storage *storage)
+{
+	/* a purge that finds the mdbox map inconsistent (a killed earlier
+	   run) fails and rebuilds the indexes; the second one then works */
+	if (mail_storage_purge(storage) == 0)
+		return 0;
+	return mail_storage_purge(storage);
+}
+
+/* 1 when dest, a message named as src's copy by this command, is not
+   one (wrong form, other bytes), 0 when it is one, -1 on a read error
+   (error_r). */
+static int crypt_tool_copy_is_broken(struct crypt_tool_box *bctx,
+				     struct mail *src, struct mail *dest,
+				     const struct crypt_tool_msg *copy,
+				     const char **error_r)
+{
+	int ret;
+
+	if (copy->encrypted != bctx->target_encrypted)
+		return 1;
+	ret = crypt_tool_mails_equal(src, dest, error_r);
+	return ret < 0 ? -1 : (ret == 0 ? 1 : 0);
+}
+
+/* mdbox, before anything is converted: a copy an interrupted run was
+   writing when it was killed (the message size in its dbox header still
+   zero) comes back from the storage rebuild as a message of its own,
+   the zeroed header at the start of its body: neither the message nor
+   in the target form (an encrypt's copy then does not even start with
+   the container and reads as plaintext). With its original still here,
+   it is recognised by its derived GUID (crypt_tool_copy_guid()) and
+   bytes that are not the original's, expunged, and the storage purged,
+   so the copy made now can take that GUID again. Without the original
+   (expunged only once a copy read back right) nothing is removed: a copy
+   is then the only one. */
+static int crypt_tool_drop_broken_copies(struct crypt_tool_box *bctx)
+{
+	ARRAY_TYPE(crypt_tool_msg_p) *list;
+	struct mailbox_transaction_context *t;
+	struct crypt_tool_msg *src, *copy;
+	struct mail *src_mail, *copy_mail;
+	const char *error;
+	unsigned int attempt, dropped = 0;
+	int ret = 0, broken;
+
+	if (!bctx->mdbox)
+		return 0;
+	t = mailbox_transaction_begin(bctx->box, 0, "popvault crypt tool");
+	src_mail = mail_alloc(t, 0, NULL);
+	copy_mail = mail_alloc(t, 0, NULL);
+	array_foreach_elem(&bctx->sources, src) T_BEGIN {
+		for (attempt = 0; attempt < CRYPT_TOOL_COPY_ATTEMPTS &&
+		     !src->dropped && src->guid[0] != '\0'; attempt++) {
+			list = hash_table_lookup(bctx->targets, t_strconcat(
+				"any ", crypt_tool_copy_guid(bctx, src->guid,
+							     attempt), NULL));
+			if (list == NULL)
+				continue;
+			array_foreach_elem(list, copy) {
+				if (copy == src || copy->dropped ||
+				    !mail_set_uid(src_mail, src->uid) ||
+				    !mail_set_uid(copy_mail, copy->uid))
+					continue;
+				broken = crypt_tool_copy_is_broken(bctx,
+					src_mail, copy_mail, copy, &error);
+				if (broken < 0) {
+					/* never remove what wasn't compared */
+					crypt_tool_fail(bctx, copy->uid, error);
+					ret = -1;
+				} else if (broken > 0) {
+					mail_expunge(copy_mail);
+					copy->dropped = TRUE;
+					copy->paired = TRUE;
+					dropped++;
+					crypt_tool_print(bctx, copy->uid,
+						src->uid,
+						"interrupted copy removed");
+				}
+			}
+		}
+	} T_END;
+	mail_free(&src_mail);
+	mail_free(&copy_mail);
+	if (dropped == 0) {
+		mailbox_transaction_rollback(&t);
+		return ret;
+	}
+	if (mailbox_transaction_commit(&t) < 0 ||
+	    mailbox_sync(bctx->box, 0) < 0 ||
+	    crypt_tool_purge(bctx->box->storage) < 0) {
+		crypt_tool_fail(bctx, 0, t_strconcat("removing an interrupted "
+			"copy: ", crypt_tool_box_error(bctx->box), NULL));
+		return -1;
+	}
+	return ret;
 }
 
 /* Old cache records of the plaintext messages may hold header text:
@@ -913,11 +1110,18 @@ static int crypt_tool_run_box(struct crypt_tool_cmd_context *cmd,
 	else if (cmd->op != CRYPT_TOOL_VERIFY) {
 		popvault_progress_add_total(progress,
 					    array_count(&bctx.sources));
+		/* first: a damaged copy in the source form would be
+		   converted like mail */
+		if (crypt_tool_drop_broken_copies(&bctx) < 0)
+			ret = -1;
 		array_foreach_elem(&bctx.sources, msg) {
-			int r;
+			int r = 0;
 
+			if (ret < 0)
+				break;
 			T_BEGIN {
-				r = crypt_tool_convert_one(&bctx, msg);
+				if (!msg->dropped)
+					r = crypt_tool_convert_one(&bctx, msg);
 			} T_END;
 			popvault_progress_step(progress);
 			if (r < 0) {
@@ -985,15 +1189,6 @@ static int crypt_tool_check_user(struct crypt_tool_cmd_context *cmd,
 	return 0;
 }
 
-static int crypt_tool_purge(struct mail_storage *storage)
-{
-	/* a purge that finds the mdbox map inconsistent (a killed earlier
-	   run) fails and rebuilds the indexes; the second one then works */
-	if (mail_storage_purge(storage) == 0)
-		return 0;
-	return mail_storage_purge(storage);
-}
-
 ARRAY_DEFINE_TYPE(crypt_tool_ns, struct mail_namespace *);
 
 /* A kill -9 inside an mdbox append leaves the storage inconsistent: the
@@ -1033,6 +1228,23 @@ static int crypt_tool_mdbox_repair(struct crypt_tool_cmd_context *cmd,
 			ret = -1;
 		}
 		mailbox_free(&box);
+	}
+	/* and then leave no rebuild behind for the next process
+	   (popvault_compat_mdbox_repair_finish()) */
+	for (ns = user->namespaces; ns != NULL && ret == 0; ns = ns->next) {
+		if (ns->type != MAIL_NAMESPACE_TYPE_PRIVATE ||
+		    ns->alias_for != NULL ||
+		    strcmp(ns->storage->name, "mdbox") != 0 ||
+		    (ns->next != NULL && ns->next->storage == ns->storage))
+			continue;
+		if (popvault_compat_mdbox_repair_finish(ns->storage) < 0) {
+			e_error(user->event, "popvault %s: user %s: repair "
+				"failed: %s", crypt_tool_names[cmd->op],
+				user->username,
+				mail_storage_get_last_internal_error(
+					ns->storage, NULL));
+			ret = -1;
+		}
 	}
 	return ret;
 }
@@ -1105,14 +1317,17 @@ static void crypt_tool_remove_leftovers(struct crypt_tool_cmd_context *cmd,
 }
 
 /* ~/.popvault/crypt-tool-running exists while encrypt or decrypt works
-   on the user's mail: found at the start, the last run was killed. */
-static const char *crypt_tool_running_path(struct mail_user *user)
+   on the user's mail: found at the start, the last run was killed.
+   On mdbox the run that finds it repairs the storage and renames it to
+   crypt-tool-repaired, which the next run that finishes removes. */
+static const char *crypt_tool_marker_path(struct mail_user *user,
+					  const char *name)
 {
 	const char *home;
 
 	if (mail_user_get_home(user, &home) <= 0)
 		return NULL;
-	return t_strconcat(home, "/.popvault/crypt-tool-running", NULL);
+	return t_strconcat(home, "/.popvault/crypt-tool-", name, NULL);
 }
 
 static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
@@ -1131,7 +1346,7 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 	ARRAY_TYPE(crypt_tool_ns) namespaces;
 	ARRAY_TYPE(const_string) vnames;
 	struct mail_namespace *ns;
-	const char *vname, *error, *running;
+	const char *vname, *error, *running, *repaired;
 	unsigned int i;
 	int ret = 0;
 
@@ -1142,6 +1357,7 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 		return -1;
 	}
 	cmd->no_keys = FALSE;
+	cmd->check_sizes = FALSE;
 	cmd->left_encrypted = 0;
 	if (cmd->op != CRYPT_TOOL_VERIFY) {
 		/* Every copy is read back before its original goes: keys
@@ -1194,7 +1410,9 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 		return -1;
 	}
 	running = cmd->op == CRYPT_TOOL_VERIFY ? NULL :
-		crypt_tool_running_path(user);
+		crypt_tool_marker_path(user, "running");
+	repaired = running == NULL ? NULL :
+		crypt_tool_marker_path(user, "repaired");
 	if (running != NULL) {
 		bool interrupted = access(running, F_OK) == 0;
 		int fd;
@@ -1206,7 +1424,11 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 			   run, a fresh process, converts */
 			if (crypt_tool_mdbox_repair(cmd, user, &vnames,
 						    &namespaces) == 0) {
-				i_unlink_if_exists(running);
+				if (rename(running, repaired) < 0) {
+					e_error(user->event, "rename(%s, %s) "
+						"failed: %m", running,
+						repaired);
+				}
 				e_error(user->event, "popvault %s: user %s: "
 					"mdbox storage repaired after an "
 					"interrupted run; run the command "
@@ -1217,6 +1439,8 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 			doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
 			return -1;
 		}
+		cmd->check_sizes = cmd->op == CRYPT_TOOL_ENCRYPT &&
+			access(repaired, F_OK) == 0;
 		if (!interrupted) {
 			(void)mkdir_parents(t_strdup_until(running,
 				strrchr(running, '/')), 0700);
@@ -1250,8 +1474,10 @@ static int crypt_tool_run(struct doveadm_mail_cmd_context *_ctx,
 	if (ret == 0 && cmd->op != CRYPT_TOOL_VERIFY &&
 	    strcmp(user->namespaces->storage->name, "mdbox") == 0)
 		crypt_tool_remove_leftovers(cmd, user, user->namespaces);
-	if (ret == 0 && running != NULL)
+	if (ret == 0 && running != NULL) {
 		i_unlink_if_exists(running);
+		i_unlink_if_exists(repaired);
+	}
 	if (ret < 0) {
 		doveadm_mail_failed_error(_ctx,
 			cmd->op == CRYPT_TOOL_VERIFY && !cmd->temp_failure ?

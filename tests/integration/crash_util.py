@@ -212,8 +212,10 @@ def service_conf(crash_dir, services=("pop3", "lmtp")):
                                    arm=os.path.join(crash_dir, svc + ".arm"),
                                    strace=STRACE))
         os.chmod(wrapper, 0o755)
-        conf += ("service %s {\n  executable = %s\n  service_count = 1\n}\n"
-                 % (svc, wrapper))
+        # one session per process: 2.4 renamed service_count
+        conf += ("service %s {\n  executable = %s\n  %s = 1\n}\n"
+                 % (svc, wrapper, harness.by_version(
+                     "service_count", "restart_request_count")))
     return conf
 
 
@@ -405,6 +407,47 @@ def compare_uidls(before, after, ref, phase, may_vanish=()):
     for mid in set(after) - set(ref) - set(before):
         out.append(("shown", "%s: POP3 lists it again" % mid))
     return out
+
+
+def file_dict(path):
+    """The {key: value} of a Dovecot file dict (key and value lines), None
+    when there is no file; raises ValueError on anything else."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        lines = f.read().split("\n")
+    if lines[-1] != "" or len(lines) % 2 != 1:
+        raise ValueError("not a file dict: %r" % lines[:6])
+    return dict(zip(lines[0:-1:2], lines[1:-1:2]))
+
+
+LAST_LOGIN_KEY = "priv/popvault/last-login"
+
+
+def last_login(dc, user):
+    """The LOGIN-DELAY time of the user's last full login, from the
+    default file dict in the home (None: no dict or no login yet)."""
+    kv = file_dict(os.path.join(dc.home(user), "popvault.dict"))
+    return None if kv is None else kv.get(LAST_LOGIN_KEY)
+
+
+def pop3_login(dc, user):
+    """(first reply line to PASS, message count or None, seconds): a POP3
+    login that may be refused (LOGIN-DELAY), with the session deadline."""
+    t0 = time.time()
+    c = harness.Pop3.__new__(harness.Pop3)
+    harness.LineClient.__init__(c, dc.ports["pop3"], timeout=SESSION_TIMEOUT)
+    try:
+        c.greeting = c.readline()
+        reply = c.login(user, dc.users[user].password)
+        count = None
+        if reply.startswith("+OK"):
+            count = c.stat()[0]
+            c.quit()
+    finally:
+        c.close()
+    wait_session_end(dc)
+    return reply, count, time.time() - t0
 
 
 # --- keys -----------------------------------------------------------------
