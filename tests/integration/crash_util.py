@@ -32,6 +32,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import harness
 from policy_util import list_mailboxes
@@ -232,6 +233,23 @@ def arm(crash_dir, svc, trace_path, point=None, env=None):
 def disarm(crash_dir, svc):
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(crash_dir, svc + ".arm"))
+
+
+def wait_trace_end(path, timeout=30):
+    """Waits until strace has written the traced process's end into its log
+    (the crash-point tools read the log only after that line, so a kill's
+    "+++ killed" and every call before it are there)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path):
+            with open(path, errors="replace") as f:
+                text = f.read()
+            first = LINE_RX.match(text)
+            if first and re.search(r"^%s +\+\+\+ (exited|killed)" %
+                                   first.group(1), text, re.M):
+                return True
+        time.sleep(0.01)
+    return False
 
 
 # --- clients with the session deadline ------------------------------------
