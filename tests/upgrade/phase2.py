@@ -118,9 +118,8 @@ def control_uidl_format(harness, root, old_inv):
                               "pop3_uidl_format = %{uid}\n")
     with us.server(harness, root, extra_conf=conf) as dc:
         new = us.pop3_inventory(dc, user, lambda where, body: None)
-    diff = compare(old_inv[user]["pop3"], new)
-    if diff is None or not diff.startswith("/uidl"):
-        return "not seen: %s" % diff
+    if compare(old_inv[user]["pop3"]["uidl"], new["uidl"]) is None:
+        return "not seen: %s" % new["uidl"]
     return None
 
 
