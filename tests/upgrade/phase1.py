@@ -141,7 +141,23 @@ def write_mail_root(harness, dc, root):
         dele = (5,) if keeps != "expunge" else ()
         pop3_session(dc, user, retr=(1, 2), dele=dele)
     damage_later_chunk(dc, us.DAMAGED_USER)
+    for user, d in us.USERS.items():
+        if d.get("compress"):
+            check_compressed(dc, user, originals[user])
+    # LOGIN-DELAY: a full login starts the delay, the next one is refused
+    dc.deliver(us.DELAY_USER, harness.make_message("june's mail"))
+    dc.pop3(us.DELAY_USER).quit()
+    problem = us.login_delay_refused(dc)
+    assert problem is None, problem
     return recovery, originals
+
+
+def check_compressed(dc, user, originals):
+    """The mail really went through zlib (and then, for an encrypting
+    user, through popvault: ciphertext would not compress)."""
+    from crypt_util import message_files
+    stored = sum(os.path.getsize(f) for f in message_files(dc, user))
+    assert stored < sum(map(len, originals)) // 2, (user, stored)
 
 
 def ends_with_one_of(originals):

@@ -13,9 +13,11 @@ One line per check (PASS/FAIL), then "N passed, N failed". Checks:
 - two controls that the comparison sees a change: one flipped byte in a
   stored message, and another pop3_uidl_format;
 - per user, a new delivery on 2.4 is listed after the old UIDLs, reads
-  back byte-exact, and is stored encrypted for the users who encrypt;
+  back byte-exact, and is not stored in plaintext for the users who
+  encrypt (or compress);
 - per password-mode user, 2.3's recovery key re-locks the keys with a new
   password (key password -R -N), which then opens all the mail;
+- the LOGIN-DELAY that a 2.3 login started still refuses a login;
 - the 2.4 log has no error but the damaged message's.
 """
 
@@ -144,10 +146,12 @@ def new_delivery(harness, dc, user, old_inv):
         p.command("RSET")
     finally:
         p.close()
+    # the plaintext users' files show that the search finds the token
     on_disk = any(token.encode() in open(f, "rb").read()
                   for f in all_files(dc.home(user)))
-    if on_disk != (user not in us.ENCRYPTING_USERS):
-        return "plaintext on disk: %s" % on_disk
+    plain = not us.USERS[user]["key"] and not us.USERS[user].get("compress")
+    if on_disk != plain:
+        return "the token is%s in the files" % ("" if on_disk else " not")
     return None
 
 
@@ -209,6 +213,8 @@ def main():
         for user in us.PASSWORD_USERS:
             checks.run("%s recovery key" % user, recovery_key, dc, user,
                        state["recovery"][user])
+        checks.run("%s LOGIN-DELAY from 2.3 still holds" % us.DELAY_USER,
+                   us.login_delay_refused, dc)
         checks.run("no unexpected error in the log", log_errors, dc)
     print("%d passed, %d failed" % (checks.passed, checks.failed))
     return 1 if checks.failed or not checks.passed else 0

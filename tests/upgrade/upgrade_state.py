@@ -30,8 +30,10 @@ def import_harness(build_dir):
 
 # Every key mode and cipher on the storages a provider uses, with the
 # policies whose state lives in the mail store (hidden, downloaded,
-# damaged, moved, retention clocks, the UIDL ledger). carol has no ledger:
-# her UIDLs come from pop3_uidl_format on both versions.
+# damaged, moved, retention clocks, the UIDL ledger). carol and frank
+# have no ledger: their UIDLs come from pop3_uidl_format on both
+# versions. hank and ivy store compressed mail (2.3's zlib, read by 2.4's
+# mail_compress; hank's compressed, then encrypted).
 USERS = {
     "alice": dict(store="maildir", key=None, fields={
         "popvault_after_retr": "hide", "popvault_retain_downloaded": "30d",
@@ -53,7 +55,17 @@ USERS = {
     "gina": dict(store="mdbox", key=None, fields={
         "popvault_on_dele": "hide", "popvault_retain_downloaded": "7d",
         "popvault_uidl_ledger": "yes"}),
+    "hank": dict(store="maildir", key="master", cipher="aes-256-gcm",
+                 compress=True, fields={"popvault_retain_downloaded": "30d"}),
+    "ivy": dict(store="mdbox", key=None, compress=True, fields={
+        "popvault_after_retr": "hide", "popvault_uidl_ledger": "yes"}),
 }
+# LOGIN-DELAY state (popvault_dict, by default a file dict in the home):
+# logged in on 2.3, refused on 2.4 within the delay. Not in USERS: every
+# later login is refused, so there is nothing else to read.
+DELAY_USER = "june"
+DELAY_FIELDS = {"popvault_login_delay": "1d",
+                "popvault_login_delay_mode": "refuse"}
 PASSWORD_USERS = [u for u, d in USERS.items() if d["key"] == "password"]
 ENCRYPTING_USERS = [u for u, d in USERS.items() if d["key"]]
 # the user whose multi-chunk message is damaged on disk (a later chunk,
@@ -81,12 +93,16 @@ def make_users(harness, root):
     syntax of the Dovecot under test (2.3 mail=, 2.4 mail_driver and
     mail_path)."""
     users = []
-    for name, d in USERS.items():
+    delay = dict(store="maildir", key=None, fields=DELAY_FIELDS)
+    for name, d in list(USERS.items()) + [(DELAY_USER, delay)]:
         fields = dict(d["fields"])
         path = "~/" + d["store"].capitalize()
         fields.update(harness.by_version(
             {"mail": "%s:%s" % (d["store"], path)},
             {"mail_driver": d["store"], "mail_path": path}))
+        if d.get("compress"):
+            fields.update(harness.by_version(
+                {"zlib_save": "gz"}, {"mail_compress_write_method": "gz"}))
         passdb = {}
         if d["key"]:
             fields.update(popvault_encrypt="yes", popvault_cipher=d["cipher"])
@@ -103,9 +119,24 @@ def make_users(harness, root):
 
 def server(harness, root, extra_conf=""):
     """A Dovecot serving the mail root's homes (not started)."""
+    # 2.4 renamed zlib to mail_compress; a provider loads it for every
+    # user and sets the write method per user
+    plugins = harness.by_version("zlib popvault", "mail_compress popvault")
     return harness.Dovecot(make_users(harness, root),
                            home_root=os.path.join(root, "home"),
-                           name="upgrade", extra_conf=extra_conf)
+                           mail_plugins=plugins, name="upgrade",
+                           extra_conf=extra_conf)
+
+
+def login_delay_refused(dc):
+    """None when the delay user's POP3 login is refused for LOGIN-DELAY."""
+    p = dc.pop3()
+    try:
+        r = p.login(DELAY_USER, password(DELAY_USER))
+    finally:
+        p.close()
+    return None if r.startswith("-ERR [LOGIN-DELAY]") else \
+        "login answered %r" % r
 
 
 # --- inventory -----------------------------------------------------------
