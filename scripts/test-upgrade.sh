@@ -29,6 +29,7 @@ rmdir "$mailroot"
 echo "upgrade: phase 1 on Dovecot $(dovecot --version)"
 python3 tests/upgrade/phase1.py --build-dir build --mail-root "$mailroot" ||
 	{ echo "0 passed, 1 failed"; exit 1; }
+echo "upgrade: phase 1 took $(($(date +%s) - start)) s"
 mkdir -p "$ROOT$mailroot"
 # (the retention probe ran doveadm under a shifted clock, which dates
 # Dovecot's tmp-scan stamps in the future: tar need not say so)

@@ -49,8 +49,7 @@ class Checks:
             print("FAIL %s: %s" % (name, problem))
 
 
-def compare(old, new):
-    return us.first_difference(old, new)
+compare = us.first_difference
 
 
 def same_parts(dc, user, old_inv):
@@ -81,12 +80,13 @@ def control_flipped_byte(dc, old_inv):
     """One byte of a stored message changes (alice's first message POP3
     still lists): the comparison must name that message and nothing else.
     The byte and the file's dates are put back afterwards."""
+    from crypt_util import message_files
     user = "alice"
     inbox = old_inv[user]["imap"]["INBOX"]["messages"]
     msg = [m for m in inbox if "$POP3Hidden" not in m["flags"]][0]
-    cur = os.path.join(dc.home(user), "Maildir", "cur")
-    (name,) = [n for n in os.listdir(cur) if n.startswith(msg["guid"] + ":")]
-    path = os.path.join(cur, name)
+    # maildir: the GUID is the file name up to the flags
+    (path,) = [f for f in message_files(dc, user)
+               if os.path.basename(f).split(":")[0] == msg["guid"]]
     st = os.stat(path)
     with open(path, "r+b") as f:
         f.seek(st.st_size // 2)
@@ -127,8 +127,9 @@ def control_uidl_format(harness, root, old_inv):
 
 def new_delivery(harness, dc, user, old_inv):
     """2.4 delivers new mail into the old store: listed after the old
-    UIDLs (which stay), read back byte-exact; stored encrypted for the
-    users who encrypt, as it is for plaintext users."""
+    UIDLs (which stay), read back byte-exact, its text not in the files
+    of a user who encrypts or compresses (and, showing that the search
+    works, in a plaintext user's)."""
     from crypt_util import all_files
     token = "upgrade-token-%s-on-24" % user
     msg = harness.make_message("%s after the upgrade" % user,
@@ -146,9 +147,10 @@ def new_delivery(harness, dc, user, old_inv):
         p.command("RSET")
     finally:
         p.close()
-    # the plaintext users' files show that the search finds the token
-    on_disk = any(token.encode() in open(f, "rb").read()
-                  for f in all_files(dc.home(user)))
+    on_disk = False
+    for path in all_files(dc.home(user)):
+        with open(path, "rb") as f:
+            on_disk = on_disk or token.encode() in f.read()
     plain = not us.USERS[user]["key"] and not us.USERS[user].get("compress")
     if on_disk != plain:
         return "the token is%s in the files" % ("" if on_disk else " not")

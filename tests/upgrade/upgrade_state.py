@@ -153,7 +153,7 @@ def _fetch_items(line):
                     ("flags", rb"\bFLAGS \(([^)]*)\)"),
                     ("internaldate", rb'\bINTERNALDATE "([^"]*)"'),
                     ("size", rb"\bRFC822\.SIZE (\d+)"),
-                    ("guid", rb"\bX-GUID (\S+?)\)?$")):
+                    ("guid", rb"\bX-GUID ([^\s)]+)")):
         m = re.search(rx, line)
         assert m, (key, line)
         out[key] = m.group(1).decode()
