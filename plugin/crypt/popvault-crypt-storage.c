@@ -7,7 +7,10 @@
      closest to storage: zlib (lib20_zlib) compresses, then we encrypt.
    - istream_opened sits in a forced "lib19_" hook, which runs before
      lib20_zlib (2.3) and lib20_mail_compress (2.4, which sorts before
-     lib20_popvault): we decrypt first, then zlib decompresses. */
+     lib20_popvault): we decrypt first, then zlib decompresses.
+   - save_finish and save_cancel sit in that lib19 hook too: the message
+     being saved reads as its plaintext source until every plugin's part
+     of the save is done (crypt_save_finish()). */
 
 #include "lib.h"
 #include "array.h"
