@@ -28,7 +28,7 @@ cd ..
 args=("$@")
 [ $# -gt 0 ] || args=(-k test_)
 scripts/test-dovecot24.sh "${args[@]}" 2>&1 | tee build/dovecot24.log
-echo "== upgrade 2.3 -> 2.4: mail written by the 2.3 build, read by the 2.4 build (about 40 s)"
+echo "== upgrade 2.3 -> 2.4: mail written by the 2.3 build, read by the 2.4 build (12-75 s)"
 scripts/test-upgrade.sh 2>&1 | tee build/upgrade.log
 # counts per host and of the upgrade, then all together as the last line
 count() { grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -n1; }
