@@ -28,11 +28,14 @@ cd ..
 args=("$@")
 [ $# -gt 0 ] || args=(-k test_)
 scripts/test-dovecot24.sh "${args[@]}" 2>&1 | tee build/dovecot24.log
-# counts per host, then both together as the run's last line
+echo "== upgrade 2.3 -> 2.4: mail written by the 2.3 build, read by the 2.4 build (12-75 s)"
+scripts/test-upgrade.sh 2>&1 | tee build/upgrade.log
+# counts per host and of the upgrade, then all together as the last line
 count() { grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -n1; }
 echo "== integration counts per host"
 echo "dovecot-2.3: $(count build/dovecot23.log)"
 echo "dovecot-2.4: $(count build/dovecot24.log)"
-cat build/dovecot23.log build/dovecot24.log | grep -E '^[0-9]+ passed, [0-9]+ failed' |
+echo "upgrade-2.3-to-2.4: $(count build/upgrade.log)"
+cat build/dovecot23.log build/dovecot24.log build/upgrade.log | grep -E '^[0-9]+ passed, [0-9]+ failed' |
 	awk -F'[ ,]+' '{p += $1; f += $3; s += $5}
 		END {printf "%d passed, %d failed, %d skipped\n", p, f, s}'

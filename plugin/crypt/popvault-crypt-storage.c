@@ -7,7 +7,10 @@
      closest to storage: zlib (lib20_zlib) compresses, then we encrypt.
    - istream_opened sits in a forced "lib19_" hook, which runs before
      lib20_zlib (2.3) and lib20_mail_compress (2.4, which sorts before
-     lib20_popvault): we decrypt first, then zlib decompresses. */
+     lib20_popvault): we decrypt first, then zlib decompresses.
+   - save_finish and save_cancel sit in that lib19 hook too: the message
+     being saved reads as its plaintext source until every plugin's part
+     of the save is done (crypt_save_finish()). */
 
 #include "lib.h"
 #include "array.h"
@@ -105,11 +108,15 @@ struct crypt_stream_ctx {
 	MODULE_CONTEXT(obj, popvault_crypt_storage_module)
 #define POPVAULT_CRYPT_MAIL_CONTEXT(obj) \
 	MODULE_CONTEXT_REQUIRE(obj, popvault_crypt_mail_module)
+#define POPVAULT_CRYPT_OUTER_BOX_CONTEXT(obj) \
+	MODULE_CONTEXT_REQUIRE(obj, popvault_crypt_outer_module)
 
 static MODULE_CONTEXT_DEFINE_INIT(popvault_crypt_storage_module,
 				  &mail_storage_module_register);
 static MODULE_CONTEXT_DEFINE_INIT(popvault_crypt_mail_module,
 				  &mail_module_register);
+static MODULE_CONTEXT_DEFINE_INIT(popvault_crypt_outer_module,
+				  &mail_storage_module_register);
 
 static ARRAY(struct sender_cache_entry *) sender_cache;
 /* popvault_crypt_see_containers() was called */
@@ -661,24 +668,34 @@ static void crypt_save_forget(struct popvault_crypt_mailbox *cbox)
 	cbox->save_mail = NULL;
 }
 
+/* save_finish and save_cancel are the outermost layer (the lib19 hook):
+   reads of the message being saved get the plaintext source until every
+   plugin's save_finish is done. A compression plugin that does not
+   compress for this user reads the saved message back in its save_finish
+   to refuse client-compressed mail; 2.4's mail_compress sorts before
+   lib20_popvault, so that read comes after the innermost layers returned,
+   and the ciphertext would need the private key, which delivery in
+   password mode does not have. */
 static int crypt_save_finish(struct mail_save_context *ctx)
 {
-	struct popvault_crypt_mailbox *cbox =
-		POPVAULT_CRYPT_BOX_CONTEXT(ctx->transaction->box);
+	struct mailbox *box = ctx->transaction->box;
+	union mailbox_module_context *obox =
+		POPVAULT_CRYPT_OUTER_BOX_CONTEXT(box);
 	int ret;
 
-	ret = cbox->module_ctx.super.save_finish(ctx);
-	crypt_save_forget(cbox);
+	ret = obox->super.save_finish(ctx);
+	crypt_save_forget(POPVAULT_CRYPT_BOX_CONTEXT(box));
 	return ret;
 }
 
 static void crypt_save_cancel(struct mail_save_context *ctx)
 {
-	struct popvault_crypt_mailbox *cbox =
-		POPVAULT_CRYPT_BOX_CONTEXT(ctx->transaction->box);
+	struct mailbox *box = ctx->transaction->box;
+	union mailbox_module_context *obox =
+		POPVAULT_CRYPT_OUTER_BOX_CONTEXT(box);
 
-	cbox->module_ctx.super.save_cancel(ctx);
-	crypt_save_forget(cbox);
+	obox->super.save_cancel(ctx);
+	crypt_save_forget(POPVAULT_CRYPT_BOX_CONTEXT(box));
 }
 
 static void crypt_mailbox_close(struct mailbox *box)
@@ -728,6 +745,17 @@ static bool crypt_user_needs_cache_off(struct popvault_crypt_user *cuser)
 						      cuser->event);
 }
 
+/* box is saved into encrypted (the owner encrypts, the storage holds
+   binary data) */
+static bool crypt_box_encrypts(struct mailbox *box)
+{
+	struct popvault_crypt_user *cuser = crypt_box_user(box);
+
+	return cuser != NULL && cuser->set->encrypt &&
+		(box->storage->class_flags &
+		 MAIL_STORAGE_CLASS_FLAG_BINARY_DATA) != 0;
+}
+
 static void crypt_mailbox_allocated(struct mailbox *box)
 {
 	struct mailbox_vfuncs *v = box->vlast;
@@ -753,12 +781,27 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 		box->mail_cache_disabled = TRUE;
 	if (!cuser->set->encrypt)
 		return;
-	if ((box->storage->class_flags & MAIL_STORAGE_CLASS_FLAG_BINARY_DATA) != 0) {
+	if (crypt_box_encrypts(box))
 		v->save_begin = crypt_save_begin;
-		v->save_finish = crypt_save_finish;
-		v->save_cancel = crypt_save_cancel;
-	} else
+	else
 		v->save_begin = crypt_save_begin_unsupported;
+}
+
+/* The lib19 layer around every other plugin's save (see
+   crypt_save_finish()) */
+static void crypt_outer_mailbox_allocated(struct mailbox *box)
+{
+	struct mailbox_vfuncs *v = box->vlast;
+	union mailbox_module_context *obox;
+
+	if (!crypt_box_encrypts(box))
+		return;
+	obox = p_new(box->pool, union mailbox_module_context, 1);
+	obox->super = *v;
+	box->vlast = &obox->super;
+	v->save_finish = crypt_save_finish;
+	v->save_cancel = crypt_save_cancel;
+	MODULE_CONTEXT_SET_SELF(box, popvault_crypt_outer_module, obox);
 }
 
 /* ---- user ---- */
@@ -946,6 +989,7 @@ void popvault_crypt_user_deinit(struct popvault_user *puser)
 /* ---- hooks ---- */
 
 static struct mail_storage_hooks popvault_crypt_read_hooks = {
+	.mailbox_allocated = crypt_outer_mailbox_allocated,
 	.mail_allocated = crypt_mail_allocated,
 };
 

@@ -415,6 +415,28 @@ def test_zlib_then_encrypt():
         assert dc.log_errors() == [], dc.log_errors()
 
 
+def test_password_mode_delivery_with_compression_loaded():
+    """A provider loads zlib/mail_compress for everyone (old mail is
+    compressed) and writes compressed mail for some users only. For the
+    others the compression plugin reads each saved message back to refuse
+    client-compressed mail; in password mode delivery has no private key,
+    so that read must see the plaintext being saved (2.4 answered 451)."""
+    users = [User("pwz", "pw-z", {"popvault_encrypt": "yes"},
+                  passdb_fields={"userdb_popvault_key_password": "%w"})]
+    with crypt_dovecot(users,
+                       mail_plugins=by_version("zlib popvault",
+                                               "mail_compress popvault")) \
+            as dc:
+        # password mode: the first login creates the key pair
+        dc.pop3("pwz").quit()
+        m = make_message("delivered", body="compressed for others only\r\n")
+        dc.deliver("pwz", m)
+        (path,) = message_files(dc, "pwz")
+        assert open(path, "rb").read().startswith(MAGIC)
+        _check_message(dc, "pwz", 1, m)
+        assert not re.search(r"lmtp\(pwz\).*(unlock|decrypting)", dc.log())
+
+
 def test_lmtp_needs_only_the_public_key():
     users = [User("pub", fields=enc_fields())]
     with crypt_dovecot(users) as dc:
