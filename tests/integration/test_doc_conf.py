@@ -193,7 +193,7 @@ def test_global_settings_block_logs_in():
         p.quit()
         if DOVECOT_24:
             st, lines = dc.imap("u").command("STATUS INBOX (MESSAGES)")
-            assert "MESSAGES 1" in " ".join(lines), lines
+            assert b"MESSAGES 1" in lines, lines
 
 
 def _home_root(dc):
