@@ -1,14 +1,22 @@
 #!/bin/bash
-# Installs what popvault needs to build and test on Debian 12 (as root),
-# then configures and builds it in ./build. Safe to run again.
+# Installs what popvault needs to build and test on Debian 12 or 13 (as
+# root), then configures and builds it in ./build. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES="dovecot-dev dovecot-core dovecot-pop3d dovecot-imapd dovecot-lmtpd
-dovecot-sqlite dovecot-lucene dovecot-fts-xapian libsodium-dev libssl-dev autoconf
+dovecot-sqlite dovecot-ldap dovecot-fts-xapian libsodium-dev libssl-dev autoconf
 automake libtool pkg-config make gcc valgrind python3 sqlite3 curl fetchmail
 mpop getmail6 openssl faketime redis-server clang libclang-rt-dev dpkg-dev
-debhelper fakeroot dh-autoreconf git thunderbird strace debootstrap"
+debhelper fakeroot dh-autoreconf git thunderbird strace e2fsprogs"
+if [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = bookworm ]; then
+	# Debian 12, Dovecot 2.3: lucene FTS; debootstrap builds the Debian 13
+	# chroot in which scripts/test.sh tests Dovecot 2.4
+	PACKAGES="$PACKAGES dovecot-lucene debootstrap"
+else
+	# Debian 13, Dovecot 2.4: lucene is gone, flatcurve took its place
+	PACKAGES="$PACKAGES dovecot-flatcurve"
+fi
 
 missing=""
 for p in $PACKAGES; do
@@ -50,3 +58,15 @@ if grep -i "warning:" make.log; then
 	exit 1
 fi
 echo "popvault: built $(pwd)/.libs/lib20_popvault_plugin.so"
+if dpkg --compare-versions "$(dovecot --version | cut -d' ' -f1)" ge 2.4; then
+	# Dovecot 2.4 reads settings modules only from its own module directory
+	# (docs/dovecot-24.md): the demo and the tests need the build installed.
+	# Nothing is enabled: /etc/dovecot is not touched.
+	if [ "$(id -u)" = 0 ]; then
+		make install >install.log 2>&1 || { cat install.log; exit 1; }
+		echo "popvault: installed into the module directory of Dovecot $(dovecot --version)"
+	else
+		echo "popvault: Dovecot 2.4: run 'make -C build install' as root" \
+			"before the demo or the tests" >&2
+	fi
+fi

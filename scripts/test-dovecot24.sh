@@ -9,20 +9,29 @@
 # The build lives in the chroot's copy of the tree (/popvault/build24) and
 # is installed into the chroot's /usr/lib/dovecot/modules: Dovecot 2.4
 # loads settings modules only from its compiled-in directory.
+#
+# On a host whose own Dovecot is 2.4 (Debian 13) there is no chroot: the
+# same steps run on the host, in ./build (scripts/setup.sh's), and install
+# into the host's Dovecot module directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/trixie-root.sh create
+if dpkg --compare-versions "$(dovecot --version 2>/dev/null | cut -d' ' -f1)" ge 2.4; then
+	in_24() { BUILD=build /bin/bash -c "$@"; }
+else
+	scripts/trixie-root.sh create
+	in_24() { scripts/trixie-root.sh run /usr/bin/env BUILD=build24 /bin/bash -c "$@"; }
+fi
 start=$(date +%s)
-scripts/trixie-root.sh run /bin/bash -c '
+in_24 '
 set -euo pipefail
 mkdir -p m4
 if [ ! -x configure ] || [ configure.ac -nt configure ] ||
    [ Makefile.am -nt configure ]; then
 	autoreconf -fi 2>&1 | grep -v -e "dovecot.m4" -e "obsolete" -e "^ " || true
 fi
-mkdir -p build24
-cd build24
+mkdir -p "$BUILD"
+cd "$BUILD"
 if [ ! -f Makefile ] || [ ../configure -nt Makefile ]; then
 	../configure --enable-werror >configure.log 2>&1 ||
 		{ cat configure.log; exit 1; }
@@ -35,10 +44,12 @@ fi
 echo "popvault: built against Dovecot $(dovecot --version)"
 make check >check.log 2>&1 || { cat check.log; echo "popvault: unit tests failed" >&2; exit 1; }
 grep "tests failed" check.log
+echo "== fuzz targets over their corpora on Dovecot $(dovecot --version) (libFuzzer, ASan+UBSan)"
+make fuzz-regress
 make install >/dev/null
 if [ $# -gt 0 ]; then
 	cd ..
-	python3 tests/integration/run.py --build-dir build24 "$@"
+	python3 tests/integration/run.py --build-dir "$BUILD" "$@"
 fi
 ' test-dovecot24 "$@"
 echo "popvault: Dovecot 2.4 run took $(($(date +%s) - start)) s"

@@ -3,7 +3,8 @@
 /* Every value parser popvault runs on admin input (userdb fields and
    plugin {} settings): the first byte picks the parser, the rest is the
    value; parser 5 parses "name=value" lines as a whole user's settings,
-   so unknown names and every table entry are reached. */
+   so unknown names and every table entry are reached (on Dovecot 2.4
+   also through the 2.4 settings declaration's check). */
 
 #include "lib.h"
 #include "str.h"
@@ -46,6 +47,29 @@ fuzz_iter(void *context, void (*cb)(const char *name, void *cb_context),
 	}
 }
 
+#if DOVECOT_PREREQ(2, 4, 0)
+/* Dovecot 2.4: the same lines also go through the declaration the config
+   process and settings_get() use, included like fuzz-keys.c includes the
+   key store: its constructor builds the table, its check_func validates
+   (an empty value is unset there). */
+#  include "../../plugin/compat/popvault-settings-24.c"
+
+static void fuzz_settings_24(struct fuzz_env *env)
+{
+	struct popvault_24_settings set24;
+	const char *name, *value, *error;
+	unsigned int i;
+
+	i_zero(&set24);
+	for (i = 0; (name = popvault_setting_name(i)) != NULL; i++) {
+		value = fuzz_lookup(name, env);
+		set24.values[i] = value == NULL ? "" : value;
+	}
+	(void)popvault_setting_parser_info.check_func(
+		&set24, pool_datastack_create(), &error);
+}
+#endif
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct popvault_settings set;
@@ -86,6 +110,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			(void)popvault_settings_parse(pool_datastack_create(),
 						      fuzz_lookup, fuzz_iter,
 						      &env, &set, &error);
+#if DOVECOT_PREREQ(2, 4, 0)
+			fuzz_settings_24(&env);
+#endif
 			break;
 		}
 	} T_END;

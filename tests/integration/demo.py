@@ -97,8 +97,8 @@ def main():
                              body="This is sample message %d for %s.\r\n"
                                   % (n, name), to="%s@popvault.test" % name)
                 for n in range(1, 4)])
-        print("popvault demo: Dovecot %s running from %s" %
-              ("2.3", dc.tmp))
+        print("popvault demo: Dovecot %d.%d running from %s" %
+              (harness.DOVECOT_VERSION + (dc.tmp,)))
         print("  POP3  127.0.0.1:%d   IMAP 127.0.0.1:%d   LMTP 127.0.0.1:%d"
               % (ports["pop3"], ports["imap"], ports["lmtp"]))
         print("  users (password 'demo'), each with 3 sample messages:")

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 
-from harness import User, dovecot
+from harness import DOVECOT_VERSION, User, dovecot
 from policy_util import deliver_numbered, pop3_session
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -89,6 +89,15 @@ def test_deb_builds_installs_and_applies_a_policy():
         depends = [d.strip() for d in info.stdout.split("Depends:", 1)[1]
                    .split(",")]
         assert "dovecot-abi-%s" % abi in depends, depends
+        # the ABI of the Dovecot under test (2.3 on Debian 12, 2.4 on 13),
+        # and the description names that Dovecot
+        series = "%d.%d" % DOVECOT_VERSION
+        assert abi.startswith(series + "."), (abi, series)
+        description = subprocess.run(["dpkg-deb", "-f", deb, "Description"],
+                                     check=True, capture_output=True,
+                                     text=True).stdout
+        assert "built for Dovecot %s\n" % series in description, description
+        assert "Dovecot 2.3 plugin" not in description, description
         assert any(d.startswith("libsodium") for d in depends), depends
 
         listing = subprocess.run(["dpkg-deb", "-c", deb], check=True,

@@ -179,13 +179,19 @@ def test_demo_serves_curl():
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         port = None
+        version = None
         for line in p.stdout:
             m = re.search(rb"POP3  127\.0\.0\.1:(\d+)", line)
             if m:
                 port = int(m.group(1))
+            m = re.search(rb"popvault demo: Dovecot (\S+) running", line)
+            if m:
+                version = m.group(1).decode()
             if b"Ctrl-C" in line:
                 break
         assert port, "demo printed no POP3 port"
+        # the Dovecot it runs on (2.3 on Debian 12, 2.4 on Debian 13)
+        assert version == "%d.%d" % harness.DOVECOT_VERSION, version
         out = subprocess.run(["curl", "-s", "--max-time", "10",
                               "pop3://keep:demo@127.0.0.1:%d/" % port],
                              capture_output=True, timeout=20).stdout

@@ -23,8 +23,9 @@ def _docs_form(dovecot_24=DOVECOT_24):
               encoding="utf-8") as f:
         doc = f.read()
     section = doc.split("\n## Shared mailboxes\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"^```\n(.*?)^```$", section, re.S | re.M)
-    block = blocks[1 if dovecot_24 else 0]
+    blocks = re.findall(r"^```dovecot-2\.%d\n(.*?)^```$"
+                        % (4 if dovecot_24 else 3), section, re.S | re.M)
+    block = blocks[0]
     assert DICT_PATH in block
     return block
 
