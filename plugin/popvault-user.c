@@ -127,6 +127,11 @@ void popvault_mail_user_created(struct mail_user *user)
 	MODULE_CONTEXT_SET(user, popvault_user_module, puser);
 
 	popvault_log_settings(puser);
+	if (popvault_dict_user_created(puser, &error) < 0) {
+		user->error = p_strdup_printf(user->pool,
+			"popvault: user %s: %s", user->username, error);
+		return;
+	}
 	if (popvault_crypt_user_created(user, puser, &error) < 0) {
 		/* fail closed: never store plaintext for this user */
 		user->error = p_strdup_printf(user->pool,

@@ -218,8 +218,8 @@ dict_init_uri(struct mail_user *user, struct event *event, const char *uri,
 	set.base_dir = user->set->base_dir;
 	set.event_parent = event;
 	if (dict_init(uri, &set, dict_r, &error) < 0) {
-		*error_r = t_strdup_printf("dict_init(%s) failed: %s",
-					   uri, error);
+		/* not the URI: it may hold a password */
+		*error_r = t_strdup_printf("dict_init() failed: %s", error);
 		return -1;
 	}
 	return 1;
