@@ -11,7 +11,6 @@
 #include "mail-user.h"
 #include "mail-storage-settings.h"
 #include "mail-storage-service.h"
-#include "popvault-user.h"
 #include "doveadm-mail.h"
 #include "popvault-settings.h"
 #include "popvault-compat.h"
@@ -51,7 +50,8 @@ static const char *user_setting_lookup(const char *name, void *context)
 	   that is no password. Another value came from doveadm -o. */
 	if (strcmp(name, POPVAULT_SETTING_PREFIX "key_password") == 0 &&
 	    strcmp(value, "yes") == 0 &&
-	    (field = popvault_user_userdb_field(envs->user, name)) != NULL &&
+	    (field = popvault_userdb_field(envs->user->userdb_fields,
+					   name)) != NULL &&
 	    field[0] == '\0') {
 		e_debug(envs->user->event, "popvault: %s is empty in this "
 			"userdb reply (no login password here): unset", name);
