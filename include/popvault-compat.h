@@ -2,8 +2,9 @@
 #define POPVAULT_COMPAT_H
 
 /* The seam between Dovecot 2.3 and 2.4 (issue 16). Behaviour code calls the
-   names below and contains no version test; what differs is here (small
-   API renames, as macros) and in one file per host:
+   names below and contains no version test; what differs is here and in
+   popvault-compat-macros.h (small API renames, as macros) and in one file
+   per host:
      plugin/compat/popvault-compat-23.c   Dovecot 2.3 (plugin {} settings)
      plugin/compat/popvault-compat-24.c   Dovecot 2.4 (settings_get())
    configure picks the file by probing the API (DOVECOT_24_SETTINGS).
@@ -11,6 +12,7 @@
    works in builds without popvault-config.h (fuzz targets). */
 
 #include "lib.h"
+#include "popvault-compat-macros.h"
 
 struct mail_user;
 struct mail;
@@ -22,26 +24,11 @@ struct doveadm_mail_cmd_context;
 struct mail_storage_service_user;
 
 #if DOVECOT_PREREQ(2, 4, 0)
-#  include "str-parse.h"
-/* settings_get_time() moved to lib's str-parse.h */
-#  define popvault_parse_interval(str, secs_r, error_r) \
-	str_parse_get_interval(str, secs_r, error_r)
 /* v.init lost its args parameter; options come from cctx */
 #  define POPVAULT_DOVEADM_INIT_ARGS
 #  define popvault_doveadm_getopt(ctx, getopt_args) ((void)(getopt_args))
-/* how messages tell the admin to write the login password and a
-   doveadm -o setting */
-#  define POPVAULT_HINT_PASSWORD_VAR "%{password}"
-#  define POPVAULT_HINT_SETTING_PREFIX ""
 #else
-#  include "settings-parser.h"
-/* 2.4 spells the two-argument form str_begins_with() */
-#  define str_begins_with(str, prefix) str_begins(str, prefix)
-#  define popvault_parse_interval(str, secs_r, error_r) \
-	settings_get_time(str, secs_r, error_r)
 #  define POPVAULT_DOVEADM_INIT_ARGS , const char *const args[] ATTR_UNUSED
-#  define POPVAULT_HINT_PASSWORD_VAR "%w"
-#  define POPVAULT_HINT_SETTING_PREFIX "plugin/"
 /* 2.3 turns each option back into getopt form and refuses it unless the
    command has getopt_args and a parse_arg callback. The commands read every
    option with doveadm_cmd_param_*() on both versions, so the callback only

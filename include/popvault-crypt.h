@@ -10,13 +10,12 @@ struct mail_user;
 struct mailbox;
 struct popvault_user;
 
-/* Validates the user's encryption settings and attaches the crypt state
-   to puser (puser->crypt stays NULL when encryption is off for the user).
-   Returns -1 with error_r when the user must fail (fail closed). */
-int popvault_crypt_user_created(struct mail_user *user,
-				struct popvault_user *puser,
-				const char **error_r);
-void popvault_crypt_user_deinit(struct popvault_user *puser);
+/* For popvault_user_hooks_add(): created validates the user's encryption
+   settings and attaches the crypt state to puser (puser->crypt stays NULL
+   when encryption is off for the user), failing the user when it must
+   (fail closed); deinit_post drops the keys after the storage is gone. */
+struct popvault_user_hooks;
+extern const struct popvault_user_hooks popvault_crypt_user_hooks;
 
 /* A POP3 login in password mode (popvault_key_password set) unlocks the
    keys at once, so a password that does not unlock them refuses the

@@ -30,6 +30,11 @@ int popvault_ledger_flush(struct popvault_ledger *ledger,
 			  const char **error_r);
 void popvault_ledger_free(struct popvault_ledger **ledger);
 
+/* For popvault_user_hooks_add(): flushes and frees the user's ledger
+   (puser->ledger) when the user is deinitialized. */
+struct popvault_user_hooks;
+extern const struct popvault_user_hooks popvault_ledger_user_hooks;
+
 /* The UIDL Dovecot's pop3 would give this mail with pop3_uidl_format and
    no stored UIDL. */
 int popvault_uidl_default(struct mail *mail, const char *format,

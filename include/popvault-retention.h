@@ -47,8 +47,10 @@ int popvault_retention_sweep(struct popvault_user *puser, bool dry_run,
 			     struct popvault_sweep_stats *stats_r,
 			     const char **error_r);
 
-/* The sweep Dovecot's autoexpunge would do: after a POP3 session, once the
-   client is disconnected. Errors are logged, never fatal. */
-void popvault_retention_after_session(struct popvault_user *puser);
+/* For popvault_user_hooks_add(): the sweep Dovecot's autoexpunge would
+   do, after a POP3 session (puser->sweep_after_session), once the client
+   is disconnected. Errors are logged, never fatal. */
+struct popvault_user_hooks;
+extern const struct popvault_user_hooks popvault_retention_user_hooks;
 
 #endif

@@ -103,6 +103,12 @@ const char *
 popvault_login_delay_mode_to_str(enum popvault_login_delay_mode mode);
 const char *popvault_duration_to_str(unsigned int secs);
 
+/* A field of the userdb reply a session was made from (mail_user's
+   userdb_fields): NULL when absent, "" when it came without a value (how
+   Dovecot sends an empty one; as a setting it then reads "yes"). */
+const char *popvault_userdb_field(const char *const *userdb_fields,
+				  const char *name);
+
 /* The idx'th setting name, NULL past the last: lets docs and tests walk the
    one table instead of keeping their own lists. */
 const char *popvault_setting_name(unsigned int idx);

@@ -40,10 +40,18 @@ struct popvault_user *popvault_user_get(struct mail_user *user);
 
 void popvault_mail_user_created(struct mail_user *user);
 
-/* A field of the userdb reply the session was made from: NULL when
-   absent, "" when it came without a value (how Dovecot sends an empty
-   one; as a setting it then reads "yes"). */
-const char *popvault_user_userdb_field(struct mail_user *user,
-				       const char *name);
+/* What a layer above does for each active user, registered by the
+   plugin's entry (popvault-plugin.c) in the order they run. */
+struct popvault_user_hooks {
+	/* after the user's settings and dict; -1 with error_r fails the
+	   user's login or delivery */
+	int (*created)(struct popvault_user *puser, const char **error_r);
+	/* when the user is deinitialized, while its storage still exists */
+	void (*deinit)(struct popvault_user *puser);
+	/* after Dovecot deinitialized the user's storage */
+	void (*deinit_post)(struct popvault_user *puser);
+};
+void popvault_user_hooks_add(const struct popvault_user_hooks *hooks);
+void popvault_user_hooks_remove_all(void);
 
 #endif

@@ -8,7 +8,7 @@
 #include "settings-parser.h"
 #include "utc-mktime.h"
 #include "popvault-settings.h"
-#include "popvault-compat.h"
+#include "popvault-compat-macros.h"
 
 #include <time.h>
 
@@ -449,4 +449,23 @@ const char *popvault_duration_to_str(unsigned int secs)
 	if (secs != 0 && secs % 3600 == 0)
 		return t_strdup_printf("%uh", secs / 3600);
 	return t_strdup_printf("%us", secs);
+}
+
+const char *popvault_userdb_field(const char *const *userdb_fields,
+				  const char *name)
+{
+	const char *const *field;
+	size_t len = strlen(name);
+
+	if (userdb_fields == NULL)
+		return NULL;
+	for (field = userdb_fields; *field != NULL; field++) {
+		if (strncmp(*field, name, len) != 0)
+			continue;
+		if ((*field)[len] == '\0')
+			return "";
+		if ((*field)[len] == '=')
+			return *field + len + 1;
+	}
+	return NULL;
 }

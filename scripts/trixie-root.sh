@@ -128,6 +128,13 @@ sync_tree() {
 	(cd "$SRC" && git ls-files -z -c -o --exclude-standard |
 		xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh |
 		tar --null -T - -cf -) | tar -C "$ROOT/popvault" -xf -
+	# a source moved or removed in the tree must not linger in the copy:
+	# make check reads the folders (tests/layers/check-layers.py)
+	(cd "$ROOT/popvault" && find plugin include -type f \
+		\( -name '*.c' -o -name '*.h' \) -print0) |
+		while IFS= read -r -d '' f; do
+			[ -e "$SRC/$f" ] || rm -f "$ROOT/popvault/$f"
+		done
 }
 
 run() {

@@ -13,7 +13,6 @@
 #include "mail-storage-service.h"
 #include "mdbox-storage.h"
 #include "mdbox-map-private.h"
-#include "popvault-user.h"
 #include "doveadm-mail.h"
 #include "popvault-settings.h"
 #include "popvault-compat.h"
@@ -53,7 +52,8 @@ static const char *user_setting_lookup(const char *name, void *context)
 	   that is no password. Another value came from doveadm -o. */
 	if (strcmp(name, POPVAULT_SETTING_PREFIX "key_password") == 0 &&
 	    strcmp(value, "yes") == 0 &&
-	    (field = popvault_user_userdb_field(envs->user, name)) != NULL &&
+	    (field = popvault_userdb_field(envs->user->userdb_fields,
+					   name)) != NULL &&
 	    field[0] == '\0') {
 		e_debug(envs->user->event, "popvault: %s is empty in this "
 			"userdb reply (no login password here): unset", name);
@@ -220,8 +220,8 @@ dict_init_uri(struct mail_user *user, struct event *event, const char *uri,
 	set.base_dir = user->set->base_dir;
 	set.event_parent = event;
 	if (dict_init(uri, &set, dict_r, &error) < 0) {
-		*error_r = t_strdup_printf("dict_init(%s) failed: %s",
-					   uri, error);
+		/* not the URI: it may hold a password */
+		*error_r = t_strdup_printf("dict_init() failed: %s", error);
 		return -1;
 	}
 	return 1;

@@ -33,6 +33,24 @@ static const char *user_setting_lookup(const char *name, void *context)
 	return popvault_24_settings_lookup(name, (void *)ctx->set);
 }
 
+/* A user's own dict: the userdb names the popvault_dict filter's settings
+   by path, as Dovecot does for any filter (namespace/inbox/...), and
+   Dovecot applies them (settings_override_filter_match() in 2.4.1's
+   lib-settings/settings.c):
+     popvault_dict/dict=redis
+     popvault_dict/dict/redis/redis_host=127.0.0.1
+   Only these two forms reach the dict; another popvault_dict/ path is
+   refused like any unknown popvault_* name. */
+#define USER_DICT_FIELD POPVAULT_SETTING_PREFIX"dict/dict"
+
+static bool user_dict_field(const char *name)
+{
+	const char *suffix;
+
+	return str_begins(name, USER_DICT_FIELD, &suffix) &&
+		(suffix[0] == '\0' || suffix[0] == '/');
+}
+
 /* Dovecot 2.4 silently ignores a userdb field that names no setting, but
    keeps it in userdb_fields: a typo'd popvault_* field is still refused. */
 static void
@@ -46,8 +64,11 @@ user_setting_iter(void *context,
 	if (ctx->userdb_fields == NULL)
 		return;
 	for (field = ctx->userdb_fields; *field != NULL; field++) {
-		if (str_begins_with(*field, POPVAULT_SETTING_PREFIX))
-			cb(t_strcut(*field, '='), cb_context);
+		const char *name = t_strcut(*field, '=');
+
+		if (str_begins_with(name, POPVAULT_SETTING_PREFIX) &&
+		    !user_dict_field(name))
+			cb(name, cb_context);
 	}
 }
 
@@ -140,6 +161,16 @@ int popvault_compat_user_settings(struct mail_user *user,
 					  POPVAULT_SETTING_PREFIX);
 
 		*error_r = text != NULL ? text : error;
+		if (str_begins_with(*error_r, "Invalid "POPVAULT_SETTING_PREFIX
+				    "dict=")) {
+			/* 2.3's dict URI, e.g. an SQL column kept through
+			   the upgrade; not echoed, a URI may hold a
+			   password */
+			*error_r = "Invalid "POPVAULT_SETTING_PREFIX"dict: a "
+				"dict URI is Dovecot 2.3's form; on 2.4 the "
+				"userdb gives "USER_DICT_FIELD"=<driver> and "
+				USER_DICT_FIELD"/<driver>/<setting>=<value>";
+		}
 		return -1;
 	}
 	ret = popvault_settings_parse(user->pool, user_setting_lookup,

@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <sodium.h>
-#include "popvault-compat.h"
+#include "popvault-compat-macros.h"
 
 #define KEYFILE_MAGIC "popvault-keypair 1"
 #define KEYFILE_SUFFIX ".key"

@@ -882,10 +882,10 @@ int popvault_crypt_pop3_unlock(struct popvault_user *puser)
 	return crypt_user_get_receiver(puser->crypt, &error) == NULL ? -1 : 0;
 }
 
-int popvault_crypt_user_created(struct mail_user *user,
-				struct popvault_user *puser,
-				const char **error_r)
+static int crypt_user_created(struct popvault_user *puser,
+			      const char **error_r)
 {
+	struct mail_user *user = puser->user;
 	const struct popvault_settings *set = &puser->set;
 	struct popvault_crypt_user *cuser;
 	const char *home, *error;
@@ -933,7 +933,7 @@ int popvault_crypt_user_created(struct mail_user *user,
 	cuser->key_password = set->key_password;
 	/* auth adds master_user to the userdb reply of a master login */
 	cuser->master_user = p_strdup_empty(user->pool,
-		popvault_user_userdb_field(user, "master_user"));
+		popvault_userdb_field(user->userdb_fields, "master_user"));
 	if (cuser->master_user != NULL && cuser->key_password != NULL) {
 		e_debug(puser->event, "crypt: login by master user %s: "
 			"popvault_key_password is its password, not used",
@@ -972,7 +972,7 @@ int popvault_crypt_user_created(struct mail_user *user,
 	return 0;
 }
 
-void popvault_crypt_user_deinit(struct popvault_user *puser)
+static void crypt_user_deinit(struct popvault_user *puser)
 {
 	struct popvault_crypt_user *cuser = puser->crypt;
 
@@ -985,6 +985,11 @@ void popvault_crypt_user_deinit(struct popvault_user *puser)
 	cuser->master = NULL;
 	puser->crypt = NULL;
 }
+
+const struct popvault_user_hooks popvault_crypt_user_hooks = {
+	.created = crypt_user_created,
+	.deinit_post = crypt_user_deinit,
+};
 
 /* ---- hooks ---- */
 

@@ -202,3 +202,18 @@ fail:
 	*error_r = mailbox_get_last_internal_error(mail->box, NULL);
 	return -1;
 }
+
+static void ledger_user_deinit(struct popvault_user *puser)
+{
+	const char *error;
+
+	if (puser->ledger == NULL)
+		return;
+	if (popvault_ledger_flush(puser->ledger, &error) < 0)
+		e_error(puser->event, "UIDL ledger: %s", error);
+	popvault_ledger_free(&puser->ledger);
+}
+
+const struct popvault_user_hooks popvault_ledger_user_hooks = {
+	.deinit = ledger_user_deinit,
+};

@@ -320,12 +320,12 @@ int popvault_retention_sweep(struct popvault_user *puser, bool dry_run,
 			       stats_r, error_r);
 }
 
-void popvault_retention_after_session(struct popvault_user *puser)
+static void retention_user_deinit(struct popvault_user *puser)
 {
 	struct popvault_sweep_stats stats;
 	const char *error;
 
-	if (!popvault_retention_enabled(puser))
+	if (!puser->sweep_after_session || !popvault_retention_enabled(puser))
 		return;
 	if (retention_sweep(puser, FALSE, TRUE, NULL, NULL, &stats,
 			    &error) < 0) {
@@ -340,3 +340,7 @@ void popvault_retention_after_session(struct popvault_user *puser)
 	e_debug(puser->event, "retention sweep: %u messages, %u expired",
 		stats.messages, stats.expired_downloaded + stats.expired_unread);
 }
+
+const struct popvault_user_hooks popvault_retention_user_hooks = {
+	.deinit = retention_user_deinit,
+};

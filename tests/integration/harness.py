@@ -56,17 +56,41 @@ DOVECOT_24 = DOVECOT_VERSION >= (2, 4)
 SETTINGS_SO = "libpopvault_settings.so"
 
 
+def _redis_uri(value):
+    """(host, port) of the redis dict URIs the tests use, or None."""
+    m = re.fullmatch(r"redis:host=([^:]+):port=(\d+)", value)
+    return m.groups() if m else None
+
+
 def _setting_24(key, value):
     """One setting of a test's plugin {} in 2.4 form. popvault_dict is a
     dict URI on 2.3 and a dict filter on 2.4: the redis URIs the tests use
     become that filter."""
     if key == "popvault_dict":
-        m = re.fullmatch(r"redis:host=([^:]+):port=(\d+)", value)
-        if m is None:
+        if _redis_uri(value) is None:
             raise HarnessError("no 2.4 form for popvault_dict=%s" % value)
         return ("popvault_dict {\n  dict redis {\n    redis_host = %s\n"
-                "    redis_port = %s\n  }\n}\n" % m.groups())
+                "    redis_port = %s\n  }\n}\n" % _redis_uri(value))
     return "%s = %s\n" % (key, value)
+
+
+def _sql_column(name):
+    """A userdb field as an SQLite column; a 2.4 filter path such as
+    popvault_dict/dict needs quoting (SQLite's [], which no config
+    parser treats as a quote)."""
+    return "[%s]" % name if "/" in name else name
+
+
+def _user_dict_24(value):
+    """A user's popvault_dict redis URI as the userdb fields that set the
+    popvault_dict filter on 2.4 (docs/settings.md); None for another
+    value, which a test then gives 2.4 as it is."""
+    if _redis_uri(value) is None:
+        return None
+    host, port = _redis_uri(value)
+    return {"popvault_dict/dict": "redis",
+            "popvault_dict/dict/redis/redis_host": host,
+            "popvault_dict/dict/redis/redis_port": port}
 
 
 def by_version(conf_23, conf_24):
@@ -613,7 +637,7 @@ class Dovecot:
         con = sqlite3.connect(db)
         con.execute("CREATE TABLE users (username TEXT PRIMARY KEY, "
                     "password TEXT, home TEXT, uid INTEGER, gid INTEGER%s)" %
-                    "".join(", %s TEXT" % c for c in cols))
+                    "".join(", %s TEXT" % _sql_column(c) for c in cols))
         for u in self.users.values():
             con.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?%s)" %
                         (", ?" * len(cols)),
@@ -629,26 +653,21 @@ class Dovecot:
             # falls back to plugin {}
             f.write("user_query = SELECT home, uid, gid%s FROM users "
                     "WHERE username = '%%u'\n" %
-                    "".join(", %s" % c for c in cols))
+                    "".join(", %s" % _sql_column(c) for c in cols))
             f.write("iterate_query = SELECT username AS user FROM users\n")
             f.write("password_query = SELECT username AS user, password "
                     "FROM users WHERE username = '%u'\n")
 
-    # A 2.4 dict is a settings filter, which a userdb field cannot carry:
-    # the tests' per-user popvault_dict (the same for every user of one
-    # server) is rendered as the global filter there.
+    # On 2.4 a user's popvault_dict is a filter the userdb sets by path:
+    # the tests' redis URIs become those fields.
     def _userdb_fields(self, user):
-        if not DOVECOT_24:
+        uri = user.fields.get("popvault_dict")
+        if not DOVECOT_24 or uri is None or _user_dict_24(uri) is None:
             return user.fields
-        return {k: v for k, v in user.fields.items() if k != "popvault_dict"}
-
-    def _global_dict_24(self):
-        uris = {u.fields["popvault_dict"] for u in self.users.values()
-                if u.fields.get("popvault_dict") is not None}
-        if len(uris) > 1:
-            raise HarnessError("Dovecot 2.4: one popvault_dict per server, "
-                               "not %s" % sorted(uris))
-        return {"popvault_dict": uris.pop()} if uris else {}
+        fields = {k: v for k, v in user.fields.items()
+                  if k != "popvault_dict"}
+        fields.update(_user_dict_24(uri))
+        return fields
 
     def _plugins(self):
         if self.mail_plugins is not None:
@@ -863,7 +882,7 @@ service stats {{
                       "userdb sql {\n  query = SELECT home, uid, gid%s "
                       "FROM users WHERE username = '%%{user}'\n"
                       "  iterate_query = SELECT username AS user FROM users\n"
-                      "}\n" % (t, "".join(", %s" % c for c in cols)))
+                      "}\n" % (t, "".join(", %s" % _sql_column(c) for c in cols)))
         elif self.userdb == "passwd-file-both":
             userdb = ("userdb passwd-file {\n  passwd_file_path = %s/passwd\n"
                       "}\n" % t)
@@ -886,9 +905,7 @@ service stats {{
                       "passdb master-users {\n  driver = passwd-file\n"
                       "  master = yes\n  result_success = continue\n"
                       "  passwd_file_path = %s/master-users\n}\n" % t) + passdb
-        settings = dict(self.plugin)
-        settings.update(self._global_dict_24())
-        settings = "".join(_setting_24(*kv) for kv in settings.items())
+        settings = "".join(_setting_24(*kv) for kv in self.plugin.items())
         return f"""# generated by popvault's test harness (Dovecot 2.4)
 dovecot_config_version = 2.4.1
 dovecot_storage_version = 2.4.1

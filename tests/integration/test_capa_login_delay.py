@@ -1,10 +1,11 @@
 """RFC 2449 CAPA values after login, LOGIN-DELAY enforcement (also across
-two Dovecot instances sharing a redis dict)."""
+two Dovecot instances sharing a redis dict, and with a dict per user)."""
 
 import os
 import re
+import socket
 
-from harness import User, dovecot, make_message, redis_server
+from harness import User, by_version, dovecot, make_message, redis_server
 from policy_util import deliver_numbered, imap_inventory
 
 DOVECOT_CAPA = ["CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING",
@@ -199,10 +200,14 @@ def test_login_delay_empty_mode():
 def test_login_delay_across_two_instances_with_redis():
     with redis_server() as port:
         fields = {"popvault_login_delay": "1h",
-                  "popvault_login_delay_mode": "refuse",
-                  "popvault_dict": "redis:host=127.0.0.1:port=%d" % port}
-        with dovecot([User("c", fields=fields)], name="a") as a, \
-                dovecot([User("c", fields=fields)], name="b") as b:
+                  "popvault_login_delay_mode": "refuse"}
+        # the server-wide form (2.4: a popvault_dict { dict redis { } }
+        # filter); per user: test_login_delay_dict_per_user
+        plugin = {"popvault_dict": "redis:host=127.0.0.1:port=%d" % port}
+        with dovecot([User("c", fields=fields)], name="a",
+                     plugin=plugin) as a, \
+                dovecot([User("c", fields=fields)], name="b",
+                        plugin=plugin) as b:
             a.pop3("c").quit()
             p = b.pop3()
             p.command("USER c")
@@ -213,6 +218,88 @@ def test_login_delay_across_two_instances_with_redis():
             p.command("USER c")
             assert p.command("PASS pw-c").startswith("-ERR [LOGIN-DELAY]")
             p.close()
+
+
+def _user_dict(port):
+    """A user's own redis popvault_dict, as userdb fields in the form
+    docs/settings.md shows for each Dovecot."""
+    return by_version(
+        {"popvault_dict": "redis:host=127.0.0.1:port=%d" % port},
+        {"popvault_dict/dict": "redis",
+         "popvault_dict/dict/redis/redis_host": "127.0.0.1",
+         "popvault_dict/dict/redis/redis_port": str(port)})
+
+
+def _redis_keys(port):
+    """KEYS * of the redis on port, in RESP."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
+        f = s.makefile("rb")
+        count = int(f.readline()[1:])
+        keys = []
+        for _ in range(count):
+            f.readline()
+            keys.append(f.readline().decode().rstrip("\r\n"))
+        return keys
+
+
+def _refused(dc, user):
+    p = dc.pop3()
+    p.command("USER " + user)
+    r = p.command("PASS " + dc.users[user].password)
+    p.close()
+    return r
+
+
+def _login_delay_dict_per_user(userdb):
+    delay = {"popvault_login_delay": "1h",
+             "popvault_login_delay_mode": "refuse"}
+    with redis_server() as port:
+        bad = by_version(
+            {"popvault_dict": "nosuchdriver:x"},
+            {"popvault_dict/dict": "nosuchdriver"})
+        users = [User("r", fields=dict(delay, **_user_dict(port))),
+                 User("f", fields=delay),
+                 User("bad", fields=dict(delay, **bad))]
+        if by_version(False, True):
+            # 2.3's URI kept in a 2.4 userdb (an SQL column after the
+            # upgrade) is refused with a hint, never echoed
+            users.append(User("uri", fields=dict(
+                delay, popvault_dict="redis:host=127.0.0.1")))
+        with dovecot(users, userdb=userdb) as dc:
+            # r: its own redis dict holds the state, no file in the home
+            dc.pop3("r").quit()
+            assert _refused(dc, "r").startswith("-ERR [LOGIN-DELAY]")
+            assert [k for k in _redis_keys(port) if "last-login" in k], \
+                _redis_keys(port)
+            assert not os.path.exists(os.path.join(dc.home("r"),
+                                                   "popvault.dict"))
+            # f on the same server: the file default
+            dc.pop3("f").quit()
+            assert _refused(dc, "f").startswith("-ERR [LOGIN-DELAY]")
+            assert "last-login" in _last_login(dc, "f")
+            assert len(_redis_keys(port)) == 1, _redis_keys(port)
+            _no_errors(dc)
+            # an invalid dict fails that user's login, loudly
+            for user in [u for u in ("bad", "uri") if u in dc.users]:
+                since = dc.log_size()
+                assert _refused(dc, user).startswith("-ERR [SYS/TEMP]")
+                line = dc.wait_log(r"pop3\(\w+\): Error: popvault: user %s: "
+                                   r"Invalid popvault_dict.*" % user,
+                                   since=since).group(0)
+                assert "nosuchdriver" in line or "dict URI" in line, line
+                assert "redis:" not in line and ":x" not in line, line
+            # the others are unaffected
+            assert _refused(dc, "r").startswith("-ERR [LOGIN-DELAY]")
+            assert _refused(dc, "f").startswith("-ERR [LOGIN-DELAY]")
+
+
+def test_login_delay_dict_per_user():
+    _login_delay_dict_per_user("passwd-file")
+
+
+def test_login_delay_dict_per_user_sql():
+    _login_delay_dict_per_user("sqlite")
 
 
 def _capa_before_login(dc):

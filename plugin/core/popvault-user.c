@@ -9,10 +9,7 @@
 #include "mail-storage-service.h"
 #include "popvault-user.h"
 #include "popvault-action.h"
-#include "popvault-retention.h"
 #include "popvault-dict.h"
-#include "popvault-ledger.h"
-#include "popvault-crypt.h"
 #include "popvault-compat.h"
 
 struct popvault_user_module popvault_user_module =
@@ -22,28 +19,28 @@ struct event_category event_category_popvault = {
 	.name = "popvault",
 };
 
-const char *popvault_user_userdb_field(struct mail_user *user,
-				       const char *name)
-{
-	const char *const *field;
-	size_t len = strlen(name);
+/* The layers above (retention, ledger, crypt) attach to a user through
+   these, registered by the plugin's entry, so this file calls none of
+   them (README.md, "How it is put together"). */
+#define POPVAULT_USER_HOOKS_MAX 8
+static const struct popvault_user_hooks *user_hooks[POPVAULT_USER_HOOKS_MAX];
+static unsigned int user_hooks_count;
 
-	if (user->userdb_fields == NULL)
-		return NULL;
-	for (field = user->userdb_fields; *field != NULL; field++) {
-		if (strncmp(*field, name, len) != 0)
-			continue;
-		if ((*field)[len] == '\0')
-			return "";
-		if ((*field)[len] == '=')
-			return *field + len + 1;
-	}
-	return NULL;
+void popvault_user_hooks_add(const struct popvault_user_hooks *hooks)
+{
+	i_assert(user_hooks_count < N_ELEMENTS(user_hooks));
+	user_hooks[user_hooks_count++] = hooks;
+}
+
+void popvault_user_hooks_remove_all(void)
+{
+	user_hooks_count = 0;
 }
 
 static void popvault_mail_user_deinit(struct mail_user *user)
 {
 	struct popvault_user *puser = POPVAULT_USER_CONTEXT(user);
+	unsigned int i;
 
 	/* like autoexpunge: after the POP3 client has been disconnected, so
 	   it never waits for this */
@@ -54,18 +51,17 @@ static void popvault_mail_user_deinit(struct mail_user *user)
 		if (popvault_action_recover_inbox(puser, &recovered,
 						  &error) < 0)
 			e_error(puser->event, "move recovery: %s", error);
-		popvault_retention_after_session(puser);
 	}
-	if (puser->ledger != NULL) {
-		const char *error;
-
-		if (popvault_ledger_flush(puser->ledger, &error) < 0)
-			e_error(puser->event, "UIDL ledger: %s", error);
-		popvault_ledger_free(&puser->ledger);
+	for (i = 0; i < user_hooks_count; i++) {
+		if (user_hooks[i]->deinit != NULL)
+			user_hooks[i]->deinit(puser);
 	}
 	popvault_dict_deinit(puser);
 	puser->module_ctx.super.deinit(user);
-	popvault_crypt_user_deinit(puser);
+	for (i = 0; i < user_hooks_count; i++) {
+		if (user_hooks[i]->deinit_post != NULL)
+			user_hooks[i]->deinit_post(puser);
+	}
 	event_unref(&puser->event);
 }
 
@@ -127,10 +123,20 @@ void popvault_mail_user_created(struct mail_user *user)
 	MODULE_CONTEXT_SET(user, popvault_user_module, puser);
 
 	popvault_log_settings(puser);
-	if (popvault_crypt_user_created(user, puser, &error) < 0) {
-		/* fail closed: never store plaintext for this user */
+	if (popvault_dict_user_created(puser, &error) < 0) {
 		user->error = p_strdup_printf(user->pool,
 			"popvault: user %s: %s", user->username, error);
+		return;
+	}
+	for (unsigned int i = 0; i < user_hooks_count; i++) {
+		if (user_hooks[i]->created != NULL &&
+		    user_hooks[i]->created(puser, &error) < 0) {
+			/* e.g. crypt fails closed: never store plaintext for
+			   this user */
+			user->error = p_strdup_printf(user->pool,
+				"popvault: user %s: %s", user->username, error);
+			return;
+		}
 	}
 }
 

@@ -6,25 +6,42 @@
 #include "mail-user.h"
 #include "popvault-user.h"
 #include "popvault-dict.h"
+#include "popvault-settings.h"
 #include "popvault-compat.h"
 
 #define POPVAULT_DICT_PREFIX DICT_PATH_PRIVATE"popvault/"
 #define POPVAULT_DEFAULT_DICT_FILE "popvault.dict"
+
+int popvault_dict_user_created(struct popvault_user *puser,
+			       const char **error_r)
+{
+	const char *error;
+
+	/* a shared folder's owner has no session of its own, so no state */
+	if (popvault_compat_user_is_shared_owner(puser->user))
+		return 0;
+	if (popvault_compat_dict_init(puser->user, puser->event,
+				      puser->set.dict_uri, &puser->dict,
+				      &error) < 0) {
+		/* the value itself is not logged: a dict URI or a dict's
+		   settings may hold a password */
+		*error_r = t_strdup_printf("Invalid "POPVAULT_SETTING_PREFIX
+					   "dict: %s", error);
+		return -1;
+	}
+	return 0;
+}
 
 static int popvault_dict_open(struct popvault_user *puser,
 			      const char **error_r)
 {
 	struct mail_user *user = puser->user;
 	const char *home, *path;
-	int ret;
 
 	if (puser->dict != NULL)
 		return 0;
-	ret = popvault_compat_dict_init(user, puser->event, puser->set.dict_uri,
-					&puser->dict, error_r);
-	if (ret != 0)
-		return ret < 0 ? -1 : 0;
-	/* no popvault_dict configured: a file dict in the home */
+	/* popvault_dict_user_created() found no popvault_dict configured:
+	   a file dict in the home */
 	if (mail_user_get_home(user, &home) <= 0) {
 		*error_r = "popvault_dict is not set and the user has "
 			"no home directory for the default file dict";
