@@ -5,6 +5,8 @@
 #   scripts/test-dovecot24.sh                  build (-Werror), unit tests
 #   scripts/test-dovecot24.sh -k NAME ...      and the integration tests
 #                                              whose name contains NAME
+#   scripts/test-dovecot24.sh --install-only   build and install, no tests
+#                                              (scripts/bench.sh --dovecot24)
 #
 # The build lives in the chroot's copy of the tree (/popvault/build24) and
 # is installed into the chroot's /usr/lib/dovecot/modules: Dovecot 2.4
@@ -15,6 +17,11 @@
 # into the host's Dovecot module directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+check=yes
+if [ "${1:-}" = --install-only ]; then
+	check=no
+	shift
+fi
 
 if dpkg --compare-versions "$(dovecot --version 2>/dev/null | cut -d' ' -f1)" ge 2.4; then
 	in_24() { BUILD=build /bin/bash -c "$@"; }
@@ -25,6 +32,8 @@ fi
 start=$(date +%s)
 in_24 '
 set -euo pipefail
+check=$1
+shift
 mkdir -p m4
 if [ ! -x configure ] || [ configure.ac -nt configure ] ||
    [ Makefile.am -nt configure ]; then
@@ -42,14 +51,16 @@ if grep -i "warning:" make.log; then
 	exit 1
 fi
 echo "popvault: built against Dovecot $(dovecot --version)"
-make check >check.log 2>&1 || { cat check.log; echo "popvault: unit tests failed" >&2; exit 1; }
-grep "tests failed" check.log
-echo "== fuzz targets over their corpora on Dovecot $(dovecot --version) (libFuzzer, ASan+UBSan)"
-make fuzz-regress
+if [ "$check" = yes ]; then
+	make check >check.log 2>&1 || { cat check.log; echo "popvault: unit tests failed" >&2; exit 1; }
+	grep "tests failed" check.log
+	echo "== fuzz targets over their corpora on Dovecot $(dovecot --version) (libFuzzer, ASan+UBSan)"
+	make fuzz-regress
+fi
 make install >/dev/null
 if [ $# -gt 0 ]; then
 	cd ..
 	python3 tests/integration/run.py --build-dir "$BUILD" "$@"
 fi
-' test-dovecot24 "$@"
+' test-dovecot24 "$check" "$@"
 echo "popvault: Dovecot 2.4 run took $(($(date +%s) - start)) s"

@@ -5,8 +5,10 @@ contained, fail closed without the master key."""
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 
 from harness import User, by_version, make_message
 from crypt_util import (CHUNK, HEADER_SIZE, MAGIC, TAG, all_files,
@@ -459,3 +461,31 @@ def test_lmtp_needs_only_the_public_key():
         assert b"Subject: first" in p.retr(1)
         p.quit()
         assert re.search(r"pop3\(pub\).*unlocked 1 private key", dc.log())
+
+
+def test_attachment_dir_refused_for_encrypting_user():
+    """Dovecot's external attachment store would keep attachments in
+    plaintext: an encrypting user with it set fails at delivery, a
+    plain user with the same setting is unaffected. (On 2.4 popvault
+    reads the setting without expanding or checking it, since it is
+    asked on every delivery; set or unset must still be seen.)"""
+    att = tempfile.mkdtemp(prefix="popvault-att-")
+    os.chmod(att, 0o1777)
+    name = by_version("mail_attachment_dir", "mail_ext_attachment_path")
+    users = [User("attenc", fields=enc_fields(**{name: att})),
+             User("attplain", fields={name: att})]
+    try:
+        with crypt_dovecot(users) as dc:
+            c = dc.lmtp()
+            try:
+                r = c.deliver(["attenc", "attplain"],
+                              make_message("attachment store"))
+            finally:
+                c.quit()
+            assert r["attenc"].startswith("451 4."), r
+            assert r["attplain"].startswith("250"), r
+            assert message_files(dc, "attenc") == []
+            dc.wait_log(r"popvault: user attenc: popvault_encrypt=yes "
+                        r"can't be used with mail_attachment_dir")
+    finally:
+        shutil.rmtree(att, ignore_errors=True)
