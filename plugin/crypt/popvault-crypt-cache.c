@@ -36,6 +36,8 @@
 #include "mail-storage-hooks.h"
 #include "module-dir.h"
 #include "index-mail.h"
+#include "imap-bodystructure.h"
+#include "str.h"
 #include "popvault-crypt-cache.h"
 
 #include <fcntl.h>
@@ -73,7 +75,7 @@ struct cache_entry {
 	uoff_t virtual_size, physical_size;
 	const unsigned char *hdr;
 	size_t hdr_size;
-	const char *envelope, *bodystructure, *body;
+	const char *bodystructure;
 };
 
 struct cache_mailbox {
@@ -91,9 +93,9 @@ struct cache_mailbox {
 	/* uid -> offset+1 in records */
 	HASH_TABLE(void *, void *) uids;
 
-	/* the last entry opened */
+	/* entries opened in this session: uid -> struct cache_entry */
 	pool_t entry_pool;
-	struct cache_entry *entry;
+	HASH_TABLE(void *, struct cache_entry *) entries;
 	unsigned int auth_failures;
 };
 
@@ -202,9 +204,7 @@ static void entry_serialize(const struct cache_entry *e, buffer_t *buf)
 	put64(buf, e->virtual_size);
 	put64(buf, e->physical_size);
 	put_blob(buf, e->hdr, e->hdr_size);
-	put_blob(buf, e->envelope, strlen(e->envelope));
 	put_blob(buf, e->bodystructure, strlen(e->bodystructure));
-	put_blob(buf, e->body, strlen(e->body));
 }
 
 static int entry_parse(const unsigned char *data, size_t size, pool_t pool,
@@ -224,9 +224,7 @@ static int entry_parse(const unsigned char *data, size_t size, pool_t pool,
 	e->hdr = read_blob(&r, &e->hdr_size);
 	if (e->hdr != NULL)
 		e->hdr = p_memdup(pool, e->hdr, e->hdr_size);
-	e->envelope = read_str(&r, pool);
 	e->bodystructure = read_str(&r, pool);
-	e->body = read_str(&r, pool);
 	return r.fail || r.p != r.end ? -1 : 0;
 }
 
@@ -272,9 +270,25 @@ static void cache_add_record(struct cache_mailbox *cbox,
 			  POINTER_CAST(offset + 1));
 }
 
-/* Opens the record at offset into cbox->entry. -1 when it does not
-   authenticate or parse: it is then never served. */
-static int cache_open_record(struct cache_mailbox *cbox, size_t offset)
+/* Plaintext kept in memory per mailbox open, beyond which the opened
+   entries are dropped and opened again when asked for */
+#define CACHE_OPEN_ENTRIES_MAX_BYTES (32 * 1024 * 1024)
+
+/* Memory for one more opened entry (the session's table of them). */
+static pool_t cache_entry_pool(struct cache_mailbox *cbox)
+{
+	if (pool_alloconly_get_total_used_size(cbox->entry_pool) >
+	    CACHE_OPEN_ENTRIES_MAX_BYTES) {
+		hash_table_clear(cbox->entries, TRUE);
+		p_clear(cbox->entry_pool);
+	}
+	return cbox->entry_pool;
+}
+
+/* Opens the record at offset into the table of opened entries. NULL
+   when it does not authenticate or parse: it is then never served. */
+static struct cache_entry *
+cache_open_record(struct cache_mailbox *cbox, size_t offset)
 {
 	const unsigned char *rec = CONST_PTR_OFFSET(cbox->records->data,
 						    offset);
@@ -282,6 +296,7 @@ static int cache_open_record(struct cache_mailbox *cbox, size_t offset)
 	unsigned char ad[CACHE_AD_SIZE], *plain;
 	unsigned long long plain_len;
 	struct cache_entry *e;
+	pool_t pool;
 	int ret;
 
 	cache_ad(cbox, uid, ad);
@@ -290,20 +305,18 @@ static int cache_open_record(struct cache_mailbox *cbox, size_t offset)
 			NULL, rec + CACHE_REC_HDR_SIZE, len, ad, sizeof(ad),
 			rec + 8, cbox->key->key) != 0) {
 		i_free(plain);
-		return -1;
+		return NULL;
 	}
-	p_clear(cbox->entry_pool);
-	e = p_new(cbox->entry_pool, struct cache_entry, 1);
-	ret = entry_parse(plain, plain_len, cbox->entry_pool, e);
+	pool = cache_entry_pool(cbox);
+	e = p_new(pool, struct cache_entry, 1);
+	ret = entry_parse(plain, plain_len, pool, e);
 	sodium_memzero(plain, len);
 	i_free(plain);
-	if (ret < 0) {
-		cbox->entry = NULL;
-		return -1;
-	}
+	if (ret < 0)
+		return NULL;
 	e->uid = uid;
-	cbox->entry = e;
-	return 0;
+	hash_table_update(cbox->entries, POINTER_CAST(uid), e);
+	return e;
 }
 
 /* ---- the file ---- */
@@ -407,7 +420,9 @@ static void cache_load(struct mailbox *box, struct cache_mailbox *cbox)
 	cbox->path = p_strconcat(box->pool, dir, "/" CACHE_FILE_NAME, NULL);
 	cbox->records = buffer_create_dynamic(default_pool, 65536);
 	hash_table_create_direct(&cbox->uids, default_pool, 1024);
-	cbox->entry_pool = pool_alloconly_create("popvault cache entry", 4096);
+	cbox->entry_pool = pool_alloconly_create("popvault cache entries",
+						 65536);
+	hash_table_create_direct(&cbox->entries, default_pool, 1024);
 	cbox->unusable = FALSE;
 
 	file = buffer_create_dynamic(default_pool, 65536);
@@ -540,9 +555,9 @@ static void cache_free(struct cache_mailbox *cbox)
 			       cbox->records->used);
 		buffer_free(&cbox->records);
 		hash_table_destroy(&cbox->uids);
+		hash_table_destroy(&cbox->entries);
 		pool_unref(&cbox->entry_pool);
 	}
-	cbox->entry = NULL;
 	cbox->loaded = FALSE;
 	cbox->unusable = FALSE;
 	cbox->rewrite = FALSE;
@@ -583,37 +598,31 @@ static int cache_read_header(struct mail *mail, pool_t pool,
 
 /* Every field, computed the normal way by a mail of its own (decrypting
    the message once), into a new record. */
-static int cache_fill(struct cache_mailbox *cbox, struct mail *mail)
+static struct cache_entry *
+cache_fill(struct cache_mailbox *cbox, struct mail *mail)
 {
 	struct mail *fmail;
-	struct cache_entry *e;
-	int ret = -1;
+	struct cache_entry *e, *ret = NULL;
+	pool_t pool = cache_entry_pool(cbox);
 
 	cbox->filling = TRUE;
 	fmail = mail_alloc(mail->transaction, CACHE_FILL_FIELDS, NULL);
 	cbox->filling = FALSE;
-	p_clear(cbox->entry_pool);
-	cbox->entry = NULL;
-	e = p_new(cbox->entry_pool, struct cache_entry, 1);
+	e = p_new(pool, struct cache_entry, 1);
 	e->uid = mail->uid;
 	if (mail_set_uid(fmail, mail->uid) &&
 	    mail_get_special(fmail, MAIL_FETCH_IMAP_BODYSTRUCTURE,
 			     &e->bodystructure) == 0 &&
-	    mail_get_special(fmail, MAIL_FETCH_IMAP_BODY, &e->body) == 0 &&
-	    mail_get_special(fmail, MAIL_FETCH_IMAP_ENVELOPE,
-			     &e->envelope) == 0 &&
 	    mail_get_date(fmail, &e->sent_date, &e->sent_tz) == 0 &&
 	    mail_get_received_date(fmail, &e->received_date) == 0 &&
 	    (e->save_date_ret = mail_get_save_date(fmail, &e->save_date)) >= 0 &&
 	    mail_get_virtual_size(fmail, &e->virtual_size) == 0 &&
 	    mail_get_physical_size(fmail, &e->physical_size) == 0 &&
-	    cache_read_header(fmail, cbox->entry_pool, e) == 0) {
-		e->envelope = p_strdup(cbox->entry_pool, e->envelope);
-		e->bodystructure = p_strdup(cbox->entry_pool, e->bodystructure);
-		e->body = p_strdup(cbox->entry_pool, e->body);
+	    cache_read_header(fmail, pool, e) == 0) {
+		e->bodystructure = p_strdup(pool, e->bodystructure);
 		cache_add_record(cbox, e);
-		cbox->entry = e;
-		ret = 0;
+		hash_table_update(cbox->entries, POINTER_CAST(e->uid), e);
+		ret = e;
 	}
 	mail_free(&fmail);
 	return ret;
@@ -623,22 +632,24 @@ static int cache_fill(struct cache_mailbox *cbox, struct mail *mail)
 static const struct cache_entry *cache_mail_entry(struct mail *mail)
 {
 	struct cache_mailbox *cbox = CACHE_BOX_CONTEXT(mail->box);
+	struct cache_entry *e;
 	void *value;
 	size_t offset;
 
 	if (cbox->filling || mail->uid == 0 || mail->saving)
 		return NULL;
-	if (cbox->entry != NULL && cbox->entry->uid == mail->uid)
-		return cbox->entry;
 	if (!cbox->loaded)
 		cache_load(mail->box, cbox);
 	if (cbox->unusable)
 		return NULL;
+	e = hash_table_lookup(cbox->entries, POINTER_CAST(mail->uid));
+	if (e != NULL)
+		return e;
 	value = hash_table_lookup(cbox->uids, POINTER_CAST(mail->uid));
 	if (value != NULL) {
 		offset = POINTER_CAST_TO(value, size_t) - 1;
-		if (cache_open_record(cbox, offset) == 0)
-			return cbox->entry;
+		if ((e = cache_open_record(cbox, offset)) != NULL)
+			return e;
 		/* never served: read the message, rebuild the file */
 		if (cbox->auth_failures++ == 0) {
 			e_warning(mail->box->event, "popvault: cache: %s: "
@@ -652,9 +663,7 @@ static const struct cache_entry *cache_mail_entry(struct mail *mail)
 	/* a lookup that must not open the message (search's first pass) */
 	if (mail->lookup_abort != MAIL_LOOKUP_ABORT_NEVER)
 		return NULL;
-	if (cache_fill(cbox, mail) < 0)
-		return NULL;
-	return cbox->entry;
+	return cache_fill(cbox, mail);
 }
 
 /* ---- mail vfuncs ---- */
@@ -720,24 +729,33 @@ static int cache_get_physical_size(struct mail *_mail, uoff_t *size_r)
 	return 0;
 }
 
+/* BODYSTRUCTURE as computed, and BODY from it as index-mail does when
+   only BODYSTRUCTURE is in its cache. ENVELOPE goes to index-mail, which
+   builds it from the header lookup below, as when its cache has the
+   headers but not imap.envelope. */
 static int cache_get_special(struct mail *_mail, enum mail_fetch_field field,
 			     const char **value_r)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
 	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
 	const struct cache_entry *e;
+	const char *error;
+	string_t *str;
 
-	if (field != MAIL_FETCH_IMAP_ENVELOPE &&
-	    field != MAIL_FETCH_IMAP_BODYSTRUCTURE &&
-	    field != MAIL_FETCH_IMAP_BODY)
+	if ((field != MAIL_FETCH_IMAP_BODYSTRUCTURE &&
+	     field != MAIL_FETCH_IMAP_BODY) ||
+	    (e = cache_mail_entry(_mail)) == NULL)
 		return cmail->module_ctx.super.get_special(_mail, field, value_r);
-	if ((e = cache_mail_entry(_mail)) == NULL)
+	/* the entry may go with the next lookup: the caller's copy */
+	if (field == MAIL_FETCH_IMAP_BODYSTRUCTURE) {
+		*value_r = p_strdup(mail->data_pool, e->bodystructure);
+		return 0;
+	}
+	str = str_new(mail->data_pool, 128);
+	if (imap_body_parse_from_bodystructure(e->bodystructure, str,
+					       &error) < 0)
 		return cmail->module_ctx.super.get_special(_mail, field, value_r);
-	/* the entry changes with the next lookup: the caller's copy */
-	*value_r = p_strdup(mail->data_pool,
-		field == MAIL_FETCH_IMAP_ENVELOPE ? e->envelope :
-		field == MAIL_FETCH_IMAP_BODYSTRUCTURE ? e->bodystructure :
-		e->body);
+	*value_r = str_c(str);
 	return 0;
 }
 
