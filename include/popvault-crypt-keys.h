@@ -157,4 +157,17 @@ int popvault_recovery_key_parse(const char *text,
 				unsigned char key_r[POPVAULT_RECOVERY_KEY_SIZE],
 				const char **error_r);
 
+/* The encrypted cache's key (docs/encryption.md, "Encrypted cache"):
+   POPVAULT_CACHE_KEY_SIZE random bytes in <keys_dir>/cache-key, sealed
+   (a PVLT container) to the current public key pk, so that only a
+   holder of the private keys (receiver) reads it. Missing, sealed to an
+   older key pair (after rotation: a new cache generation) or not
+   opening: a new key is made and sealed. Returns 0 / -1. */
+#define POPVAULT_CACHE_KEY_SIZE 32
+int popvault_keystore_get_cache_key(const char *keys_dir,
+				    const unsigned char pk[POPVAULT_PK_SIZE],
+				    struct popvault_receiver *receiver,
+				    unsigned char key_r[POPVAULT_CACHE_KEY_SIZE],
+				    const char **error_r);
+
 #endif

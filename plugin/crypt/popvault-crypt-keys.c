@@ -1819,3 +1819,113 @@ int popvault_recovery_key_parse(const char *text,
 	}
 	return 0;
 }
+
+/* ---- the encrypted cache's key ---- */
+
+#define CACHE_KEY_NAME "cache-key"
+
+/* A new cache key sealed to pk. A missing file is created with link(),
+   so racing sessions agree on one key (1: another won, read it again);
+   a stale or broken one is replaced. */
+static int cache_key_write(const char *keys_dir,
+			   const unsigned char pk[POPVAULT_PK_SIZE],
+			   bool replace,
+			   unsigned char key_r[POPVAULT_CACHE_KEY_SIZE],
+			   const char **error_r)
+{
+	const char *path = t_strconcat(keys_dir, "/" CACHE_KEY_NAME, NULL);
+	struct popvault_sender *sender;
+	const char *tmp;
+	buffer_t *sealed;
+	int ret;
+
+	sender = popvault_sender_create(pk, POPVAULT_CIPHER_AES256GCM);
+	if (sender == NULL) {
+		*error_r = "invalid public key in the key store";
+		return -1;
+	}
+	randombytes_buf(key_r, POPVAULT_CACHE_KEY_SIZE);
+	sealed = t_buffer_create(POPVAULT_HEADER_SIZE + 64);
+	ret = popvault_encrypt_buffer(sender, key_r, POPVAULT_CACHE_KEY_SIZE,
+				      sealed, error_r);
+	popvault_sender_free(&sender);
+	if (ret < 0)
+		return -1;
+	if (replace) {
+		return replace_file(keys_dir, CACHE_KEY_NAME, sealed->data,
+				    sealed->used, error_r);
+	}
+	if ((tmp = write_tmp(keys_dir, CACHE_KEY_NAME, sealed->data,
+			     sealed->used, error_r)) == NULL)
+		return -1;
+	ret = link(tmp, path);
+	if (ret < 0 && errno != EEXIST) {
+		*error_r = t_strdup_printf("link(%s, %s) failed: %m", tmp, path);
+		i_unlink(tmp);
+		return -1;
+	}
+	i_unlink(tmp);
+	if (ret < 0)
+		return 1;
+	return fsync_dir(keys_dir, error_r);
+}
+
+/* 1 with the key, 0 when the file is missing, sealed to another key
+   pair or does not open (caller makes a new one), -1 on I/O errors. */
+static int cache_key_read(const char *keys_dir,
+			  const unsigned char pk[POPVAULT_PK_SIZE],
+			  struct popvault_receiver *receiver,
+			  unsigned char key_r[POPVAULT_CACHE_KEY_SIZE],
+			  const char **error_r)
+{
+	const char *path = t_strconcat(keys_dir, "/" CACHE_KEY_NAME, NULL);
+	unsigned char key_id[POPVAULT_KEY_ID_SIZE];
+	struct popvault_header hdr;
+	string_t *sealed = t_str_new(256);
+	buffer_t *plain;
+	const char *error;
+	int ret;
+
+	if ((ret = read_small_file(path, sealed, error_r)) <= 0)
+		return ret;
+	popvault_key_id(pk, key_id);
+	/* sealed to an older key pair: rotation starts a new generation */
+	if (popvault_header_parse(str_data(sealed), str_len(sealed), &hdr,
+				  &error) < 0 ||
+	    memcmp(hdr.key_id, key_id, sizeof(key_id)) != 0)
+		return 0;
+	plain = buffer_create_dynamic(default_pool, 64);
+	ret = popvault_decrypt_buffer(receiver, str_data(sealed),
+				      str_len(sealed), plain, &error) == 0 &&
+		plain->used == POPVAULT_CACHE_KEY_SIZE ? 1 : 0;
+	if (ret > 0)
+		memcpy(key_r, plain->data, POPVAULT_CACHE_KEY_SIZE);
+	safe_memset(buffer_get_modifiable_data(plain, NULL), 0, plain->used);
+	buffer_free(&plain);
+	return ret;
+}
+
+int popvault_keystore_get_cache_key(const char *keys_dir,
+				    const unsigned char pk[POPVAULT_PK_SIZE],
+				    struct popvault_receiver *receiver,
+				    unsigned char key_r[POPVAULT_CACHE_KEY_SIZE],
+				    const char **error_r)
+{
+	const char *path = t_strconcat(keys_dir, "/" CACHE_KEY_NAME, NULL);
+	unsigned int i;
+	bool exists;
+	int ret;
+
+	for (i = 0; i < 2; i++) {
+		if ((ret = cache_key_read(keys_dir, pk, receiver, key_r,
+					  error_r)) != 0)
+			return ret < 0 ? -1 : 0;
+		exists = access(path, F_OK) == 0;
+		if ((ret = cache_key_write(keys_dir, pk, exists, key_r,
+					   error_r)) <= 0)
+			return ret;
+		/* another session created it first: use theirs */
+	}
+	*error_r = t_strdup_printf("%s: unreadable after creating it", path);
+	return -1;
+}

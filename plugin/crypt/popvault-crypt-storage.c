@@ -31,6 +31,7 @@
 #include "popvault-crypt-keys.h"
 #include "popvault-crypt-stream.h"
 #include "popvault-crypt-leaks.h"
+#include "popvault-crypt-cache.h"
 
 #include <sodium.h>
 #include "popvault-compat.h"
@@ -68,6 +69,10 @@ struct popvault_crypt_user {
 	/* set once unlocking failed: every encrypted message of the
 	   session then fails with this, without retrying per message */
 	const char *receiver_error;
+
+	/* the encrypted cache's key (sodium_malloc), NULL until needed */
+	struct popvault_cache_key *cache_key;
+	const char *cache_key_error;
 };
 
 struct popvault_crypt_mailbox {
@@ -82,6 +87,9 @@ struct popvault_crypt_mailbox {
 
 	/* POPVAULT_DAMAGED_KEYWORD, looked up for every message read */
 	struct popvault_keyword_cache damaged_kw;
+	/* Dovecot's cache is off: popvault's encrypted cache serves
+	   (popvault-crypt-cache.c) */
+	bool encrypted_cache;
 };
 
 struct popvault_crypt_mail {
@@ -326,6 +334,51 @@ crypt_user_get_receiver(struct popvault_crypt_user *cuser,
 		"crypt: unlocked %u private key(s)", count);
 	cuser->receiver = receiver;
 	return receiver;
+}
+
+/* The encrypted cache's key: only a process that unlocks the private
+   keys reads it (docs/encryption.md, "Encrypted cache"). */
+static int crypt_cache_key(struct mailbox *box,
+			   const struct popvault_cache_key **key_r,
+			   const char **error_r)
+{
+	struct popvault_crypt_user *cuser = crypt_box_user(box);
+	unsigned char pk[POPVAULT_PK_SIZE];
+	struct popvault_key_secrets secrets;
+	struct popvault_receiver *receiver;
+	struct popvault_cache_key *key;
+	const char *error;
+	bool created;
+
+	if (cuser->cache_key != NULL) {
+		*key_r = cuser->cache_key;
+		return 0;
+	}
+	if (cuser->cache_key_error != NULL) {
+		*error_r = cuser->cache_key_error;
+		return -1;
+	}
+	key = sodium_malloc(sizeof(*key));
+	if (key == NULL)
+		i_fatal_status(FATAL_OUTOFMEM, "sodium_malloc() failed: %m");
+	if ((receiver = crypt_user_get_receiver(cuser, &error)) == NULL ||
+	    crypt_user_secrets(cuser, &secrets, &error) < 0 ||
+	    popvault_keystore_get_current(cuser->keys_dir,
+					  cuser->user->username, &secrets,
+					  pk, &created, &error) < 0 ||
+	    popvault_keystore_get_cache_key(cuser->keys_dir, pk, receiver,
+					    key->key, &error) < 0) {
+		sodium_free(key);
+		cuser->cache_key_error = p_strdup(cuser->user->pool, error);
+		*error_r = cuser->cache_key_error;
+		return -1;
+	}
+	if (created)
+		crypt_log_key_created(cuser, pk);
+	popvault_cache_key_set_id(key);
+	cuser->cache_key = key;
+	*key_r = key;
+	return 0;
 }
 
 /* ---- read ---- */
@@ -756,6 +809,13 @@ static bool crypt_box_encrypts(struct mailbox *box)
 		 MAIL_STORAGE_CLASS_FLAG_BINARY_DATA) != 0;
 }
 
+static bool crypt_box_wants_cache(struct mailbox *box)
+{
+	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
+
+	return cbox != NULL && cbox->encrypted_cache;
+}
+
 static void crypt_mailbox_allocated(struct mailbox *box)
 {
 	struct mailbox_vfuncs *v = box->vlast;
@@ -777,8 +837,12 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 	   every envelope, header and bodystructure fetch decrypts the first
 	   chunk again. The owner decides: in a shared folder the cache (in
 	   the reader's INDEX= or the owner's home) holds the owner's mail. */
-	if (crypt_user_needs_cache_off(cuser))
+	if (crypt_user_needs_cache_off(cuser)) {
 		box->mail_cache_disabled = TRUE;
+		/* IMAP's folder views get the encrypted cache instead */
+		cbox->encrypted_cache =
+			strcmp(box->storage->user->service, "imap") == 0;
+	}
 	if (!cuser->set->encrypt)
 		return;
 	if (crypt_box_encrypts(box))
@@ -981,6 +1045,8 @@ static void crypt_user_deinit(struct popvault_user *puser)
 	if (cuser->sender != NULL)
 		cuser->sender->refcount--;
 	popvault_receiver_free(&cuser->receiver);
+	sodium_free(cuser->cache_key);
+	cuser->cache_key = NULL;
 	sodium_free(cuser->master);
 	cuser->master = NULL;
 	puser->crypt = NULL;
@@ -1022,12 +1088,14 @@ void popvault_crypt_init(struct module *module ATTR_UNUSED)
 				      &popvault_crypt_read_hooks);
 	mail_storage_hooks_add_forced(&popvault_crypt_post_module,
 				      &popvault_crypt_post_hooks);
+	popvault_crypt_cache_init(crypt_cache_key, crypt_box_wants_cache);
 }
 
 void popvault_crypt_deinit(void)
 {
 	struct sender_cache_entry *entry;
 
+	popvault_crypt_cache_deinit();
 	mail_storage_hooks_remove(&popvault_crypt_post_hooks);
 	mail_storage_hooks_remove(&popvault_crypt_read_hooks);
 	array_foreach_elem(&sender_cache, entry) {

@@ -457,6 +457,68 @@ static void test_keystore_public_mac(void)
 	test_end();
 }
 
+static void test_keystore_cache_key(void)
+{
+	unsigned char master[POPVAULT_MASTER_KEY_SIZE];
+	unsigned char pk[POPVAULT_PK_SIZE], pk2[POPVAULT_PK_SIZE];
+	unsigned char k1[POPVAULT_CACHE_KEY_SIZE], k2[POPVAULT_CACHE_KEY_SIZE];
+	unsigned char k3[POPVAULT_CACHE_KEY_SIZE];
+	const char *keys = t_strconcat(tmpdir, "/ck/.popvault/keys", NULL);
+	const char *path = t_strconcat(keys, "/cache-key", NULL);
+	struct popvault_key_secrets secrets;
+	struct popvault_receiver *receiver, *empty;
+	unsigned int count;
+	const char *error;
+	bool created;
+
+	test_begin("popvault key store: the cache key");
+	memset(master, 9, sizeof(master));
+	i_zero(&secrets);
+	secrets.master = master;
+	test_assert(popvault_keystore_get_current(keys, "u", &secrets, pk,
+						  &created, &error) == 0);
+	receiver = popvault_receiver_create();
+	test_assert(popvault_keystore_load_receiver(keys, "u", &secrets,
+			receiver, &count, &error) == 0);
+	/* made once, sealed to the public key, read back the same */
+	test_assert(popvault_keystore_get_cache_key(keys, pk, receiver, k1,
+						    &error) == 0);
+	test_assert(popvault_keystore_get_cache_key(keys, pk, receiver, k2,
+						    &error) == 0 &&
+		    memcmp(k1, k2, sizeof(k1)) == 0);
+	/* without the private key it does not open: a new key replaces it
+	   (the old cache files become another generation) */
+	empty = popvault_receiver_create();
+	test_assert(popvault_keystore_get_cache_key(keys, pk, empty, k3,
+						    &error) == 0 &&
+		    memcmp(k1, k3, sizeof(k1)) != 0);
+	popvault_receiver_free(&empty);
+	test_assert(popvault_keystore_get_cache_key(keys, pk, receiver, k2,
+						    &error) == 0 &&
+		    memcmp(k3, k2, sizeof(k1)) == 0);
+	/* a damaged file: replaced */
+	write_file("ck/.popvault/keys/cache-key", "damaged");
+	test_assert(popvault_keystore_get_cache_key(keys, pk, receiver, k2,
+						    &error) == 0 &&
+		    memcmp(k3, k2, sizeof(k1)) != 0);
+	/* after rotation: sealed to the new key pair, a new key */
+	test_assert(popvault_keystore_rotate(keys, "u", &secrets, pk2,
+					     &error) == 0);
+	popvault_receiver_free(&receiver);
+	receiver = popvault_receiver_create();
+	test_assert(popvault_keystore_load_receiver(keys, "u", &secrets,
+			receiver, &count, &error) == 0 && count == 2);
+	test_assert(popvault_keystore_get_cache_key(keys, pk2, receiver, k1,
+						    &error) == 0 &&
+		    memcmp(k1, k2, sizeof(k1)) != 0);
+	test_assert(popvault_keystore_get_cache_key(keys, pk2, receiver, k3,
+						    &error) == 0 &&
+		    memcmp(k1, k3, sizeof(k1)) == 0);
+	test_assert(access(path, F_OK) == 0);
+	popvault_receiver_free(&receiver);
+	test_end();
+}
+
 static void test_cleanup(void)
 {
 	const char *error;
@@ -475,6 +537,7 @@ int main(void)
 		test_keystore_tampering,
 		test_keystore_create_race,
 		test_keystore_public_mac,
+		test_keystore_cache_key,
 		test_cleanup,
 		NULL
 	};

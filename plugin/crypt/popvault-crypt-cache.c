@@ -1,0 +1,930 @@
+/* Copyright (c) 2026 popvault authors, see the included COPYING file */
+
+/* The encrypted cache (docs/encryption.md, "Encrypted cache").
+
+   Dovecot's dovecot.index.cache is off for users whose mail may be
+   encrypted (it would hold headers in plaintext), so without this every
+   folder view decrypts and parses every message again. Here each
+   message gets one entry, made the first time an IMAP session needs any
+   of its fields: the raw header block, ENVELOPE, BODYSTRUCTURE, BODY,
+   the Date header's time and zone, INTERNALDATE, the save date and both
+   sizes, exactly as Dovecot computed them from the decrypted message.
+   Entries are sealed (XChaCha20-Poly1305) with the user's cache key,
+   bound to the key's generation, the mailbox GUID, UIDVALIDITY and the
+   UID; an IMAP UID names one immutable message for as long as its
+   UIDVALIDITY lasts, so an entry never goes stale: encrypt and decrypt
+   save new UIDs, a rebuild that loses UIDs changes UIDVALIDITY.
+
+   File: header (magic, key generation id, mailbox GUID, UIDVALIDITY),
+   then records (UID, length, nonce, ciphertext). New records are
+   appended at mailbox close; a file with a wrong header, a damaged
+   record or entries of expunged messages is rewritten (temporary file,
+   rename). An entry that does not authenticate is never served: the
+   message is read the normal way and the file rebuilt. */
+
+#include "lib.h"
+#include "array.h"
+#include "buffer.h"
+#include "hash.h"
+#include "hostpid.h"
+#include "istream.h"
+#include "istream-header-filter.h"
+#include "message-size.h"
+#include "read-full.h"
+#include "write-full.h"
+#include "mail-storage-private.h"
+#include "mail-storage-hooks.h"
+#include "module-dir.h"
+#include "index-mail.h"
+#include "imap-bodystructure.h"
+#include "str.h"
+#include "popvault-crypt-cache.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sodium.h>
+
+#define CACHE_FILE_NAME "dovecot.popvault.cache"
+#define CACHE_MAGIC "PVCACHE1"
+#define CACHE_MAGIC_SIZE 8
+#define CACHE_GUID_SIZE 16
+#define CACHE_HDR_SIZE (CACHE_MAGIC_SIZE + 16 + CACHE_GUID_SIZE + 4 + 4)
+#define CACHE_NONCE_SIZE crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define CACHE_TAG_SIZE crypto_aead_xchacha20poly1305_ietf_ABYTES
+#define CACHE_REC_HDR_SIZE (4 + 4 + CACHE_NONCE_SIZE)
+#define CACHE_AD_SIZE (16 + CACHE_GUID_SIZE + 4 + 4)
+/* an entry larger than this is not kept (a header of megabytes) */
+#define CACHE_ENTRY_MAX (4 * 1024 * 1024)
+#define CACHE_FILE_MAX ((off_t)1024 * 1024 * 1024)
+#define CACHE_ENTRY_VERSION 1
+
+/* Fields index-mail would parse the message for ahead of the request
+   (to prefetch): served here, so they are taken out of wanted_fields. */
+#define CACHE_STRIP_FIELDS (MAIL_FETCH_DATE | MAIL_FETCH_IMAP_ENVELOPE | \
+	MAIL_FETCH_IMAP_BODY | MAIL_FETCH_IMAP_BODYSTRUCTURE)
+/* what filling an entry asks the decrypting mail for */
+#define CACHE_FILL_FIELDS (CACHE_STRIP_FIELDS | MAIL_FETCH_RECEIVED_DATE | \
+	MAIL_FETCH_SAVE_DATE | MAIL_FETCH_VIRTUAL_SIZE | \
+	MAIL_FETCH_PHYSICAL_SIZE | MAIL_FETCH_STREAM_HEADER)
+
+struct cache_entry {
+	uint32_t uid;
+	time_t sent_date, received_date, save_date;
+	int sent_tz, save_date_ret;
+	uoff_t virtual_size, physical_size;
+	const unsigned char *hdr;
+	size_t hdr_size;
+	const char *bodystructure;
+};
+
+struct cache_mailbox {
+	union mailbox_module_context module_ctx;
+	bool loaded, unusable, rewrite, existed, filling;
+	/* this session expunged messages: their records go at close */
+	bool expunged;
+	const struct popvault_cache_key *key;
+	unsigned char ad_prefix[16 + CACHE_GUID_SIZE + 4];
+	const char *path;
+
+	/* the records: the file's after its header, then this session's */
+	buffer_t *records;
+	size_t new_from;
+	/* uid -> offset+1 in records */
+	HASH_TABLE(void *, void *) uids;
+
+	/* entries opened in this session: uid -> struct cache_entry */
+	pool_t entry_pool;
+	HASH_TABLE(void *, struct cache_entry *) entries;
+	unsigned int auth_failures;
+};
+
+struct cache_mail {
+	union mail_module_context module_ctx;
+	struct istream *hdr_stream;
+};
+
+#define CACHE_BOX_CONTEXT(obj) \
+	MODULE_CONTEXT(obj, popvault_cache_storage_module)
+#define CACHE_MAIL_CONTEXT(obj) \
+	MODULE_CONTEXT_REQUIRE(obj, popvault_cache_mail_module)
+
+static MODULE_CONTEXT_DEFINE_INIT(popvault_cache_storage_module,
+				  &mail_storage_module_register);
+static MODULE_CONTEXT_DEFINE_INIT(popvault_cache_mail_module,
+				  &mail_module_register);
+
+static popvault_cache_key_func_t *cache_get_key;
+static popvault_cache_wanted_func_t *cache_wanted;
+
+void popvault_cache_key_set_id(struct popvault_cache_key *key)
+{
+	static const unsigned char label[] = "popvault cache generation";
+
+	crypto_generichash(key->id, sizeof(key->id), label, sizeof(label),
+			   key->key, sizeof(key->key));
+}
+
+/* ---- entries ---- */
+
+static void put32(buffer_t *buf, uint32_t v)
+{
+	unsigned char b[4] = { v >> 24, v >> 16, v >> 8, v };
+
+	buffer_append(buf, b, sizeof(b));
+}
+
+static void put64(buffer_t *buf, uint64_t v)
+{
+	put32(buf, v >> 32);
+	put32(buf, v & 0xffffffffU);
+}
+
+static void put_blob(buffer_t *buf, const void *data, size_t size)
+{
+	put32(buf, size);
+	buffer_append(buf, data, size);
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+		((uint32_t)p[2] << 8) | p[3];
+}
+
+struct reader {
+	const unsigned char *p, *end;
+	bool fail;
+};
+
+static uint64_t read_n(struct reader *r, unsigned int bytes)
+{
+	uint64_t v = 0;
+
+	if ((size_t)(r->end - r->p) < bytes) {
+		r->fail = TRUE;
+		return 0;
+	}
+	for (unsigned int i = 0; i < bytes; i++)
+		v = (v << 8) | *r->p++;
+	return v;
+}
+
+static const unsigned char *read_blob(struct reader *r, size_t *size_r)
+{
+	const unsigned char *data;
+
+	*size_r = read_n(r, 4);
+	if (r->fail || (size_t)(r->end - r->p) < *size_r) {
+		r->fail = TRUE;
+		return NULL;
+	}
+	data = r->p;
+	r->p += *size_r;
+	return data;
+}
+
+static const char *read_str(struct reader *r, pool_t pool)
+{
+	const unsigned char *data;
+	size_t size;
+
+	data = read_blob(r, &size);
+	return data == NULL ? NULL : p_strndup(pool, data, size);
+}
+
+static void entry_serialize(const struct cache_entry *e, buffer_t *buf)
+{
+	buffer_append_c(buf, CACHE_ENTRY_VERSION);
+	put64(buf, (int64_t)e->sent_date);
+	put32(buf, (uint32_t)e->sent_tz);
+	put64(buf, (int64_t)e->received_date);
+	put64(buf, (int64_t)e->save_date);
+	put32(buf, (uint32_t)e->save_date_ret);
+	put64(buf, e->virtual_size);
+	put64(buf, e->physical_size);
+	put_blob(buf, e->hdr, e->hdr_size);
+	put_blob(buf, e->bodystructure, strlen(e->bodystructure));
+}
+
+static int entry_parse(const unsigned char *data, size_t size, pool_t pool,
+		       struct cache_entry *e)
+{
+	struct reader r = { .p = data, .end = data + size };
+
+	if (read_n(&r, 1) != CACHE_ENTRY_VERSION)
+		return -1;
+	e->sent_date = (time_t)(int64_t)read_n(&r, 8);
+	e->sent_tz = (int)(int32_t)read_n(&r, 4);
+	e->received_date = (time_t)(int64_t)read_n(&r, 8);
+	e->save_date = (time_t)(int64_t)read_n(&r, 8);
+	e->save_date_ret = (int)(int32_t)read_n(&r, 4);
+	e->virtual_size = read_n(&r, 8);
+	e->physical_size = read_n(&r, 8);
+	e->hdr = read_blob(&r, &e->hdr_size);
+	if (e->hdr != NULL)
+		e->hdr = p_memdup(pool, e->hdr, e->hdr_size);
+	e->bodystructure = read_str(&r, pool);
+	return r.fail || r.p != r.end ? -1 : 0;
+}
+
+static void cache_ad(struct cache_mailbox *cbox, uint32_t uid,
+		     unsigned char ad[CACHE_AD_SIZE])
+{
+	memcpy(ad, cbox->ad_prefix, sizeof(cbox->ad_prefix));
+	ad[CACHE_AD_SIZE - 4] = uid >> 24;
+	ad[CACHE_AD_SIZE - 3] = uid >> 16;
+	ad[CACHE_AD_SIZE - 2] = uid >> 8;
+	ad[CACHE_AD_SIZE - 1] = uid;
+}
+
+/* Seals entry e as a record at the end of cbox->records. */
+static void cache_add_record(struct cache_mailbox *cbox,
+			     const struct cache_entry *e)
+{
+	unsigned char ad[CACHE_AD_SIZE], nonce[CACHE_NONCE_SIZE];
+	unsigned long long ct_len;
+	buffer_t *plain;
+	size_t offset;
+
+	plain = buffer_create_dynamic(default_pool, 1024 + e->hdr_size);
+	entry_serialize(e, plain);
+	if (plain->used > CACHE_ENTRY_MAX) {
+		buffer_free(&plain);
+		return;
+	}
+	cache_ad(cbox, e->uid, ad);
+	randombytes_buf(nonce, sizeof(nonce));
+	offset = cbox->records->used;
+	put32(cbox->records, e->uid);
+	put32(cbox->records, plain->used + CACHE_TAG_SIZE);
+	buffer_append(cbox->records, nonce, sizeof(nonce));
+	crypto_aead_xchacha20poly1305_ietf_encrypt(
+		buffer_append_space_unsafe(cbox->records,
+					   plain->used + CACHE_TAG_SIZE),
+		&ct_len, plain->data, plain->used, ad, sizeof(ad), NULL,
+		nonce, cbox->key->key);
+	sodium_memzero(buffer_get_modifiable_data(plain, NULL), plain->used);
+	buffer_free(&plain);
+	hash_table_update(cbox->uids, POINTER_CAST(e->uid),
+			  POINTER_CAST(offset + 1));
+}
+
+/* Plaintext kept in memory per mailbox open, beyond which the opened
+   entries are dropped and opened again when asked for */
+#define CACHE_OPEN_ENTRIES_MAX_BYTES (32 * 1024 * 1024)
+
+/* Memory for one more opened entry (the session's table of them). */
+static pool_t cache_entry_pool(struct cache_mailbox *cbox)
+{
+	if (pool_alloconly_get_total_used_size(cbox->entry_pool) >
+	    CACHE_OPEN_ENTRIES_MAX_BYTES) {
+		hash_table_clear(cbox->entries, TRUE);
+		p_clear(cbox->entry_pool);
+	}
+	return cbox->entry_pool;
+}
+
+/* Opens the record at offset into the table of opened entries. NULL
+   when it does not authenticate or parse: it is then never served. */
+static struct cache_entry *
+cache_open_record(struct cache_mailbox *cbox, size_t offset)
+{
+	const unsigned char *rec = CONST_PTR_OFFSET(cbox->records->data,
+						    offset);
+	uint32_t uid = get32(rec), len = get32(rec + 4);
+	unsigned char ad[CACHE_AD_SIZE], *plain;
+	unsigned long long plain_len;
+	struct cache_entry *e;
+	pool_t pool;
+	int ret;
+
+	cache_ad(cbox, uid, ad);
+	plain = i_malloc(len);
+	if (crypto_aead_xchacha20poly1305_ietf_decrypt(plain, &plain_len,
+			NULL, rec + CACHE_REC_HDR_SIZE, len, ad, sizeof(ad),
+			rec + 8, cbox->key->key) != 0) {
+		i_free(plain);
+		return NULL;
+	}
+	pool = cache_entry_pool(cbox);
+	e = p_new(pool, struct cache_entry, 1);
+	ret = entry_parse(plain, plain_len, pool, e);
+	sodium_memzero(plain, len);
+	i_free(plain);
+	if (ret < 0)
+		return NULL;
+	e->uid = uid;
+	hash_table_update(cbox->entries, POINTER_CAST(uid), e);
+	return e;
+}
+
+/* ---- the file ---- */
+
+static void cache_parse_file(struct cache_mailbox *cbox, const buffer_t *file)
+{
+	const unsigned char *data = file->data;
+	size_t pos, size = file->used;
+	uint32_t uid, len;
+
+	if (size < CACHE_HDR_SIZE ||
+	    memcmp(data, CACHE_MAGIC, CACHE_MAGIC_SIZE) != 0 ||
+	    memcmp(data + CACHE_MAGIC_SIZE, cbox->ad_prefix,
+		   sizeof(cbox->ad_prefix)) != 0) {
+		/* another key generation, mailbox or UIDVALIDITY */
+		cbox->rewrite = TRUE;
+		return;
+	}
+	buffer_append(cbox->records, data + CACHE_HDR_SIZE,
+		      size - CACHE_HDR_SIZE);
+	data = cbox->records->data;
+	size = cbox->records->used;
+	for (pos = 0; pos < size; pos += CACHE_REC_HDR_SIZE + len) {
+		if (size - pos < CACHE_REC_HDR_SIZE) {
+			cbox->rewrite = TRUE;
+			break;
+		}
+		uid = get32(data + pos);
+		len = get32(data + pos + 4);
+		if (uid == 0 || len < CACHE_TAG_SIZE ||
+		    len > CACHE_ENTRY_MAX + CACHE_TAG_SIZE ||
+		    size - pos - CACHE_REC_HDR_SIZE < len) {
+			/* a write cut short: the rest is not used */
+			cbox->rewrite = TRUE;
+			break;
+		}
+		if (hash_table_lookup(cbox->uids, POINTER_CAST(uid)) != NULL)
+			cbox->rewrite = TRUE;
+		hash_table_update(cbox->uids, POINTER_CAST(uid),
+				  POINTER_CAST(pos + 1));
+	}
+	buffer_set_used_size(cbox->records, pos > size ? size : pos);
+	cbox->new_from = cbox->records->used;
+}
+
+static int cache_read_file(struct cache_mailbox *cbox, buffer_t *file)
+{
+	struct stat st;
+	ssize_t ret;
+	int fd;
+
+	fd = open(cbox->path, O_RDONLY);
+	if (fd == -1)
+		return errno == ENOENT ? 0 : -1;
+	if (fstat(fd, &st) < 0 || st.st_size > CACHE_FILE_MAX) {
+		i_close_fd(&fd);
+		return -1;
+	}
+	ret = pread_full(fd, buffer_append_space_unsafe(file, st.st_size),
+			 st.st_size, 0);
+	i_close_fd(&fd);
+	if (ret <= 0)
+		buffer_set_used_size(file, 0);
+	return ret < 0 ? -1 : 1;
+}
+
+static void cache_load(struct mailbox *box, struct cache_mailbox *cbox)
+{
+	struct mailbox_metadata metadata;
+	struct mailbox_status status;
+	const char *dir, *error;
+	buffer_t *file;
+	unsigned char *p;
+	int ret;
+
+	cbox->loaded = TRUE;
+	cbox->unusable = TRUE;
+	if (mailbox_get_path_to(box, MAILBOX_LIST_PATH_TYPE_INDEX, &dir) <= 0) {
+		/* in-memory indexes: nowhere to keep it */
+		return;
+	}
+	if (cache_get_key(box, &cbox->key, &error) < 0) {
+		e_debug(box->event, "popvault: cache: not used: %s", error);
+		return;
+	}
+	if (mailbox_get_metadata(box, MAILBOX_METADATA_GUID, &metadata) < 0) {
+		e_debug(box->event, "popvault: cache: not used: "
+			"no mailbox GUID: %s",
+			mailbox_get_last_internal_error(box, NULL));
+		return;
+	}
+	mailbox_get_open_status(box, STATUS_UIDVALIDITY, &status);
+	p = cbox->ad_prefix;
+	memcpy(p, cbox->key->id, 16);
+	memcpy(p + 16, metadata.guid, CACHE_GUID_SIZE);
+	p[32] = status.uidvalidity >> 24;
+	p[33] = status.uidvalidity >> 16;
+	p[34] = status.uidvalidity >> 8;
+	p[35] = status.uidvalidity;
+
+	cbox->path = p_strconcat(box->pool, dir, "/" CACHE_FILE_NAME, NULL);
+	cbox->records = buffer_create_dynamic(default_pool, 65536);
+	hash_table_create_direct(&cbox->uids, default_pool, 1024);
+	cbox->entry_pool = pool_alloconly_create("popvault cache entries",
+						 65536);
+	hash_table_create_direct(&cbox->entries, default_pool, 1024);
+	cbox->unusable = FALSE;
+
+	file = buffer_create_dynamic(default_pool, 65536);
+	ret = cache_read_file(cbox, file);
+	if (ret < 0) {
+		e_warning(box->event, "popvault: cache: can't read %s "
+			  "(rebuilding it): %m", cbox->path);
+	}
+	cbox->existed = ret > 0;
+	if (ret > 0)
+		cache_parse_file(cbox, file);
+	else
+		cbox->rewrite = TRUE;
+	buffer_free(&file);
+}
+
+/* The whole file anew: header and every record of a message the
+   mailbox still has. */
+static void cache_rewrite(struct mailbox *box, struct cache_mailbox *cbox)
+{
+	struct hash_iterate_context *iter;
+	const unsigned char *data = cbox->records->data;
+	const char *tmp;
+	void *key, *value;
+	buffer_t *out;
+	uint32_t uid, seq;
+	size_t pos, len;
+	int fd;
+
+	out = buffer_create_dynamic(default_pool, cbox->records->used + 64);
+	buffer_append(out, CACHE_MAGIC, CACHE_MAGIC_SIZE);
+	buffer_append(out, cbox->ad_prefix, sizeof(cbox->ad_prefix));
+	buffer_append_zero(out, 4);
+	iter = hash_table_iterate_init(cbox->uids);
+	while (hash_table_iterate(iter, cbox->uids, &key, &value)) {
+		uid = POINTER_CAST_TO(key, uint32_t);
+		pos = POINTER_CAST_TO(value, size_t) - 1;
+		if (!mail_index_lookup_seq(box->view, uid, &seq))
+			continue;
+		len = CACHE_REC_HDR_SIZE + get32(data + pos + 4);
+		buffer_append(out, data + pos, len);
+	}
+	hash_table_iterate_deinit(&iter);
+
+	tmp = t_strdup_printf("%s.%s.tmp", cbox->path, my_pid);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (fd == -1) {
+		e_error(box->event, "popvault: cache: open(%s) failed: %m",
+			tmp);
+	} else if (write_full(fd, out->data, out->used) < 0 ||
+		   close(fd) < 0) {
+		e_error(box->event, "popvault: cache: write(%s) failed: %m",
+			tmp);
+		if (fd != -1)
+			(void)close(fd);
+		i_unlink(tmp);
+	} else if (rename(tmp, cbox->path) < 0) {
+		e_error(box->event, "popvault: cache: rename(%s, %s) "
+			"failed: %m", tmp, cbox->path);
+		i_unlink(tmp);
+	}
+	buffer_free(&out);
+}
+
+static void cache_append(struct mailbox *box, struct cache_mailbox *cbox)
+{
+	const unsigned char *data = cbox->records->data;
+	int fd;
+
+	fd = open(cbox->path, O_WRONLY | O_APPEND);
+	if (fd == -1) {
+		if (errno != ENOENT) {
+			e_error(box->event, "popvault: cache: open(%s) "
+				"failed: %m", cbox->path);
+		}
+		return;
+	}
+	/* one write: a concurrent session's records never interleave */
+	if (write_full(fd, data + cbox->new_from,
+		       cbox->records->used - cbox->new_from) < 0) {
+		e_error(box->event, "popvault: cache: write(%s) failed: %m",
+			cbox->path);
+	}
+	i_close_fd(&fd);
+}
+
+/* Records of messages expunged since: the file is rewritten without
+   them, so that no header of a deleted message outlives it. */
+static bool cache_has_expunged(struct mailbox *box,
+			       struct cache_mailbox *cbox)
+{
+	struct hash_iterate_context *iter;
+	void *key, *value;
+	uint32_t seq;
+	bool found = FALSE;
+
+	iter = hash_table_iterate_init(cbox->uids);
+	while (!found && hash_table_iterate(iter, cbox->uids, &key, &value)) {
+		if (!mail_index_lookup_seq(box->view,
+					   POINTER_CAST_TO(key, uint32_t), &seq))
+			found = TRUE;
+	}
+	hash_table_iterate_deinit(&iter);
+	return found;
+}
+
+static void cache_flush(struct mailbox *box, struct cache_mailbox *cbox)
+{
+	if (box->view == NULL)
+		return;
+	if (!cbox->loaded && cbox->expunged) {
+		/* expunges by others go when a session next reads it */
+		cache_load(box, cbox);
+	}
+	if (!cbox->loaded || cbox->unusable)
+		return;
+	T_BEGIN {
+		if (cbox->rewrite || !cbox->existed ||
+		    cache_has_expunged(box, cbox))
+			cache_rewrite(box, cbox);
+		else if (cbox->records->used > cbox->new_from)
+			cache_append(box, cbox);
+	} T_END;
+}
+
+static void cache_free(struct cache_mailbox *cbox)
+{
+	if (cbox->records != NULL) {
+		sodium_memzero(buffer_get_modifiable_data(cbox->records, NULL),
+			       cbox->records->used);
+		buffer_free(&cbox->records);
+		hash_table_destroy(&cbox->uids);
+		hash_table_destroy(&cbox->entries);
+		pool_unref(&cbox->entry_pool);
+	}
+	cbox->loaded = FALSE;
+	cbox->unusable = FALSE;
+	cbox->rewrite = FALSE;
+	cbox->existed = FALSE;
+	cbox->expunged = FALSE;
+	cbox->auth_failures = 0;
+}
+
+/* ---- filling ---- */
+
+static int cache_read_header(struct mail *mail, pool_t pool,
+			     struct cache_entry *e)
+{
+	struct message_size hdr_size;
+	struct istream *input;
+	const unsigned char *data;
+	unsigned char *dest;
+	size_t size, pos = 0;
+	ssize_t ret;
+
+	if (mail_get_hdr_stream(mail, &hdr_size, &input) < 0)
+		return -1;
+	if (hdr_size.physical_size > CACHE_ENTRY_MAX)
+		return -1;
+	e->hdr_size = hdr_size.physical_size;
+	dest = p_malloc(pool, e->hdr_size + 1);
+	i_stream_seek(input, 0);
+	while (pos < e->hdr_size &&
+	       (ret = i_stream_read_more(input, &data, &size)) > 0) {
+		size = I_MIN(size, e->hdr_size - pos);
+		memcpy(dest + pos, data, size);
+		pos += size;
+		i_stream_skip(input, size);
+	}
+	e->hdr = dest;
+	return pos == e->hdr_size ? 0 : -1;
+}
+
+/* Every field, computed the normal way by a mail of its own (decrypting
+   the message once), into a new record. */
+static struct cache_entry *
+cache_fill(struct cache_mailbox *cbox, struct mail *mail)
+{
+	struct mail *fmail;
+	struct cache_entry *e, *ret = NULL;
+	pool_t pool = cache_entry_pool(cbox);
+
+	cbox->filling = TRUE;
+	fmail = mail_alloc(mail->transaction, CACHE_FILL_FIELDS, NULL);
+	cbox->filling = FALSE;
+	e = p_new(pool, struct cache_entry, 1);
+	e->uid = mail->uid;
+	if (mail_set_uid(fmail, mail->uid) &&
+	    mail_get_special(fmail, MAIL_FETCH_IMAP_BODYSTRUCTURE,
+			     &e->bodystructure) == 0 &&
+	    mail_get_date(fmail, &e->sent_date, &e->sent_tz) == 0 &&
+	    mail_get_received_date(fmail, &e->received_date) == 0 &&
+	    (e->save_date_ret = mail_get_save_date(fmail, &e->save_date)) >= 0 &&
+	    mail_get_virtual_size(fmail, &e->virtual_size) == 0 &&
+	    mail_get_physical_size(fmail, &e->physical_size) == 0 &&
+	    cache_read_header(fmail, pool, e) == 0) {
+		e->bodystructure = p_strdup(pool, e->bodystructure);
+		cache_add_record(cbox, e);
+		hash_table_update(cbox->entries, POINTER_CAST(e->uid), e);
+		ret = e;
+	}
+	mail_free(&fmail);
+	return ret;
+}
+
+/* The mail's entry, or NULL: then the caller takes Dovecot's path. */
+static const struct cache_entry *cache_mail_entry(struct mail *mail)
+{
+	struct cache_mailbox *cbox = CACHE_BOX_CONTEXT(mail->box);
+	struct cache_entry *e;
+	void *value;
+	size_t offset;
+
+	if (cbox->filling || mail->uid == 0 || mail->saving)
+		return NULL;
+	if (!cbox->loaded)
+		cache_load(mail->box, cbox);
+	if (cbox->unusable)
+		return NULL;
+	e = hash_table_lookup(cbox->entries, POINTER_CAST(mail->uid));
+	if (e != NULL)
+		return e;
+	value = hash_table_lookup(cbox->uids, POINTER_CAST(mail->uid));
+	if (value != NULL) {
+		offset = POINTER_CAST_TO(value, size_t) - 1;
+		if ((e = cache_open_record(cbox, offset)) != NULL)
+			return e;
+		/* never served: read the message, rebuild the file */
+		if (cbox->auth_failures++ == 0) {
+			e_warning(mail->box->event, "popvault: cache: %s: "
+				  "entry of uid %u does not authenticate "
+				  "(ignored, the file is rebuilt)",
+				  cbox->path, mail->uid);
+		}
+		hash_table_remove(cbox->uids, POINTER_CAST(mail->uid));
+		cbox->rewrite = TRUE;
+	}
+	/* a lookup that must not open the message (search's first pass) */
+	if (mail->lookup_abort != MAIL_LOOKUP_ABORT_NEVER)
+		return NULL;
+	return cache_fill(cbox, mail);
+}
+
+/* ---- mail vfuncs ---- */
+
+static int cache_get_date(struct mail *_mail, time_t *date_r, int *tz_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+	const struct cache_entry *e = cache_mail_entry(_mail);
+
+	if (e == NULL)
+		return cmail->module_ctx.super.get_date(_mail, date_r, tz_r);
+	*date_r = e->sent_date;
+	*tz_r = e->sent_tz;
+	return 0;
+}
+
+static int cache_get_received_date(struct mail *_mail, time_t *date_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+	const struct cache_entry *e = cache_mail_entry(_mail);
+
+	if (e == NULL)
+		return cmail->module_ctx.super.get_received_date(_mail, date_r);
+	*date_r = e->received_date;
+	return 0;
+}
+
+static int cache_get_save_date(struct mail *_mail, time_t *date_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+	const struct cache_entry *e = cache_mail_entry(_mail);
+
+	if (e == NULL)
+		return cmail->module_ctx.super.get_save_date(_mail, date_r);
+	*date_r = e->save_date;
+	return e->save_date_ret;
+}
+
+static int cache_get_virtual_size(struct mail *_mail, uoff_t *size_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+	const struct cache_entry *e = cache_mail_entry(_mail);
+
+	if (e == NULL)
+		return cmail->module_ctx.super.get_virtual_size(_mail, size_r);
+	*size_r = e->virtual_size;
+	return 0;
+}
+
+static int cache_get_physical_size(struct mail *_mail, uoff_t *size_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+	const struct cache_entry *e = cache_mail_entry(_mail);
+
+	if (e == NULL)
+		return cmail->module_ctx.super.get_physical_size(_mail, size_r);
+	*size_r = e->physical_size;
+	return 0;
+}
+
+/* BODYSTRUCTURE as computed, and BODY from it as index-mail does when
+   only BODYSTRUCTURE is in its cache. ENVELOPE goes to index-mail, which
+   builds it from the header lookup below, as when its cache has the
+   headers but not imap.envelope. */
+static int cache_get_special(struct mail *_mail, enum mail_fetch_field field,
+			     const char **value_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+	const struct cache_entry *e;
+	const char *error;
+	string_t *str;
+
+	if ((field != MAIL_FETCH_IMAP_BODYSTRUCTURE &&
+	     field != MAIL_FETCH_IMAP_BODY) ||
+	    (e = cache_mail_entry(_mail)) == NULL)
+		return cmail->module_ctx.super.get_special(_mail, field, value_r);
+	/* the entry may go with the next lookup: the caller's copy */
+	if (field == MAIL_FETCH_IMAP_BODYSTRUCTURE) {
+		*value_r = p_strdup(mail->data_pool, e->bodystructure);
+		return 0;
+	}
+	str = str_new(mail->data_pool, 128);
+	if (imap_body_parse_from_bodystructure(e->bodystructure, str,
+					       &error) < 0)
+		return cmail->module_ctx.super.get_special(_mail, field, value_r);
+	*value_r = str_c(str);
+	return 0;
+}
+
+static void cache_mail_drop_stream(struct cache_mail *cmail)
+{
+	i_stream_unref(&cmail->hdr_stream);
+}
+
+/* What index-mail returns for headers it did not find in its cache: the
+   header filtered to the wanted fields, over the same header bytes. */
+static int cache_get_header_stream(struct mail *_mail,
+				   struct mailbox_header_lookup_ctx *headers,
+				   struct istream **stream_r)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+	const struct cache_entry *e = cache_mail_entry(_mail);
+	struct istream *input;
+
+	if (e == NULL) {
+		return cmail->module_ctx.super.get_header_stream(_mail,
+			headers, stream_r);
+	}
+	cache_mail_drop_stream(cmail);
+	input = i_stream_create_copy_from_data(e->hdr, e->hdr_size);
+	cmail->hdr_stream = i_stream_create_header_filter(input,
+		HEADER_FILTER_INCLUDE | HEADER_FILTER_ADD_MISSING_EOH |
+		HEADER_FILTER_HIDE_BODY, headers->name, headers->count,
+		*null_header_filter_callback, NULL);
+	i_stream_unref(&input);
+	*stream_r = cmail->hdr_stream;
+	return 0;
+}
+
+static void cache_add_temp_wanted_fields(struct mail *_mail,
+					 enum mail_fetch_field fields,
+					 struct mailbox_header_lookup_ctx *headers)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+
+	cmail->module_ctx.super.add_temp_wanted_fields(_mail,
+		fields & ENUM_NEGATE(CACHE_STRIP_FIELDS), headers);
+}
+
+static void cache_mail_expunge(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+	struct cache_mailbox *cbox = CACHE_BOX_CONTEXT(_mail->box);
+
+	cbox->expunged = TRUE;
+	cmail->module_ctx.super.expunge(_mail);
+}
+
+static void cache_mail_close(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+
+	cache_mail_drop_stream(cmail);
+	cmail->module_ctx.super.close(_mail);
+}
+
+static void cache_mail_free(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
+
+	cache_mail_drop_stream(cmail);
+	cmail->module_ctx.super.free(_mail);
+}
+
+static void cache_mail_allocated(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct cache_mailbox *cbox = CACHE_BOX_CONTEXT(_mail->box);
+	struct mail_vfuncs *v = mail->vlast;
+	struct index_mail *imail;
+	struct cache_mail *cmail;
+
+	if (cbox == NULL || cbox->filling)
+		return;
+	cmail = p_new(mail->pool, struct cache_mail, 1);
+	cmail->module_ctx.super = *v;
+	mail->vlast = &cmail->module_ctx.super;
+	v->close = cache_mail_close;
+	v->free = cache_mail_free;
+	v->expunge = cache_mail_expunge;
+	v->add_temp_wanted_fields = cache_add_temp_wanted_fields;
+	v->get_date = cache_get_date;
+	v->get_received_date = cache_get_received_date;
+	v->get_save_date = cache_get_save_date;
+	v->get_virtual_size = cache_get_virtual_size;
+	v->get_physical_size = cache_get_physical_size;
+	v->get_special = cache_get_special;
+	v->get_header_stream = cache_get_header_stream;
+	MODULE_CONTEXT_SET(mail, popvault_cache_mail_module, cmail);
+
+	/* index_mail_set_seq() would otherwise open (decrypt) the message
+	   ahead to prefetch them, cached or not */
+	imail = INDEX_MAIL(_mail);
+	mail->wanted_fields &= ENUM_NEGATE(CACHE_STRIP_FIELDS);
+	imail->data.wanted_fields &= ENUM_NEGATE(CACHE_STRIP_FIELDS);
+}
+
+/* ---- mailbox ---- */
+
+static void cache_mailbox_close(struct mailbox *box)
+{
+	struct cache_mailbox *cbox = CACHE_BOX_CONTEXT(box);
+
+	cache_flush(box, cbox);
+	cache_free(cbox);
+	cbox->module_ctx.super.close(box);
+}
+
+static void cache_mailbox_free(struct mailbox *box)
+{
+	struct cache_mailbox *cbox = CACHE_BOX_CONTEXT(box);
+
+	cache_free(cbox);
+	cbox->module_ctx.super.free(box);
+}
+
+static void cache_mailbox_allocated(struct mailbox *box)
+{
+	struct mailbox_vfuncs *v = box->vlast;
+	struct cache_mailbox *cbox;
+	const char *driver = box->storage->name;
+
+	if (!cache_wanted(box))
+		return;
+	/* the storages whose mails are index_mails popvault encrypts */
+	if (strcmp(driver, "maildir") != 0 && strcmp(driver, "sdbox") != 0 &&
+	    strcmp(driver, "mdbox") != 0) {
+		e_debug(box->event, "popvault: cache: off (%s storage)", driver);
+		return;
+	}
+	cbox = p_new(box->pool, struct cache_mailbox, 1);
+	cbox->module_ctx.super = *v;
+	box->vlast = &cbox->module_ctx.super;
+	v->close = cache_mailbox_close;
+	v->free = cache_mailbox_free;
+	MODULE_CONTEXT_SET(box, popvault_cache_storage_module, cbox);
+	e_debug(box->event, "popvault: cache: on");
+}
+
+static struct mail_storage_hooks cache_hooks = {
+	.mailbox_allocated = cache_mailbox_allocated,
+	.mail_allocated = cache_mail_allocated,
+};
+
+/* After lib95_popvault_crypt's mailbox hook, which decides on Dovecot's
+   cache; as a mail layer inside the decrypting one, which the entries
+   are filled through. */
+static struct module cache_module = {
+	.path = "lib96_popvault_cache_plugin.so"
+};
+
+void popvault_crypt_cache_init(popvault_cache_key_func_t *get_key,
+			       popvault_cache_wanted_func_t *wanted)
+{
+	cache_get_key = get_key;
+	cache_wanted = wanted;
+	mail_storage_hooks_add_forced(&cache_module, &cache_hooks);
+}
+
+void popvault_crypt_cache_deinit(void)
+{
+	mail_storage_hooks_remove(&cache_hooks);
+}

@@ -1,0 +1,353 @@
+"""The encrypted cache (issue 18, goal 1; docs/encryption.md, "Encrypted
+cache"): an encrypting user's IMAP folder views are served from
+dovecot.popvault.cache, sealed with a key only the private keys open,
+and every value equals what Dovecot computes for a plain user with the
+same messages, byte for byte, also after the file is removed, tampered
+with, the key rotated, the index rebuilt, and encrypt/decrypt."""
+
+import glob
+import os
+import re
+import struct
+
+from harness import User, make_message
+from crypt_util import (MAGIC, all_files, crypt_dovecot, enc_fields,
+                        message_files)
+
+MARKS = [b"PVCSUBJ7q", b"PVCFROM3k", b"PVCBODY5z", b"PVCHDR8w"]
+CACHE = "dovecot.popvault.cache"
+CACHE_HDR = 8 + 16 + 16 + 4 + 4
+REC_HDR = 4 + 4 + 24
+KEY_PW = {"userdb_popvault_key_password": "%w"}
+
+# Each a command of its own (each its own access pattern through
+# index-mail), then all together as a webmail client's list view asks.
+COMMANDS = [
+    "UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (DATE FROM TO SUBJECT "
+    "CONTENT-TYPE)])",
+    "FETCH 1:* (ENVELOPE BODYSTRUCTURE)",
+    "FETCH 1:* (BODY)",
+    "FETCH 1:* (RFC822.SIZE INTERNALDATE)",
+    "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (X-PVC-EXTRA MESSAGE-ID)])",
+    "UID SORT (DATE) UTF-8 ALL",
+    "UID SORT (REVERSE ARRIVAL) UTF-8 ALL",
+    "UID SORT (SIZE) UTF-8 ALL",
+    "SEARCH SUBJECT %s" % MARKS[0].decode(),
+    "SEARCH SUBJECT nothing-matches-this",
+    "SEARCH FROM %s" % MARKS[1].decode(),
+    "SEARCH HEADER X-PVC-EXTRA %s" % MARKS[3].decode(),
+    "SEARCH SENTBEFORE 1-Jan-2025",
+    "SEARCH LARGER 900",
+    "UID FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE ENVELOPE "
+    "BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (DATE FROM TO SUBJECT "
+    "CONTENT-TYPE CC REPLY-TO)])",
+]
+
+
+def _messages():
+    s, f, b, h = (m.decode() for m in MARKS)
+    plain = make_message("plain %s" % s, sender="%s@example.com" % f,
+                         body="one %s\r\n" % b, msgid="<pvc-1@popvault.test>",
+                         date="Thu, 01 Jan 2026 10:00:00 +0100")
+    multipart = (
+        "From: =?UTF-8?B?w4RsaWNl?= <%s@example.com>\r\n"
+        "To: a@example.com, \"B, b\" <b@example.com>\r\n"
+        "Cc: c@example.com\r\n"
+        "Subject: =?UTF-8?Q?f=C3=B6lded?= %s\r\n"
+        "  continued line\r\n"
+        "Date: Mon, 15 Dec 2025 23:59:59 -0800\r\n"
+        "Message-ID: <pvc-2@popvault.test>\r\n"
+        "X-PVC-Extra: %s\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=\"XyZ\"\r\n"
+        "\r\n"
+        "preamble\r\n"
+        "--XyZ\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n"
+        "\r\n"
+        "two %s =C3=A4\r\n"
+        "--XyZ\r\n"
+        "Content-Type: application/octet-stream; name=\"a.bin\"\r\n"
+        "Content-Disposition: attachment; filename=\"a.bin\"\r\n"
+        "Content-Transfer-Encoding: base64\r\n"
+        "\r\n"
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\r\n"
+        "--XyZ\r\n"
+        "Content-Type: message/rfc822\r\n"
+        "\r\n"
+        "From: inner@example.com\r\n"
+        "Subject: inner %s\r\n"
+        "\r\n"
+        "inner body\r\n"
+        "--XyZ--\r\n" % (f, s, h, b, s)).encode()
+    no_date = ("From: %s@example.com\r\nSubject: undated %s\r\n"
+               "Content-Type: text/html; charset=iso-8859-1\r\n\r\n"
+               "<p>three %s</p>\r\n" % (f, s, b)).encode()
+    old = make_message("old %s" % s, sender="x@example.com",
+                       body=("four %s\r\n" % b) * 60,
+                       date="Sun, 01 Jan 2023 00:00:00 +0000",
+                       msgid="<pvc-4@popvault.test>",
+                       extra_headers=("X-PVC-Extra: %s" % h,))
+    return [plain, multipart, no_date, old]
+
+
+def _append(dc, user, messages):
+    c = dc.imap(user)
+    try:
+        for i, m in enumerate(messages):
+            c.cmd('a0 APPEND INBOX "0%d-Feb-2026 10:00:00 +0000" {%d}'
+                  % (i + 1, len(m)))
+            assert c.readline().startswith("+")
+            c.send(m + b"\r\n")
+            assert c.readline().startswith("a0 OK")
+    finally:
+        c.logout()
+
+
+def _session(dc, user, commands=COMMANDS):
+    """Every command's reply in one IMAP session (a folder open)."""
+    c = dc.imap(user)
+    try:
+        st, _ = c.command("SELECT INBOX")
+        assert " OK" in st, st
+        out = []
+        for cmd in commands:
+            st, reply = c.command(cmd)
+            assert " OK" in st, (cmd, st, reply)
+            # \Recent goes to the first session after APPEND; the
+            # timings in the tagged reply vary
+            reply = reply.replace(b"\\Recent", b"")
+            out.append(re.sub(rb"completed \([^)]*\)", b"", reply))
+        return out
+    finally:
+        c.logout()
+
+
+def _cache_path(dc, user):
+    return os.path.join(dc.home(user), "Maildir", CACHE)
+
+
+def _records(dc, user):
+    """(header, [uid, ...]) of the user's cache file."""
+    with open(_cache_path(dc, user), "rb") as f:
+        data = f.read()
+    uids, pos = [], CACHE_HDR
+    while pos < len(data):
+        uid, length = struct.unpack(">II", data[pos:pos + 8])
+        uids.append(uid)
+        pos += REC_HDR + length
+    return data[:CACHE_HDR], uids
+
+
+def _corrupt_messages(dc, user):
+    """Damages every stored message after the container header: only
+    the cache can answer for them from now on."""
+    for path in message_files(dc, user):
+        with open(path, "r+b") as f:
+            data = bytearray(f.read())
+            assert data.startswith(MAGIC)
+            for i in range(200, len(data), 97):
+                data[i] ^= 0x55
+            f.seek(0)
+            f.write(data)
+
+
+def _assert_no_plaintext(dc, user):
+    leaks = []
+    for path in all_files(dc.home(user), dc.mail_temp_dir):
+        with open(path, "rb") as f:
+            data = f.read()
+        leaks += [(path, m) for m in MARKS if m in data]
+    assert leaks == [], leaks
+    assert not [p for p in all_files(dc.home(user))
+                if p.endswith("dovecot.index.cache")]
+
+
+def _users():
+    return [User("plain"), User("enc", fields=enc_fields())]
+
+
+def test_cache_serves_every_field_as_dovecot_computes_it():
+    with crypt_dovecot(_users()) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, _messages())
+        want = _session(dc, "plain")
+        assert MARKS[0] in want[0] and b"* SEARCH 1 2 3 4" in want[8]
+        # first open fills the cache, the second reads it
+        assert _session(dc, "enc") == want
+        _, uids = _records(dc, "enc")
+        assert sorted(uids) == [1, 2, 3, 4]
+        assert _session(dc, "enc") == want
+        _assert_no_plaintext(dc, "enc")
+        # without the file: decrypted again, the same values, rebuilt
+        os.unlink(_cache_path(dc, "enc"))
+        assert _session(dc, "enc") == want
+        assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
+        # served from the cache alone: the messages no longer decrypt
+        _corrupt_messages(dc, "enc")
+        assert _session(dc, "enc") == want
+        assert dc.log_errors() == [], dc.log_errors()
+        _assert_no_plaintext(dc, "enc")
+
+
+def test_tampered_cache_is_never_served():
+    with crypt_dovecot(_users()) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, _messages())
+        want = _session(dc, "plain")
+        _session(dc, "enc")
+        path = _cache_path(dc, "enc")
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        # a byte of the second record's ciphertext
+        first_len = struct.unpack(">I", data[CACHE_HDR + 4:CACHE_HDR + 8])[0]
+        second = CACHE_HDR + REC_HDR + first_len
+        data[second + REC_HDR + 5] ^= 1
+        # and a record moved to another uid
+        data[CACHE_HDR:CACHE_HDR + 4] = struct.pack(">I", 99)
+        with open(path, "wb") as f:
+            f.write(data)
+        assert _session(dc, "enc") == want
+        assert [l for l in dc.log().splitlines()
+                if "does not authenticate" in l]
+        # rebuilt: every message's entry authenticates again
+        assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
+        # a file that is no cache file at all
+        with open(path, "wb") as f:
+            f.write(b"garbage" * 100)
+        assert _session(dc, "enc") == want
+        assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
+        _corrupt_messages(dc, "enc")
+        assert _session(dc, "enc") == want
+
+
+def test_expunged_messages_leave_the_cache():
+    with crypt_dovecot(_users()) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, _messages())
+        _session(dc, "enc")
+        for u in ("plain", "enc"):
+            c = dc.imap(u)
+            try:
+                assert " OK" in c.command("SELECT INBOX")[0]
+                assert " OK" in c.command("STORE 2 +FLAGS (\\Deleted)")[0]
+                assert " OK" in c.command("EXPUNGE")[0]
+            finally:
+                c.logout()
+        assert sorted(_records(dc, "enc")[1]) == [1, 3, 4]
+        assert _session(dc, "enc") == _session(dc, "plain")
+
+
+def test_key_rotation_starts_a_new_generation():
+    with crypt_dovecot(_users()) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, _messages())
+        want = _session(dc, "plain")
+        _session(dc, "enc")
+        hdr_before, _ = _records(dc, "enc")
+        keys = os.path.join(dc.home("enc"), ".popvault", "keys")
+        with open(os.path.join(keys, "cache-key"), "rb") as f:
+            sealed_before = f.read()
+        assert sealed_before.startswith(MAGIC)
+        dc.doveadm("popvault", "key", "rotate", "-u", "enc")
+        assert _session(dc, "enc") == want
+        hdr_after, uids = _records(dc, "enc")
+        with open(os.path.join(keys, "cache-key"), "rb") as f:
+            sealed_after = f.read()
+        # sealed to the new key pair, a new key: another generation id
+        assert sealed_after[8:40] != sealed_before[8:40]
+        assert hdr_after[8:24] != hdr_before[8:24]
+        assert sorted(uids) == [1, 2, 3, 4]
+        assert _session(dc, "enc") == want
+
+
+def _uid1_file(maildir):
+    with open(os.path.join(maildir, "dovecot-uidlist")) as f:
+        for line in f.read().splitlines()[1:]:
+            if line.split(" ", 1)[0] == "1":
+                name = line.split(":", 1)[1]
+                return glob.glob(os.path.join(maildir, "cur", name + "*")) \
+                    + glob.glob(os.path.join(maildir, "new", name + "*"))
+    return []
+
+
+def test_index_rebuild_and_uidvalidity_change():
+    with crypt_dovecot(_users()) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, _messages())
+        _session(dc, "enc")
+        dc.doveadm("force-resync", "-u", "enc", "INBOX")
+        assert _session(dc, "enc") == _session(dc, "plain")
+        # The uidlist and index lost, and the message of UID 1 gone: the
+        # UIDs now name other messages under a new UIDVALIDITY. The
+        # cache file stays and must not answer for them.
+        hdr_before, _ = _records(dc, "enc")
+        dc.stop()
+        maildir = os.path.join(dc.home("enc"), "Maildir")
+        files = _uid1_file(maildir)
+        assert len(files) == 1, files
+        os.unlink(files[0])
+        for f in glob.glob(os.path.join(maildir, "dovecot.index*")) + \
+                [os.path.join(maildir, "dovecot-uidlist")]:
+            os.unlink(f)
+        dc.start_again()
+        got = _session(dc, "enc")
+        hdr_after, uids = _records(dc, "enc")
+        assert hdr_after[40:44] != hdr_before[40:44]
+        assert sorted(uids) == [1, 2, 3]
+        # the message that was UID 1 is nowhere
+        assert b"plain " + MARKS[0] not in b"".join(got)
+        assert b"* SEARCH 1 2 3\r\n" in got[8]
+        os.unlink(_cache_path(dc, "enc"))
+        assert _session(dc, "enc") == got
+        assert _session(dc, "enc") == got
+
+
+def test_encrypt_and_decrypt_keep_the_cache_right():
+    users = [User("plain"),
+             User("mix", fields={"popvault_master_key": "<<MASTER>"})]
+    with crypt_dovecot(users) as dc:
+        for u in ("plain", "mix"):
+            _append(dc, u, _messages())
+        dc.doveadm("popvault", "key", "generate", "-u", "mix")
+        want = _session(dc, "plain")
+        # keys exist: Dovecot's cache is off, the encrypted one on
+        assert _session(dc, "mix") == want
+        assert os.path.exists(_cache_path(dc, "mix"))
+        dc.doveadm("-o", "plugin/popvault_encrypt=yes", "popvault",
+                   "encrypt", "-u", "mix")
+        assert all(open(p, "rb").read().startswith(MAGIC)
+                   for p in message_files(dc, "mix"))
+        got = _session(dc, "mix")
+        got2 = _session(dc, "mix")
+        _, uids = _records(dc, "mix")
+        assert len(uids) == 4 and min(uids) > 4, uids
+        dc.doveadm("popvault", "decrypt", "-u", "mix")
+        got3 = _session(dc, "mix")
+        # new UIDs: compare without them
+        for a in (got, got2, got3):
+            assert _strip_uids(a) == _strip_uids(want)
+        _, uids = _records(dc, "mix")
+        assert len(uids) == 4 and min(uids) > 8, uids
+
+
+def _strip_uids(replies):
+    return [re.sub(rb"UID \d+|\* (SORT|SEARCH)[ \d]*", b"", r)
+            for r in replies]
+
+
+def test_password_mode_delivery_needs_only_the_public_key():
+    users = [User("pw", "Pw-cache-9931", {"popvault_encrypt": "yes"},
+                  passdb_fields=KEY_PW)]
+    with crypt_dovecot(users) as dc:
+        _append(dc, "pw", _messages()[:2])
+        _session(dc, "pw")
+        # LMTP has no password: only the public key
+        dc.deliver("pw", _messages()[2])
+        got = _session(dc, "pw")
+        assert sorted(_records(dc, "pw")[1]) == [1, 2, 3]
+        assert _session(dc, "pw") == got
+        os.unlink(_cache_path(dc, "pw"))
+        assert _session(dc, "pw") == got
+        _assert_no_plaintext(dc, "pw")
