@@ -48,6 +48,8 @@ plugin = {"popvault_after_retr": "keep", "popvault_retain_downloaded": "14d",
           "popvault_uidl_ledger": "yes", "popvault_encrypt": "yes",
           "popvault_master_key": master}
 extra = "service lmtp {\n  executable = %s\n  service_count = 1\n}\n" % wrapper
+# more settings for the server, e.g. EXTRA_CONF="mail_fsync = never"
+extra += os.environ.get("EXTRA_CONF", "") + "\n"
 dc = Dovecot(users, userdb="sqlite", plugin=plugin, extra_conf=extra,
              debug=debug, name="d18")
 dc.start()
