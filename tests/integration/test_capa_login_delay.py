@@ -243,7 +243,8 @@ def _redis_keys(port):
         return keys
 
 
-def _refused(dc, user):
+def _login_reply(dc, user):
+    """The reply to user's PASS, whatever it is."""
     p = dc.pop3()
     p.command("USER " + user)
     r = p.command("PASS " + dc.users[user].password)
@@ -269,29 +270,29 @@ def _login_delay_dict_per_user(userdb):
         with dovecot(users, userdb=userdb) as dc:
             # r: its own redis dict holds the state, no file in the home
             dc.pop3("r").quit()
-            assert _refused(dc, "r").startswith("-ERR [LOGIN-DELAY]")
+            assert _login_reply(dc, "r").startswith("-ERR [LOGIN-DELAY]")
             assert [k for k in _redis_keys(port) if "last-login" in k], \
                 _redis_keys(port)
             assert not os.path.exists(os.path.join(dc.home("r"),
                                                    "popvault.dict"))
             # f on the same server: the file default
             dc.pop3("f").quit()
-            assert _refused(dc, "f").startswith("-ERR [LOGIN-DELAY]")
+            assert _login_reply(dc, "f").startswith("-ERR [LOGIN-DELAY]")
             assert "last-login" in _last_login(dc, "f")
             assert len(_redis_keys(port)) == 1, _redis_keys(port)
             _no_errors(dc)
             # an invalid dict fails that user's login, loudly
             for user in [u for u in ("bad", "uri") if u in dc.users]:
                 since = dc.log_size()
-                assert _refused(dc, user).startswith("-ERR [SYS/TEMP]")
+                assert _login_reply(dc, user).startswith("-ERR [SYS/TEMP]")
                 line = dc.wait_log(r"pop3\(\w+\): Error: popvault: user %s: "
                                    r"Invalid popvault_dict.*" % user,
                                    since=since).group(0)
                 assert "nosuchdriver" in line or "dict URI" in line, line
                 assert "redis:" not in line and ":x" not in line, line
             # the others are unaffected
-            assert _refused(dc, "r").startswith("-ERR [LOGIN-DELAY]")
-            assert _refused(dc, "f").startswith("-ERR [LOGIN-DELAY]")
+            assert _login_reply(dc, "r").startswith("-ERR [LOGIN-DELAY]")
+            assert _login_reply(dc, "f").startswith("-ERR [LOGIN-DELAY]")
 
 
 def test_login_delay_dict_per_user():
