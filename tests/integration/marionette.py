@@ -6,10 +6,13 @@ scripts (a script may return a Promise; Marionette awaits it)."""
 
 import json
 import socket
+import time
 
 
 class MarionetteError(Exception):
-    pass
+    def __init__(self, message, error=None):
+        super().__init__(message)
+        self.error = error
 
 
 class Marionette:
@@ -56,14 +59,29 @@ class Marionette:
             if msg[0] == 1 and msg[1] == self.last_id:
                 if msg[2]:
                     raise MarionetteError("%s: %s" % (
-                        name, msg[2].get("message", msg[2])))
+                        name, msg[2].get("message", msg[2])),
+                        msg[2].get("error"))
                 return msg[3]
 
-    def script(self, source, *args):
+    def script(self, source, *args, prompt_timeout=60):
         """Runs source as a function body in chrome; returns its value
-        (a returned Promise is awaited)."""
-        return self.call("WebDriver:ExecuteScript", {
-            "script": source, "args": list(args)})["value"]
+        (a returned Promise is awaited).
+
+        While a modal dialog is open Marionette refuses every script with
+        "unexpected alert open" before running it (WebDriver's prompt
+        handling comes first), so the call is sent again until the test's
+        dialog observer has answered the dialog; a dialog still open after
+        prompt_timeout seconds is the error."""
+        deadline = time.time() + prompt_timeout
+        while True:
+            try:
+                return self.call("WebDriver:ExecuteScript", {
+                    "script": source, "args": list(args)})["value"]
+            except MarionetteError as e:
+                if e.error != "unexpected alert open" or \
+                        time.time() > deadline:
+                    raise
+            time.sleep(0.1)
 
     def close(self):
         self.sock.close()

@@ -325,7 +325,13 @@ def _matrix(dc, client, root):
 
     def run(user, delete, phase="all"):
         client.phase = phase
-        return client.run(dc, user, work(user), delete)
+        try:
+            return client.run(dc, user, work(user), delete)
+        except subprocess.TimeoutExpired as e:
+            # a client that hangs: what it and the server said so far
+            raise AssertionError("%s: %s timed out\n%s%s\n%s" % (
+                user, client.name, e.stdout or b"", e.stderr or b"",
+                dc.log_tail(40))) from e
 
     for u in dc.users:
         dc.deliver_many(u, [_message("m1")] +

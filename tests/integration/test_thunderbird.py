@@ -378,7 +378,7 @@ def _login_delay(dc, tb, profile, user):
         # a reset connection (an alert that may come after the fetch ended)
         assert code != 0
         dialogs = _until(tb, "return window.popvaultDialogs;",
-                         "%s: no error shown" % user, timeout=30)
+                         "%s: no error shown" % user)
         assert len(dialogs) == 1 and re.search(
             r"Login to server 127\.0\.0\.1 with username %s failed|"
             r"Connection to server 127\.0\.0\.1 was reset" % user,
