@@ -27,7 +27,10 @@ if dpkg --compare-versions "$(dovecot --version 2>/dev/null | cut -d' ' -f1)" ge
 	in_24() { BUILD=build /bin/bash -c "$@"; }
 else
 	scripts/trixie-root.sh create
-	in_24() { scripts/trixie-root.sh run /usr/bin/env BUILD=build24 /bin/bash -c "$@"; }
+	# the chroot starts from an empty environment: the Thunderbird switch
+	# is passed on
+	in_24() { scripts/trixie-root.sh run /usr/bin/env BUILD=build24 \
+		POPVAULT_THUNDERBIRD="${POPVAULT_THUNDERBIRD:-}" /bin/bash -c "$@"; }
 fi
 start=$(date +%s)
 in_24 '

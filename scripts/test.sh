@@ -34,12 +34,12 @@ fi
 echo "== integration tests on Dovecot $(dovecot --version) (real Dovecot on 127.0.0.1; Thunderbird included, about 35 s)"
 POPVAULT_THUNDERBIRD=1 python3 ../tests/integration/run.py --build-dir . "$@" 2>&1 |
 	tee dovecot23.log
-echo "== Dovecot 2.4 (Debian 13 chroot, docs/dovecot-24.md): -Werror build, unit tests, integration suite"
+echo "== Dovecot 2.4 (Debian 13 chroot, docs/dovecot-24.md): -Werror build, unit tests, integration suite (Thunderbird included)"
 # The chroot is cached in /var/tmp; a fresh machine builds it first (75-150 s).
 cd ..
 args=("$@")
 [ $# -gt 0 ] || args=(-k test_)
-scripts/test-dovecot24.sh "${args[@]}" 2>&1 | tee build/dovecot24.log
+POPVAULT_THUNDERBIRD=1 scripts/test-dovecot24.sh "${args[@]}" 2>&1 | tee build/dovecot24.log
 echo "== upgrade 2.3 -> 2.4: mail written by the 2.3 build, read by the 2.4 build (12-75 s)"
 scripts/test-upgrade.sh 2>&1 | tee build/upgrade.log
 # counts per host and of the upgrade, then all together as the last line

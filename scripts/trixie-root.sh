@@ -30,7 +30,7 @@ dovecot-sqlite libsodium-dev libssl-dev build-essential autoconf automake
 libtool pkg-config python3 valgrind sqlite3 curl fetchmail faketime
 redis-server git ca-certificates dpkg-dev debhelper fakeroot dh-autoreconf
 dovecot-flatcurve dovecot-fts-xapian mpop getmail6 openssl e2fsprogs
-clang libclang-rt-dev dovecot-ldap"
+clang libclang-rt-dev dovecot-ldap thunderbird"
 
 die() { echo "trixie-root: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mount)"

@@ -1013,6 +1013,14 @@ login_plugin_dir = {t}/login-modules
         return [l for l in self.log().splitlines()
                 if re.search(r"\b(Error|Fatal|Panic)\b:", l)]
 
+    def login_lines(self, login="pop3-login", user=None, since=0):
+        """The log lines of successful logins through a login service
+        ("Login:" on 2.3, "Logged in:" on 2.4), of one user if given."""
+        what = "%s: Info: %s" % (login, by_version("Login:", "Logged in:"))
+        if user is not None:
+            what += " user=<%s>" % user
+        return [l for l in self.log()[since:].splitlines() if what in l]
+
     # --- clients ---------------------------------------------------------
 
     def pop3(self, user=None):

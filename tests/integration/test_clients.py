@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import poplib
 
-from harness import User, by_version, make_message
+from harness import User, make_message
 from crypt_util import MAGIC, crypt_dovecot, enc_fields, message_files
 from policy_util import imap_inventory
 
@@ -391,9 +391,7 @@ def _matrix(dc, client, root):
             "\\Seen" not in before["INBOX"]["m2"], before
 
     # every client login was encrypted, and nothing was an error
-    logins = [l for l in dc.log().splitlines()
-              if by_version("pop3-login: Info: Login:",
-                            "pop3-login: Info: Logged in:") in l]
+    logins = dc.login_lines()
     assert logins and all(", TLS," in l for l in logins), logins
     assert dc.log_errors() == [], dc.log_errors()
 
