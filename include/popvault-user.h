@@ -14,6 +14,8 @@ struct popvault_user {
 	struct popvault_settings set;
 	/* opened on first use by popvault-dict.c */
 	struct dict *dict;
+	/* popvault_dict was looked up (dict is NULL when none is set) */
+	bool dict_checked:1;
 	/* loaded on first use by popvault-ledger.c */
 	struct popvault_ledger *ledger;
 
