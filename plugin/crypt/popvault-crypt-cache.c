@@ -6,9 +6,11 @@
    encrypted (it would hold headers in plaintext), so without this every
    folder view decrypts and parses every message again. Here each
    message gets one entry, made the first time an IMAP session needs any
-   of its fields: the raw header block, ENVELOPE, BODYSTRUCTURE, BODY,
-   the Date header's time and zone, INTERNALDATE, the save date and both
-   sizes, exactly as Dovecot computed them from the decrypted message.
+   of its fields: the header fields (split as Dovecot's header filter
+   outputs them, without the bulky trace fields such as Received),
+   BODYSTRUCTURE, the Date header's time and zone, INTERNALDATE, the save
+   date and both sizes, exactly as Dovecot computed them from the
+   decrypted message; ENVELOPE and BODY are built from them.
    Entries are sealed (XChaCha20-Poly1305) with the user's cache key,
    bound to the key's generation, the mailbox GUID, UIDVALIDITY and the
    UID; an IMAP UID names one immutable message for as long as its
@@ -29,6 +31,7 @@
 #include "hostpid.h"
 #include "istream.h"
 #include "istream-header-filter.h"
+#include "message-header-parser.h"
 #include "message-size.h"
 #include "read-full.h"
 #include "write-full.h"
@@ -46,7 +49,7 @@
 #include <sodium.h>
 
 #define CACHE_FILE_NAME "dovecot.popvault.cache"
-#define CACHE_MAGIC "PVCACHE1"
+#define CACHE_MAGIC "PVCACHE2"
 #define CACHE_MAGIC_SIZE 8
 #define CACHE_GUID_SIZE 16
 #define CACHE_HDR_SIZE (CACHE_MAGIC_SIZE + 16 + CACHE_GUID_SIZE + 4 + 4)
@@ -57,7 +60,10 @@
 /* an entry larger than this is not kept (a header of megabytes) */
 #define CACHE_ENTRY_MAX (4 * 1024 * 1024)
 #define CACHE_FILE_MAX ((off_t)1024 * 1024 * 1024)
-#define CACHE_ENTRY_VERSION 1
+#define CACHE_ENTRY_VERSION 2
+/* how an entry keeps the header */
+#define CACHE_HDR_RAW 0
+#define CACHE_HDR_SPLIT 1
 
 /* Fields index-mail would parse the message for ahead of the request
    (to prefetch): served here, so they are taken out of wanted_fields. */
@@ -68,14 +74,41 @@
 	MAIL_FETCH_SAVE_DATE | MAIL_FETCH_VIRTUAL_SIZE | \
 	MAIL_FETCH_PHYSICAL_SIZE | MAIL_FETCH_STREAM_HEADER)
 
+/* Fields kept out of split entries: trace and signature fields, often
+   most of a header and never in a folder view. A request that names one
+   is answered from the message. */
+static const char *const cache_dropped_fields[] = {
+	"Received", "DKIM-Signature", "ARC-Seal", "ARC-Message-Signature",
+	"ARC-Authentication-Results", "Authentication-Results",
+	"Received-SPF", "X-Received", "X-Google-DKIM-Signature", NULL
+};
+
+/* One header field as Dovecot's header filter outputs it (each line's
+   name, middle and value, CRLF), continuation lines included. */
+struct cache_hdr_field {
+	const unsigned char *data;
+	size_t size;
+	/* data starts with the name; 0: a continuation without a first
+	   line, which no request matches */
+	unsigned int name_len;
+};
+
 struct cache_entry {
 	uint32_t uid;
 	time_t sent_date, received_date, save_date;
 	int sent_tz, save_date_ret;
 	uoff_t virtual_size, physical_size;
+	const char *bodystructure;
+	/* CACHE_HDR_SPLIT: the fields, and the names of those dropped.
+	   CACHE_HDR_RAW (a header the split cannot reproduce exactly, e.g.
+	   without its empty line): the raw header block. */
+	unsigned int hdr_form;
 	const unsigned char *hdr;
 	size_t hdr_size;
-	const char *bodystructure;
+	const struct cache_hdr_field *fields;
+	unsigned int field_count;
+	const char *const *dropped;
+	unsigned int dropped_count;
 };
 
 struct cache_mailbox {
@@ -146,6 +179,13 @@ static void put_blob(buffer_t *buf, const void *data, size_t size)
 	buffer_append(buf, data, size);
 }
 
+static void put16(buffer_t *buf, uint16_t v)
+{
+	unsigned char b[2] = { v >> 8, v };
+
+	buffer_append(buf, b, sizeof(b));
+}
+
 static uint32_t get32(const unsigned char *p)
 {
 	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
@@ -193,6 +233,70 @@ static const char *read_str(struct reader *r, pool_t pool)
 	return data == NULL ? NULL : p_strndup(pool, data, size);
 }
 
+static const unsigned char *read_bytes(struct reader *r, size_t size)
+{
+	const unsigned char *data = r->p;
+
+	if (r->fail || (size_t)(r->end - r->p) < size) {
+		r->fail = TRUE;
+		return NULL;
+	}
+	r->p += size;
+	return data;
+}
+
+/* Limits of the split form's lengths (larger: the raw form) */
+#define CACHE_FIELD_NAME_MAX 255
+#define CACHE_FIELD_SIZE_MAX 65535
+#define CACHE_FIELDS_MAX 65535
+#define CACHE_DROPPED_MAX 255
+
+static void entry_serialize_split(const struct cache_entry *e, buffer_t *buf)
+{
+	put16(buf, e->field_count);
+	for (unsigned int i = 0; i < e->field_count; i++) {
+		buffer_append_c(buf, e->fields[i].name_len);
+		put16(buf, e->fields[i].size);
+		buffer_append(buf, e->fields[i].data, e->fields[i].size);
+	}
+	buffer_append_c(buf, e->dropped_count);
+	for (unsigned int i = 0; i < e->dropped_count; i++) {
+		size_t len = strlen(e->dropped[i]);
+
+		buffer_append_c(buf, len);
+		buffer_append(buf, e->dropped[i], len);
+	}
+}
+
+/* The split form, pointing into the entry's plaintext (in pool). */
+static void entry_parse_split(struct reader *r, pool_t pool,
+			      struct cache_entry *e)
+{
+	struct cache_hdr_field *fields;
+	const char **dropped;
+
+	e->field_count = read_n(r, 2);
+	fields = p_new(pool, struct cache_hdr_field, e->field_count + 1);
+	for (unsigned int i = 0; i < e->field_count && !r->fail; i++) {
+		fields[i].name_len = read_n(r, 1);
+		fields[i].size = read_n(r, 2);
+		fields[i].data = read_bytes(r, fields[i].size);
+		if (fields[i].name_len > fields[i].size)
+			r->fail = TRUE;
+	}
+	e->fields = fields;
+	e->dropped_count = read_n(r, 1);
+	dropped = p_new(pool, const char *, e->dropped_count + 1);
+	for (unsigned int i = 0; i < e->dropped_count && !r->fail; i++) {
+		size_t len = read_n(r, 1);
+		const unsigned char *name = read_bytes(r, len);
+
+		if (name != NULL)
+			dropped[i] = p_strndup(pool, name, len);
+	}
+	e->dropped = dropped;
+}
+
 static void entry_serialize(const struct cache_entry *e, buffer_t *buf)
 {
 	buffer_append_c(buf, CACHE_ENTRY_VERSION);
@@ -203,10 +307,15 @@ static void entry_serialize(const struct cache_entry *e, buffer_t *buf)
 	put32(buf, (uint32_t)e->save_date_ret);
 	put64(buf, e->virtual_size);
 	put64(buf, e->physical_size);
-	put_blob(buf, e->hdr, e->hdr_size);
 	put_blob(buf, e->bodystructure, strlen(e->bodystructure));
+	buffer_append_c(buf, e->hdr_form);
+	if (e->hdr_form == CACHE_HDR_SPLIT)
+		entry_serialize_split(e, buf);
+	else
+		put_blob(buf, e->hdr, e->hdr_size);
 }
 
+/* data must stay in pool: the entry points into it */
 static int entry_parse(const unsigned char *data, size_t size, pool_t pool,
 		       struct cache_entry *e)
 {
@@ -221,10 +330,14 @@ static int entry_parse(const unsigned char *data, size_t size, pool_t pool,
 	e->save_date_ret = (int)(int32_t)read_n(&r, 4);
 	e->virtual_size = read_n(&r, 8);
 	e->physical_size = read_n(&r, 8);
-	e->hdr = read_blob(&r, &e->hdr_size);
-	if (e->hdr != NULL)
-		e->hdr = p_memdup(pool, e->hdr, e->hdr_size);
 	e->bodystructure = read_str(&r, pool);
+	e->hdr_form = read_n(&r, 1);
+	if (e->hdr_form == CACHE_HDR_SPLIT)
+		entry_parse_split(&r, pool, e);
+	else if (e->hdr_form == CACHE_HDR_RAW)
+		e->hdr = read_blob(&r, &e->hdr_size);
+	else
+		r.fail = TRUE;
 	return r.fail || r.p != r.end ? -1 : 0;
 }
 
@@ -247,7 +360,7 @@ static void cache_add_record(struct cache_mailbox *cbox,
 	buffer_t *plain;
 	size_t offset;
 
-	plain = buffer_create_dynamic(default_pool, 1024 + e->hdr_size);
+	plain = buffer_create_dynamic(default_pool, 4096);
 	entry_serialize(e, plain);
 	if (plain->used > CACHE_ENTRY_MAX) {
 		buffer_free(&plain);
@@ -296,23 +409,17 @@ cache_open_record(struct cache_mailbox *cbox, size_t offset)
 	unsigned char ad[CACHE_AD_SIZE], *plain;
 	unsigned long long plain_len;
 	struct cache_entry *e;
-	pool_t pool;
-	int ret;
+	pool_t pool = cache_entry_pool(cbox);
 
 	cache_ad(cbox, uid, ad);
-	plain = i_malloc(len);
+	/* the entry points into its plaintext: no copies of the fields */
+	plain = p_malloc(pool, len);
 	if (crypto_aead_xchacha20poly1305_ietf_decrypt(plain, &plain_len,
 			NULL, rec + CACHE_REC_HDR_SIZE, len, ad, sizeof(ad),
-			rec + 8, cbox->key->key) != 0) {
-		i_free(plain);
+			rec + 8, cbox->key->key) != 0)
 		return NULL;
-	}
-	pool = cache_entry_pool(cbox);
 	e = p_new(pool, struct cache_entry, 1);
-	ret = entry_parse(plain, plain_len, pool, e);
-	sodium_memzero(plain, len);
-	i_free(plain);
-	if (ret < 0)
+	if (entry_parse(plain, plain_len, pool, e) < 0)
 		return NULL;
 	e->uid = uid;
 	hash_table_update(cbox->entries, POINTER_CAST(uid), e);
@@ -593,7 +700,122 @@ static int cache_read_header(struct mail *mail, pool_t pool,
 		i_stream_skip(input, size);
 	}
 	e->hdr = dest;
+	e->hdr_form = CACHE_HDR_RAW;
 	return pos == e->hdr_size ? 0 : -1;
+}
+
+static bool cache_field_is_dropped(const char *name)
+{
+	for (unsigned int i = 0; cache_dropped_fields[i] != NULL; i++) {
+		if (strcasecmp(cache_dropped_fields[i], name) == 0)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+static void cache_split_add_dropped(ARRAY_TYPE(const_string) *dropped,
+				    pool_t pool, const char *name)
+{
+	const char *old;
+
+	array_foreach_elem(dropped, old) {
+		if (strcasecmp(old, name) == 0)
+			return;
+	}
+	/* the spelling of the message's first one; matched
+	   case-insensitively */
+	name = p_strdup(pool, name);
+	array_push_back(dropped, &name);
+}
+
+/* The header in the split form: each field as the header filter
+   (istream-header-filter.c, read_header()) outputs an included one,
+   parsed by the same parser. FALSE when the split could not reproduce
+   the filter's output exactly: no end of header (the filter adds one
+   depending on the last line), a line without newline, lengths beyond
+   the form's. */
+static bool cache_split_header(pool_t pool, struct cache_entry *e)
+{
+	struct message_header_parser_ctx *parser;
+	struct message_header_line *hdr;
+	struct istream *input;
+	ARRAY(struct cache_hdr_field) fields;
+	ARRAY_TYPE(const_string) dropped;
+	struct cache_hdr_field *field = NULL;
+	buffer_t *out;
+	bool skip = FALSE, eoh = FALSE, ok = TRUE;
+	size_t start = 0;
+	int ret;
+
+	out = buffer_create_dynamic(pool, e->hdr_size + 1);
+	p_array_init(&fields, pool, 32);
+	p_array_init(&dropped, pool, 4);
+	input = i_stream_create_from_data(e->hdr, e->hdr_size);
+	parser = message_parse_header_init(input, NULL, 0);
+	while (ok && (ret = message_parse_header_next(parser, &hdr)) > 0) {
+		if (hdr->eoh) {
+			eoh = TRUE;
+			break;
+		}
+		if (hdr->no_newline) {
+			ok = FALSE;
+			break;
+		}
+		if (!hdr->continued) {
+			if (field != NULL)
+				field->size = out->used - start;
+			field = NULL;
+			skip = cache_field_is_dropped(hdr->name);
+			if (skip) {
+				cache_split_add_dropped(&dropped, pool,
+							hdr->name);
+				continue;
+			}
+			if (hdr->name_len > CACHE_FIELD_NAME_MAX) {
+				ok = FALSE;
+				break;
+			}
+			field = array_append_space(&fields);
+			field->name_len = hdr->name_len;
+			start = out->used;
+			buffer_append(out, hdr->name, hdr->name_len);
+			buffer_append(out, hdr->middle, hdr->middle_len);
+		} else if (skip) {
+			continue;
+		} else if (field == NULL) {
+			/* continued lines before any first line: the
+			   filter includes them only with a matched field */
+			field = array_append_space(&fields);
+			field->name_len = 0;
+			start = out->used;
+		}
+		buffer_append(out, hdr->value, hdr->value_len);
+		buffer_append(out, "\r\n", 2);
+	}
+	if (field != NULL)
+		field->size = out->used - start;
+	message_parse_header_deinit(&parser);
+	i_stream_unref(&input);
+	if (!ok || !eoh || array_count(&fields) > CACHE_FIELDS_MAX ||
+	    array_count(&dropped) > CACHE_DROPPED_MAX)
+		return FALSE;
+
+	/* the data is final: point the fields into it */
+	start = 0;
+	array_foreach_modifiable(&fields, field) {
+		if (field->size > CACHE_FIELD_SIZE_MAX)
+			return FALSE;
+		field->data = CONST_PTR_OFFSET(out->data, start);
+		start += field->size;
+	}
+	e->fields = array_get(&fields, &e->field_count);
+	array_append_zero(&dropped);
+	e->dropped = array_front(&dropped);
+	e->dropped_count = array_count(&dropped) - 1;
+	e->hdr_form = CACHE_HDR_SPLIT;
+	e->hdr = NULL;
+	e->hdr_size = 0;
+	return TRUE;
 }
 
 /* Every field, computed the normal way by a mail of its own (decrypting
@@ -619,6 +841,7 @@ cache_fill(struct cache_mailbox *cbox, struct mail *mail)
 	    mail_get_virtual_size(fmail, &e->virtual_size) == 0 &&
 	    mail_get_physical_size(fmail, &e->physical_size) == 0 &&
 	    cache_read_header(fmail, pool, e) == 0) {
+		(void)cache_split_header(pool, e);
 		e->bodystructure = p_strdup(pool, e->bodystructure);
 		cache_add_record(cbox, e);
 		hash_table_update(cbox->entries, POINTER_CAST(e->uid), e);
@@ -764,6 +987,58 @@ static void cache_mail_drop_stream(struct cache_mail *cmail)
 	i_stream_unref(&cmail->hdr_stream);
 }
 
+/* Whether a field's name is name, as the header filter compares them:
+   strcasecmp() of the parser's NUL-terminated name. */
+static bool cache_field_name_is(const struct cache_hdr_field *field,
+				const char *name)
+{
+	size_t len = strnlen((const char *)field->data, field->name_len);
+
+	return field->name_len > 0 && strlen(name) == len &&
+		strncasecmp((const char *)field->data, name, len) == 0;
+}
+
+static bool cache_entry_dropped(const struct cache_entry *e,
+				const struct mailbox_header_lookup_ctx *headers)
+{
+	for (unsigned int i = 0; i < headers->count; i++) {
+		for (unsigned int j = 0; j < e->dropped_count; j++) {
+			if (strcasecmp(headers->name[i], e->dropped[j]) == 0)
+				return TRUE;
+		}
+	}
+	return FALSE;
+}
+
+/* The header filter's output for the wanted fields from the split form:
+   the matching fields in their order, then the end of header. */
+static struct istream *
+cache_split_stream(const struct cache_entry *e,
+		   const struct mailbox_header_lookup_ctx *headers)
+{
+	struct istream *input;
+
+	T_BEGIN {
+		buffer_t *out = t_buffer_create(512);
+
+		for (unsigned int i = 0; i < e->field_count; i++) {
+			const struct cache_hdr_field *field = &e->fields[i];
+
+			for (unsigned int j = 0; j < headers->count; j++) {
+				if (cache_field_name_is(field,
+							headers->name[j])) {
+					buffer_append(out, field->data,
+						      field->size);
+					break;
+				}
+			}
+		}
+		buffer_append(out, "\r\n", 2);
+		input = i_stream_create_copy_from_data(out->data, out->used);
+	} T_END;
+	return input;
+}
+
 /* What index-mail returns for headers it did not find in its cache: the
    header filtered to the wanted fields, over the same header bytes. */
 static int cache_get_header_stream(struct mail *_mail,
@@ -775,11 +1050,18 @@ static int cache_get_header_stream(struct mail *_mail,
 	const struct cache_entry *e = cache_mail_entry(_mail);
 	struct istream *input;
 
-	if (e == NULL) {
+	if (e == NULL ||
+	    (e->hdr_form == CACHE_HDR_SPLIT && cache_entry_dropped(e, headers))) {
+		/* a field the entry does not keep: from the message */
 		return cmail->module_ctx.super.get_header_stream(_mail,
 			headers, stream_r);
 	}
 	cache_mail_drop_stream(cmail);
+	if (e->hdr_form == CACHE_HDR_SPLIT) {
+		cmail->hdr_stream = cache_split_stream(e, headers);
+		*stream_r = cmail->hdr_stream;
+		return 0;
+	}
 	input = i_stream_create_copy_from_data(e->hdr, e->hdr_size);
 	cmail->hdr_stream = i_stream_create_header_filter(input,
 		HEADER_FILTER_INCLUDE | HEADER_FILTER_ADD_MISSING_EOH |
