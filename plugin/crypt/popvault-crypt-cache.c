@@ -88,8 +88,7 @@ static const char *const cache_dropped_fields[] = {
 struct cache_hdr_field {
 	const unsigned char *data;
 	size_t size;
-	/* data starts with the name; 0: a continuation without a first
-	   line, which no request matches */
+	/* data starts with the name (never empty) */
 	unsigned int name_len;
 };
 
@@ -281,7 +280,8 @@ static void entry_parse_split(struct reader *r, pool_t pool,
 		fields[i].name_len = read_n(r, 1);
 		fields[i].size = read_n(r, 2);
 		fields[i].data = read_bytes(r, fields[i].size);
-		if (fields[i].name_len > fields[i].size)
+		if (fields[i].name_len == 0 ||
+		    fields[i].name_len > fields[i].size)
 			r->fail = TRUE;
 	}
 	e->fields = fields;
@@ -428,22 +428,24 @@ cache_open_record(struct cache_mailbox *cbox, size_t offset)
 
 /* ---- the file ---- */
 
-static void cache_parse_file(struct cache_mailbox *cbox, const buffer_t *file)
+/* The file's header (hdr_len bytes) is checked; its records are in
+   cbox->records. */
+static void cache_parse_file(struct cache_mailbox *cbox,
+			     const unsigned char *hdr, size_t hdr_len)
 {
-	const unsigned char *data = file->data;
-	size_t pos, size = file->used;
+	const unsigned char *data;
+	size_t pos, size;
 	uint32_t uid, len;
 
-	if (size < CACHE_HDR_SIZE ||
-	    memcmp(data, CACHE_MAGIC, CACHE_MAGIC_SIZE) != 0 ||
-	    memcmp(data + CACHE_MAGIC_SIZE, cbox->ad_prefix,
+	if (hdr_len < CACHE_HDR_SIZE ||
+	    memcmp(hdr, CACHE_MAGIC, CACHE_MAGIC_SIZE) != 0 ||
+	    memcmp(hdr + CACHE_MAGIC_SIZE, cbox->ad_prefix,
 		   sizeof(cbox->ad_prefix)) != 0) {
 		/* another key generation, mailbox or UIDVALIDITY */
+		buffer_set_used_size(cbox->records, 0);
 		cbox->rewrite = TRUE;
 		return;
 	}
-	buffer_append(cbox->records, data + CACHE_HDR_SIZE,
-		      size - CACHE_HDR_SIZE);
 	data = cbox->records->data;
 	size = cbox->records->used;
 	for (pos = 0; pos < size; pos += CACHE_REC_HDR_SIZE + len) {
@@ -469,12 +471,17 @@ static void cache_parse_file(struct cache_mailbox *cbox, const buffer_t *file)
 	cbox->new_from = cbox->records->used;
 }
 
-static int cache_read_file(struct cache_mailbox *cbox, buffer_t *file)
+/* Reads the file's header into hdr and its records straight into
+   cbox->records (no copy of a file of megabytes). */
+static int cache_read_file(struct cache_mailbox *cbox,
+			   unsigned char hdr[CACHE_HDR_SIZE], size_t *hdr_len_r)
 {
 	struct stat st;
-	ssize_t ret;
+	ssize_t ret = 0;
+	size_t rest;
 	int fd;
 
+	*hdr_len_r = 0;
 	fd = open(cbox->path, O_RDONLY);
 	if (fd == -1)
 		return errno == ENOENT ? 0 : -1;
@@ -482,11 +489,21 @@ static int cache_read_file(struct cache_mailbox *cbox, buffer_t *file)
 		i_close_fd(&fd);
 		return -1;
 	}
-	ret = pread_full(fd, buffer_append_space_unsafe(file, st.st_size),
-			 st.st_size, 0);
+	*hdr_len_r = I_MIN((size_t)st.st_size, CACHE_HDR_SIZE);
+	rest = st.st_size - *hdr_len_r;
+	if (*hdr_len_r > 0)
+		ret = pread_full(fd, hdr, *hdr_len_r, 0);
+	if (ret > 0 && rest > 0) {
+		ret = pread_full(fd, buffer_append_space_unsafe(cbox->records,
+								rest),
+				 rest, CACHE_HDR_SIZE);
+	}
 	i_close_fd(&fd);
-	if (ret <= 0)
-		buffer_set_used_size(file, 0);
+	if (ret <= 0) {
+		/* an error, or the file shrank under us: nothing read */
+		buffer_set_used_size(cbox->records, 0);
+		*hdr_len_r = 0;
+	}
 	return ret < 0 ? -1 : 1;
 }
 
@@ -495,8 +512,8 @@ static void cache_load(struct mailbox *box, struct cache_mailbox *cbox)
 	struct mailbox_metadata metadata;
 	struct mailbox_status status;
 	const char *dir, *error;
-	buffer_t *file;
-	unsigned char *p;
+	unsigned char *p, hdr[CACHE_HDR_SIZE];
+	size_t hdr_len;
 	int ret;
 
 	cbox->loaded = TRUE;
@@ -532,18 +549,16 @@ static void cache_load(struct mailbox *box, struct cache_mailbox *cbox)
 	hash_table_create_direct(&cbox->entries, default_pool, 1024);
 	cbox->unusable = FALSE;
 
-	file = buffer_create_dynamic(default_pool, 65536);
-	ret = cache_read_file(cbox, file);
+	ret = cache_read_file(cbox, hdr, &hdr_len);
 	if (ret < 0) {
 		e_warning(box->event, "popvault: cache: can't read %s "
 			  "(rebuilding it): %m", cbox->path);
 	}
 	cbox->existed = ret > 0;
 	if (ret > 0)
-		cache_parse_file(cbox, file);
+		cache_parse_file(cbox, hdr, hdr_len);
 	else
 		cbox->rewrite = TRUE;
-	buffer_free(&file);
 }
 
 /* The whole file anew: header and every record of a message the
@@ -732,8 +747,8 @@ static void cache_split_add_dropped(ARRAY_TYPE(const_string) *dropped,
    (istream-header-filter.c, read_header()) outputs an included one,
    parsed by the same parser. FALSE when the split could not reproduce
    the filter's output exactly: no end of header (the filter adds one
-   depending on the last line), a line without newline, lengths beyond
-   the form's. */
+   depending on the last line), a line without newline, an empty name or
+   a continuation without a first line, lengths beyond the form's. */
 static bool cache_split_header(pool_t pool, struct cache_entry *e)
 {
 	struct message_header_parser_ctx *parser;
@@ -771,7 +786,8 @@ static bool cache_split_header(pool_t pool, struct cache_entry *e)
 							hdr->name);
 				continue;
 			}
-			if (hdr->name_len > CACHE_FIELD_NAME_MAX) {
+			if (hdr->name_len == 0 ||
+			    hdr->name_len > CACHE_FIELD_NAME_MAX) {
 				ok = FALSE;
 				break;
 			}
@@ -783,11 +799,9 @@ static bool cache_split_header(pool_t pool, struct cache_entry *e)
 		} else if (skip) {
 			continue;
 		} else if (field == NULL) {
-			/* continued lines before any first line: the
-			   filter includes them only with a matched field */
-			field = array_append_space(&fields);
-			field->name_len = 0;
-			start = out->used;
+			/* continued lines before any first line */
+			ok = FALSE;
+			break;
 		}
 		buffer_append(out, hdr->value, hdr->value_len);
 		buffer_append(out, "\r\n", 2);
@@ -987,22 +1001,21 @@ static void cache_mail_drop_stream(struct cache_mail *cmail)
 	i_stream_unref(&cmail->hdr_stream);
 }
 
-/* Whether a field's name is name, as the header filter compares them:
-   strcasecmp() of the parser's NUL-terminated name. */
+/* Whether a field's name is name (of name_len), as the header filter
+   compares them: strcasecmp() of the parser's NUL-terminated name. */
 static bool cache_field_name_is(const struct cache_hdr_field *field,
-				const char *name)
+				const char *name, size_t name_len)
 {
-	size_t len = strnlen((const char *)field->data, field->name_len);
-
-	return field->name_len > 0 && strlen(name) == len &&
-		strncasecmp((const char *)field->data, name, len) == 0;
+	return field->name_len >= name_len && name_len > 0 &&
+		strncasecmp((const char *)field->data, name, name_len) == 0 &&
+		(field->name_len == name_len || field->data[name_len] == '\0');
 }
 
 static bool cache_entry_dropped(const struct cache_entry *e,
 				const struct mailbox_header_lookup_ctx *headers)
 {
-	for (unsigned int i = 0; i < headers->count; i++) {
-		for (unsigned int j = 0; j < e->dropped_count; j++) {
+	for (unsigned int j = 0; j < e->dropped_count; j++) {
+		for (unsigned int i = 0; i < headers->count; i++) {
 			if (strcasecmp(headers->name[i], e->dropped[j]) == 0)
 				return TRUE;
 		}
@@ -1011,32 +1024,34 @@ static bool cache_entry_dropped(const struct cache_entry *e,
 }
 
 /* The header filter's output for the wanted fields from the split form:
-   the matching fields in their order, then the end of header. */
+   the matching fields in their order, then the end of header. In
+   data_pool, as index-mail keeps the headers it found in its cache. */
 static struct istream *
-cache_split_stream(const struct cache_entry *e,
+cache_split_stream(struct mail_private *mail, const struct cache_entry *e,
 		   const struct mailbox_header_lookup_ctx *headers)
 {
-	struct istream *input;
+	string_t *out = str_new(mail->data_pool, 256);
 
 	T_BEGIN {
-		buffer_t *out = t_buffer_create(512);
+		size_t *lens = t_new(size_t, headers->count);
 
+		for (unsigned int j = 0; j < headers->count; j++)
+			lens[j] = strlen(headers->name[j]);
 		for (unsigned int i = 0; i < e->field_count; i++) {
 			const struct cache_hdr_field *field = &e->fields[i];
 
 			for (unsigned int j = 0; j < headers->count; j++) {
-				if (cache_field_name_is(field,
-							headers->name[j])) {
+				if (cache_field_name_is(field, headers->name[j],
+							lens[j])) {
 					buffer_append(out, field->data,
 						      field->size);
 					break;
 				}
 			}
 		}
-		buffer_append(out, "\r\n", 2);
-		input = i_stream_create_copy_from_data(out->data, out->used);
 	} T_END;
-	return input;
+	str_append_data(out, "\r\n", 2);
+	return i_stream_create_from_data(str_data(out), str_len(out));
 }
 
 /* What index-mail returns for headers it did not find in its cache: the
@@ -1058,7 +1073,7 @@ static int cache_get_header_stream(struct mail *_mail,
 	}
 	cache_mail_drop_stream(cmail);
 	if (e->hdr_form == CACHE_HDR_SPLIT) {
-		cmail->hdr_stream = cache_split_stream(e, headers);
+		cmail->hdr_stream = cache_split_stream(mail, e, headers);
 		*stream_r = cmail->hdr_stream;
 		return 0;
 	}

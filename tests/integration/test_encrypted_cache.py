@@ -92,6 +92,51 @@ def _messages():
     return [plain, multipart, no_date, old]
 
 
+TRACE = b"PVCTRACE6m"
+
+# The fields a split entry does not keep (trace, signatures) and odd
+# header lines the split must reproduce as Dovecot's header filter does.
+TRACE_COMMANDS = [
+    "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (RECEIVED SUBJECT)])",
+    "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (DKIM-SIGNATURE)])",
+    "SEARCH HEADER Received %s" % TRACE.decode(),
+    "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (X-ODD X-EMPTY X-DUP SUBJECT "
+    "NOCOLON)] ENVELOPE)",
+    "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM TO)] BODY)",
+    "SEARCH HEADER X-Dup second",
+]
+
+
+def _traced_messages():
+    s, t = MARKS[0].decode(), TRACE.decode()
+    traced = (
+        "Received: from mx1.example.org (mx1 [192.0.2.1])\r\n"
+        "\tby mail.popvault.test; %s Thu, 01 Jan 2026 10:00:00 +0100\r\n"
+        "DKIM-Signature: v=1; a=rsa-sha256; d=example.org;\r\n"
+        "\tb=%sAAAA\r\n"
+        "From: a@example.org\r\n"
+        "received: from mx2 by mx1; %s\r\n"
+        "Subject : spaced %s\r\n"
+        "X-Empty:\r\n"
+        "X-Dup: first\r\n"
+        "X-Odd:\tvalue\r\n"
+        "  folded\r\n"
+        "X-DUP: second\r\n"
+        "To: b@example.org\r\n"
+        "\r\n"
+        "body\r\n" % (t, t, t, s)).encode()
+    # no end of header: kept raw, the filter adds the empty line
+    headers_only = ("From: c@example.org\r\nSubject: bare %s\r\n"
+                    "Received: by mx3; %s" % (s, t)).encode()
+    bare_lf = ("From: d@example.org\nReceived: by mx4; %s\n"
+               "Subject: lf %s\nX-Dup: second\n\nbody\n" % (t, s)).encode()
+    # a line without colon, an empty field name: kept raw too
+    empty_name = ("From: e@example.org\r\n: nameless\r\nNoColon\r\n"
+                  "Subject: nameless %s\r\nReceived: by mx5; %s\r\n\r\n"
+                  "body\r\n" % (s, t)).encode()
+    return [traced, headers_only, bare_lf, empty_name]
+
+
 def _append(dc, user, messages):
     c = dc.imap(user)
     try:
@@ -158,7 +203,7 @@ def _assert_no_plaintext(dc, user):
     for path in all_files(dc.home(user), dc.mail_temp_dir):
         with open(path, "rb") as f:
             data = f.read()
-        leaks += [(path, m) for m in MARKS if m in data]
+        leaks += [(path, m) for m in MARKS + [TRACE] if m in data]
     assert leaks == [], leaks
     assert not [p for p in all_files(dc.home(user))
                 if p.endswith("dovecot.index.cache")]
@@ -189,6 +234,37 @@ def test_cache_serves_every_field_as_dovecot_computes_it():
         assert _session(dc, "enc") == want
         assert dc.log_errors() == [], dc.log_errors()
         _assert_no_plaintext(dc, "enc")
+
+
+def test_trace_fields_are_answered_from_the_message():
+    with crypt_dovecot(_users()) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, _traced_messages())
+        want = _session(dc, "plain", TRACE_COMMANDS)
+        assert TRACE in want[0] and b"* SEARCH 1 2 3 4\r\n" in want[2]
+        assert b"X-Odd:\tvalue\r\n  folded\r\n" in want[3]
+        assert _session(dc, "enc", TRACE_COMMANDS) == want
+        assert _session(dc, "enc", TRACE_COMMANDS) == want
+        _assert_no_plaintext(dc, "enc")
+        with open(_cache_path(dc, "enc"), "rb") as f:
+            assert TRACE not in f.read()
+        # the messages no longer decrypt: the kept fields still come
+        # from the cache, Received only ever from the message
+        _corrupt_messages(dc, "enc")
+        kept = _session(dc, "enc", TRACE_COMMANDS[3:])
+        assert _untagged(kept) == _untagged(want[3:])
+        c = dc.imap("enc")
+        try:
+            assert " OK" in c.command("SELECT INBOX")[0]
+            st, _ = c.command("FETCH 1 (BODY.PEEK[HEADER.FIELDS "
+                              "(RECEIVED)])")
+            assert " NO " in st, st
+        finally:
+            c.logout()
+
+
+def _untagged(replies):
+    return [re.sub(rb"(^|\n)a\d+ ", b"\\1", r) for r in replies]
 
 
 def test_tampered_cache_is_never_served():
