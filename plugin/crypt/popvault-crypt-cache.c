@@ -12,12 +12,12 @@
    date and both sizes, exactly as Dovecot computed them from the
    decrypted message; ENVELOPE and BODY are built from them.
    Entries are sealed (XChaCha20-Poly1305) with the user's cache key,
-   bound to the key's generation, the mailbox GUID, UIDVALIDITY and the
+   bound to the key's generation, the file's place, UIDVALIDITY and the
    UID; an IMAP UID names one immutable message for as long as its
    UIDVALIDITY lasts, so an entry never goes stale: encrypt and decrypt
    save new UIDs, a rebuild that loses UIDs changes UIDVALIDITY.
 
-   File: header (magic, key generation id, mailbox GUID, UIDVALIDITY),
+   File: header (magic, key generation id, place id, UIDVALIDITY),
    then records (UID, length, nonce, ciphertext). New records are
    appended at mailbox close; a file with a wrong header, a damaged
    record or entries of expunged messages is rewritten (temporary file,
@@ -51,12 +51,12 @@
 #define CACHE_FILE_NAME "dovecot.popvault.cache"
 #define CACHE_MAGIC "PVCACHE2"
 #define CACHE_MAGIC_SIZE 8
-#define CACHE_GUID_SIZE 16
-#define CACHE_HDR_SIZE (CACHE_MAGIC_SIZE + 16 + CACHE_GUID_SIZE + 4 + 4)
+#define CACHE_PLACE_SIZE 16
+#define CACHE_HDR_SIZE (CACHE_MAGIC_SIZE + 16 + CACHE_PLACE_SIZE + 4 + 4)
 #define CACHE_NONCE_SIZE crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 #define CACHE_TAG_SIZE crypto_aead_xchacha20poly1305_ietf_ABYTES
 #define CACHE_REC_HDR_SIZE (4 + 4 + CACHE_NONCE_SIZE)
-#define CACHE_AD_SIZE (16 + CACHE_GUID_SIZE + 4 + 4)
+#define CACHE_AD_SIZE (16 + CACHE_PLACE_SIZE + 4 + 4)
 /* an entry larger than this is not kept (a header of megabytes) */
 #define CACHE_ENTRY_MAX (4 * 1024 * 1024)
 #define CACHE_FILE_MAX ((off_t)1024 * 1024 * 1024)
@@ -116,7 +116,7 @@ struct cache_mailbox {
 	/* this session expunged messages: their records go at close */
 	bool expunged;
 	const struct popvault_cache_key *key;
-	unsigned char ad_prefix[16 + CACHE_GUID_SIZE + 4];
+	unsigned char ad_prefix[16 + CACHE_PLACE_SIZE + 4];
 	const char *path;
 
 	/* the records: the file's after its header, then this session's */
@@ -507,9 +507,24 @@ static int cache_read_file(struct cache_mailbox *cbox,
 	return ret < 0 ? -1 : 1;
 }
 
+/* Names the file's place: a file copied into another mailbox's index
+   directory does not authenticate there. (Not the mailbox GUID: on
+   maildir it is read from dovecot-uidlist, which every folder open would
+   then parse in full.) */
+static void cache_place_id(const char *path, unsigned char id[CACHE_PLACE_SIZE])
+{
+	static const unsigned char label[] = "popvault cache place";
+	crypto_generichash_state state;
+
+	crypto_generichash_init(&state, NULL, 0, CACHE_PLACE_SIZE);
+	crypto_generichash_update(&state, label, sizeof(label));
+	crypto_generichash_update(&state, (const unsigned char *)path,
+				  strlen(path));
+	crypto_generichash_final(&state, id, CACHE_PLACE_SIZE);
+}
+
 static void cache_load(struct mailbox *box, struct cache_mailbox *cbox)
 {
-	struct mailbox_metadata metadata;
 	struct mailbox_status status;
 	const char *dir, *error;
 	unsigned char *p, hdr[CACHE_HDR_SIZE];
@@ -526,22 +541,16 @@ static void cache_load(struct mailbox *box, struct cache_mailbox *cbox)
 		e_debug(box->event, "popvault: cache: not used: %s", error);
 		return;
 	}
-	if (mailbox_get_metadata(box, MAILBOX_METADATA_GUID, &metadata) < 0) {
-		e_debug(box->event, "popvault: cache: not used: "
-			"no mailbox GUID: %s",
-			mailbox_get_last_internal_error(box, NULL));
-		return;
-	}
+	cbox->path = p_strconcat(box->pool, dir, "/" CACHE_FILE_NAME, NULL);
 	mailbox_get_open_status(box, STATUS_UIDVALIDITY, &status);
 	p = cbox->ad_prefix;
 	memcpy(p, cbox->key->id, 16);
-	memcpy(p + 16, metadata.guid, CACHE_GUID_SIZE);
+	cache_place_id(cbox->path, p + 16);
 	p[32] = status.uidvalidity >> 24;
 	p[33] = status.uidvalidity >> 16;
 	p[34] = status.uidvalidity >> 8;
 	p[35] = status.uidvalidity;
 
-	cbox->path = p_strconcat(box->pool, dir, "/" CACHE_FILE_NAME, NULL);
 	cbox->records = buffer_create_dynamic(default_pool, 65536);
 	hash_table_create_direct(&cbox->uids, default_pool, 1024);
 	cbox->entry_pool = pool_alloconly_create("popvault cache entries",

@@ -137,12 +137,14 @@ def _traced_messages():
     return [traced, headers_only, bare_lf, empty_name]
 
 
-def _append(dc, user, messages):
+def _append(dc, user, messages, box="INBOX"):
     c = dc.imap(user)
     try:
+        if box != "INBOX":
+            assert " OK" in c.command("CREATE %s" % box)[0]
         for i, m in enumerate(messages):
-            c.cmd('a0 APPEND INBOX "0%d-Feb-2026 10:00:00 +0000" {%d}'
-                  % (i + 1, len(m)))
+            c.cmd('a0 APPEND %s "0%d-Feb-2026 10:00:00 +0000" {%d}'
+                  % (box, i + 1, len(m)))
             assert c.readline().startswith("+")
             c.send(m + b"\r\n")
             assert c.readline().startswith("a0 OK")
@@ -150,11 +152,11 @@ def _append(dc, user, messages):
         c.logout()
 
 
-def _session(dc, user, commands=COMMANDS):
+def _session(dc, user, commands=COMMANDS, box="INBOX"):
     """Every command's reply in one IMAP session (a folder open)."""
     c = dc.imap(user)
     try:
-        st, _ = c.command("SELECT INBOX")
+        st, _ = c.command("SELECT %s" % box)
         assert " OK" in st, st
         out = []
         for cmd in commands:
@@ -169,8 +171,10 @@ def _session(dc, user, commands=COMMANDS):
         c.logout()
 
 
-def _cache_path(dc, user):
-    return os.path.join(dc.home(user), "Maildir", CACHE)
+def _cache_path(dc, user, box="INBOX"):
+    maildir = os.path.join(dc.home(user), "Maildir")
+    return os.path.join(maildir if box == "INBOX" else
+                        os.path.join(maildir, "." + box), CACHE)
 
 
 def _records(dc, user):
@@ -296,6 +300,50 @@ def test_tampered_cache_is_never_served():
         assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
         _corrupt_messages(dc, "enc")
         assert _session(dc, "enc") == want
+
+
+def test_a_cache_file_answers_only_in_its_own_folder():
+    """A file copied into another folder of the same user, its header
+    made to match there (the same key generation, place and
+    UIDVALIDITY in the clear), still never answers for that folder's
+    messages: each record's associated data names its own place."""
+    with crypt_dovecot(_users()) as dc:
+        other = [make_message("other %d %s" % (i, MARKS[0].decode()),
+                              sender="o%d@example.com" % i,
+                              date="Fri, 02 Jan 2026 1%d:00:00 +0000" % i)
+                 for i in range(4)]
+        for u in ("plain", "enc"):
+            _append(dc, u, _messages())
+            _append(dc, u, other, box="Other")
+        # the same UIDVALIDITY in both folders: only the place differs
+        c = dc.imap("enc")
+        try:
+            st, reply = c.command("STATUS INBOX (UIDVALIDITY)")
+            assert " OK" in st, st
+        finally:
+            c.logout()
+        uidvalidity = re.search(rb"UIDVALIDITY (\d+)", reply).group(1)
+        dc.doveadm("mailbox", "update", "-u", "enc", "--uid-validity",
+                   uidvalidity.decode(), "Other")
+        want = _session(dc, "plain", box="Other")
+        assert _session(dc, "enc") == _session(dc, "plain")
+        assert _session(dc, "enc", box="Other") == want
+        with open(_cache_path(dc, "enc", "Other"), "rb") as f:
+            header = f.read()[:CACHE_HDR]
+        with open(_cache_path(dc, "enc"), "rb") as f:
+            inbox = f.read()
+        # the same generation and UIDVALIDITY, another place
+        assert inbox[:24] == header[:24] and inbox[40:48] == header[40:48]
+        assert inbox[24:40] != header[24:40]
+        with open(_cache_path(dc, "enc", "Other"), "wb") as f:
+            f.write(header + inbox[CACHE_HDR:])
+        assert _session(dc, "enc", box="Other") == want
+        assert [l for l in dc.log().splitlines()
+                if "does not authenticate" in l]
+        # rebuilt with the folder's own records
+        assert _session(dc, "enc", box="Other") == want
+        _corrupt_messages(dc, "enc")
+        assert _session(dc, "enc", box="Other") == want
 
 
 def test_expunged_messages_leave_the_cache():
