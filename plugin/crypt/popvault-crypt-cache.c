@@ -134,6 +134,8 @@ struct cache_mailbox {
 struct cache_mail {
 	union mail_module_context module_ctx;
 	struct istream *hdr_stream;
+	/* computes entries (decrypting): one per mail, not per message */
+	struct mail *fill_mail;
 };
 
 #define CACHE_BOX_CONTEXT(obj) \
@@ -846,13 +848,19 @@ static bool cache_split_header(pool_t pool, struct cache_entry *e)
 static struct cache_entry *
 cache_fill(struct cache_mailbox *cbox, struct mail *mail)
 {
+	struct cache_mail *cmail =
+		CACHE_MAIL_CONTEXT((struct mail_private *)mail);
 	struct mail *fmail;
 	struct cache_entry *e, *ret = NULL;
 	pool_t pool = cache_entry_pool(cbox);
 
-	cbox->filling = TRUE;
-	fmail = mail_alloc(mail->transaction, CACHE_FILL_FIELDS, NULL);
-	cbox->filling = FALSE;
+	if (cmail->fill_mail == NULL) {
+		cbox->filling = TRUE;
+		cmail->fill_mail = mail_alloc(mail->transaction,
+					      CACHE_FILL_FIELDS, NULL);
+		cbox->filling = FALSE;
+	}
+	fmail = cmail->fill_mail;
 	e = p_new(pool, struct cache_entry, 1);
 	e->uid = mail->uid;
 	if (mail_set_uid(fmail, mail->uid) &&
@@ -870,7 +878,6 @@ cache_fill(struct cache_mailbox *cbox, struct mail *mail)
 		hash_table_update(cbox->entries, POINTER_CAST(e->uid), e);
 		ret = e;
 	}
-	mail_free(&fmail);
 	return ret;
 }
 
@@ -1132,6 +1139,8 @@ static void cache_mail_free(struct mail *_mail)
 	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
 
 	cache_mail_drop_stream(cmail);
+	if (cmail->fill_mail != NULL)
+		mail_free(&cmail->fill_mail);
 	cmail->module_ctx.super.free(_mail);
 }
 
