@@ -33,7 +33,6 @@
 #include "istream-header-filter.h"
 #include "message-header-parser.h"
 #include "message-size.h"
-#include "read-full.h"
 #include "write-full.h"
 #include "mail-storage-private.h"
 #include "mail-storage-hooks.h"
@@ -45,6 +44,7 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sodium.h>
 
@@ -119,10 +119,15 @@ struct cache_mailbox {
 	unsigned char ad_prefix[16 + CACHE_PLACE_SIZE + 4];
 	const char *path;
 
-	/* the records: the file's after its header, then this session's */
+	/* The records: offsets below new_from are the file's (mapped, after
+	   its header), the others this session's (in records, from
+	   new_from on). Mapped, not read: a read copies megabytes into
+	   fresh memory on every folder open. */
+	const unsigned char *map;
+	size_t map_size;
 	buffer_t *records;
 	size_t new_from;
-	/* uid -> offset+1 in records */
+	/* uid -> offset+1 */
 	HASH_TABLE(void *, void *) uids;
 
 	/* entries opened in this session: uid -> struct cache_entry */
@@ -370,7 +375,7 @@ static void cache_add_record(struct cache_mailbox *cbox,
 	}
 	cache_ad(cbox, e->uid, ad);
 	randombytes_buf(nonce, sizeof(nonce));
-	offset = cbox->records->used;
+	offset = cbox->new_from + cbox->records->used;
 	put32(cbox->records, e->uid);
 	put32(cbox->records, plain->used + CACHE_TAG_SIZE);
 	buffer_append(cbox->records, nonce, sizeof(nonce));
@@ -400,13 +405,20 @@ static pool_t cache_entry_pool(struct cache_mailbox *cbox)
 	return cbox->entry_pool;
 }
 
+static const unsigned char *
+cache_record(const struct cache_mailbox *cbox, size_t offset)
+{
+	if (offset < cbox->new_from)
+		return cbox->map + CACHE_HDR_SIZE + offset;
+	return CONST_PTR_OFFSET(cbox->records->data, offset - cbox->new_from);
+}
+
 /* Opens the record at offset into the table of opened entries. NULL
    when it does not authenticate or parse: it is then never served. */
 static struct cache_entry *
 cache_open_record(struct cache_mailbox *cbox, size_t offset)
 {
-	const unsigned char *rec = CONST_PTR_OFFSET(cbox->records->data,
-						    offset);
+	const unsigned char *rec = cache_record(cbox, offset);
 	uint32_t uid = get32(rec), len = get32(rec + 4);
 	unsigned char ad[CACHE_AD_SIZE], *plain;
 	unsigned long long plain_len;
@@ -430,26 +442,24 @@ cache_open_record(struct cache_mailbox *cbox, size_t offset)
 
 /* ---- the file ---- */
 
-/* The file's header (hdr_len bytes) is checked; its records are in
-   cbox->records. */
-static void cache_parse_file(struct cache_mailbox *cbox,
-			     const unsigned char *hdr, size_t hdr_len)
+/* Checks the mapped file's header and indexes its records. */
+static void cache_parse_file(struct cache_mailbox *cbox)
 {
 	const unsigned char *data;
 	size_t pos, size;
 	uint32_t uid, len;
 
-	if (hdr_len < CACHE_HDR_SIZE ||
-	    memcmp(hdr, CACHE_MAGIC, CACHE_MAGIC_SIZE) != 0 ||
-	    memcmp(hdr + CACHE_MAGIC_SIZE, cbox->ad_prefix,
+	cbox->new_from = 0;
+	if (cbox->map_size < CACHE_HDR_SIZE ||
+	    memcmp(cbox->map, CACHE_MAGIC, CACHE_MAGIC_SIZE) != 0 ||
+	    memcmp(cbox->map + CACHE_MAGIC_SIZE, cbox->ad_prefix,
 		   sizeof(cbox->ad_prefix)) != 0) {
-		/* another key generation, mailbox or UIDVALIDITY */
-		buffer_set_used_size(cbox->records, 0);
+		/* another key generation, place or UIDVALIDITY */
 		cbox->rewrite = TRUE;
 		return;
 	}
-	data = cbox->records->data;
-	size = cbox->records->used;
+	data = cbox->map + CACHE_HDR_SIZE;
+	size = cbox->map_size - CACHE_HDR_SIZE;
 	for (pos = 0; pos < size; pos += CACHE_REC_HDR_SIZE + len) {
 		if (size - pos < CACHE_REC_HDR_SIZE) {
 			cbox->rewrite = TRUE;
@@ -469,21 +479,17 @@ static void cache_parse_file(struct cache_mailbox *cbox,
 		hash_table_update(cbox->uids, POINTER_CAST(uid),
 				  POINTER_CAST(pos + 1));
 	}
-	buffer_set_used_size(cbox->records, pos > size ? size : pos);
-	cbox->new_from = cbox->records->used;
+	cbox->new_from = pos > size ? size : pos;
 }
 
-/* Reads the file's header into hdr and its records straight into
-   cbox->records (no copy of a file of megabytes). */
-static int cache_read_file(struct cache_mailbox *cbox,
-			   unsigned char hdr[CACHE_HDR_SIZE], size_t *hdr_len_r)
+/* Maps the file (read-only, private). It is never truncated in place:
+   rewrites rename a new file over it and appends only add. */
+static int cache_map_file(struct cache_mailbox *cbox)
 {
 	struct stat st;
-	ssize_t ret = 0;
-	size_t rest;
+	void *map;
 	int fd;
 
-	*hdr_len_r = 0;
 	fd = open(cbox->path, O_RDONLY);
 	if (fd == -1)
 		return errno == ENOENT ? 0 : -1;
@@ -491,22 +497,17 @@ static int cache_read_file(struct cache_mailbox *cbox,
 		i_close_fd(&fd);
 		return -1;
 	}
-	*hdr_len_r = I_MIN((size_t)st.st_size, CACHE_HDR_SIZE);
-	rest = st.st_size - *hdr_len_r;
-	if (*hdr_len_r > 0)
-		ret = pread_full(fd, hdr, *hdr_len_r, 0);
-	if (ret > 0 && rest > 0) {
-		ret = pread_full(fd, buffer_append_space_unsafe(cbox->records,
-								rest),
-				 rest, CACHE_HDR_SIZE);
+	if (st.st_size == 0) {
+		i_close_fd(&fd);
+		return 1;
 	}
+	map = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
 	i_close_fd(&fd);
-	if (ret <= 0) {
-		/* an error, or the file shrank under us: nothing read */
-		buffer_set_used_size(cbox->records, 0);
-		*hdr_len_r = 0;
-	}
-	return ret < 0 ? -1 : 1;
+	if (map == MAP_FAILED)
+		return -1;
+	cbox->map = map;
+	cbox->map_size = st.st_size;
+	return 1;
 }
 
 /* Names the file's place: a file copied into another mailbox's index
@@ -529,8 +530,7 @@ static void cache_load(struct mailbox *box, struct cache_mailbox *cbox)
 {
 	struct mailbox_status status;
 	const char *dir, *error;
-	unsigned char *p, hdr[CACHE_HDR_SIZE];
-	size_t hdr_len;
+	unsigned char *p;
 	int ret;
 
 	cbox->loaded = TRUE;
@@ -560,14 +560,14 @@ static void cache_load(struct mailbox *box, struct cache_mailbox *cbox)
 	hash_table_create_direct(&cbox->entries, default_pool, 1024);
 	cbox->unusable = FALSE;
 
-	ret = cache_read_file(cbox, hdr, &hdr_len);
+	ret = cache_map_file(cbox);
 	if (ret < 0) {
 		e_warning(box->event, "popvault: cache: can't read %s "
 			  "(rebuilding it): %m", cbox->path);
 	}
 	cbox->existed = ret > 0;
 	if (ret > 0)
-		cache_parse_file(cbox, hdr, hdr_len);
+		cache_parse_file(cbox);
 	else
 		cbox->rewrite = TRUE;
 }
@@ -577,26 +577,25 @@ static void cache_load(struct mailbox *box, struct cache_mailbox *cbox)
 static void cache_rewrite(struct mailbox *box, struct cache_mailbox *cbox)
 {
 	struct hash_iterate_context *iter;
-	const unsigned char *data = cbox->records->data;
+	const unsigned char *rec;
 	const char *tmp;
 	void *key, *value;
 	buffer_t *out;
 	uint32_t uid, seq;
-	size_t pos, len;
 	int fd;
 
-	out = buffer_create_dynamic(default_pool, cbox->records->used + 64);
+	out = buffer_create_dynamic(default_pool,
+		cbox->new_from + cbox->records->used + 64);
 	buffer_append(out, CACHE_MAGIC, CACHE_MAGIC_SIZE);
 	buffer_append(out, cbox->ad_prefix, sizeof(cbox->ad_prefix));
 	buffer_append_zero(out, 4);
 	iter = hash_table_iterate_init(cbox->uids);
 	while (hash_table_iterate(iter, cbox->uids, &key, &value)) {
 		uid = POINTER_CAST_TO(key, uint32_t);
-		pos = POINTER_CAST_TO(value, size_t) - 1;
 		if (!mail_index_lookup_seq(box->view, uid, &seq))
 			continue;
-		len = CACHE_REC_HDR_SIZE + get32(data + pos + 4);
-		buffer_append(out, data + pos, len);
+		rec = cache_record(cbox, POINTER_CAST_TO(value, size_t) - 1);
+		buffer_append(out, rec, CACHE_REC_HDR_SIZE + get32(rec + 4));
 	}
 	hash_table_iterate_deinit(&iter);
 
@@ -634,8 +633,7 @@ static void cache_append(struct mailbox *box, struct cache_mailbox *cbox)
 		return;
 	}
 	/* one write: a concurrent session's records never interleave */
-	if (write_full(fd, data + cbox->new_from,
-		       cbox->records->used - cbox->new_from) < 0) {
+	if (write_full(fd, data, cbox->records->used) < 0) {
 		e_error(box->event, "popvault: cache: write(%s) failed: %m",
 			cbox->path);
 	}
@@ -676,7 +674,7 @@ static void cache_flush(struct mailbox *box, struct cache_mailbox *cbox)
 		if (cbox->rewrite || !cbox->existed ||
 		    cache_has_expunged(box, cbox))
 			cache_rewrite(box, cbox);
-		else if (cbox->records->used > cbox->new_from)
+		else if (cbox->records->used > 0)
 			cache_append(box, cbox);
 	} T_END;
 }
@@ -687,6 +685,13 @@ static void cache_free(struct cache_mailbox *cbox)
 		sodium_memzero(buffer_get_modifiable_data(cbox->records, NULL),
 			       cbox->records->used);
 		buffer_free(&cbox->records);
+		if (cbox->map != NULL &&
+		    munmap((void *)cbox->map, cbox->map_size) < 0)
+			i_error("popvault: cache: munmap(%s) failed: %m",
+				cbox->path);
+		cbox->map = NULL;
+		cbox->map_size = 0;
+		cbox->new_from = 0;
 		hash_table_destroy(&cbox->uids);
 		hash_table_destroy(&cbox->entries);
 		pool_unref(&cbox->entry_pool);
