@@ -17,7 +17,7 @@ from crypt_util import (MAGIC, all_files, crypt_dovecot, enc_fields,
 MARKS = [b"PVCSUBJ7q", b"PVCFROM3k", b"PVCBODY5z", b"PVCHDR8w"]
 CACHE = "dovecot.popvault.cache"
 CACHE_HDR = 8 + 16 + 16 + 4 + 4
-REC_HDR = 4 + 4 + 24
+REC_HDR = 4 + 4 + 12
 KEY_PW = {"userdb_popvault_key_password": "%w"}
 
 # Each a command of its own (each its own access pattern through
