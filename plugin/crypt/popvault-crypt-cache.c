@@ -106,10 +106,12 @@ struct cache_entry {
 	unsigned int hdr_form;
 	const unsigned char *hdr;
 	size_t hdr_size;
-	const struct cache_hdr_field *fields;
-	unsigned int field_count;
-	const char *const *dropped;
-	unsigned int dropped_count;
+	/* as serialized (entry_serialize_split()), read with
+	   cache_split_next() and cache_dropped_next(): an opened entry
+	   needs no arrays of its own */
+	const unsigned char *fields, *dropped;
+	size_t fields_size, dropped_size;
+	unsigned int field_count, dropped_count;
 };
 
 struct cache_mailbox {
@@ -245,69 +247,77 @@ static const char *read_str(struct reader *r, pool_t pool)
 	return data == NULL ? NULL : p_strndup(pool, data, size);
 }
 
-static const unsigned char *read_bytes(struct reader *r, size_t size)
-{
-	const unsigned char *data = r->p;
-
-	if (r->fail || (size_t)(r->end - r->p) < size) {
-		r->fail = TRUE;
-		return NULL;
-	}
-	r->p += size;
-	return data;
-}
-
 /* Limits of the split form's lengths (larger: the raw form) */
 #define CACHE_FIELD_NAME_MAX 255
 #define CACHE_FIELD_SIZE_MAX 65535
 #define CACHE_FIELDS_MAX 65535
 #define CACHE_DROPPED_MAX 255
 
+/* The next field of the serialized fields (name length (1), length (2),
+   bytes); FALSE at their end or when damaged. */
+static bool cache_split_next(const unsigned char **pos,
+			     const unsigned char *end,
+			     struct cache_hdr_field *field_r)
+{
+	const unsigned char *p = *pos;
+
+	if (end - p < 3)
+		return FALSE;
+	field_r->name_len = p[0];
+	field_r->size = ((size_t)p[1] << 8) | p[2];
+	field_r->data = p + 3;
+	if ((size_t)(end - field_r->data) < field_r->size ||
+	    field_r->name_len == 0 || field_r->name_len > field_r->size)
+		return FALSE;
+	*pos = field_r->data + field_r->size;
+	return TRUE;
+}
+
+/* The next of the serialized dropped names (length (1), name). */
+static bool cache_dropped_next(const unsigned char **pos,
+			       const unsigned char *end,
+			       const unsigned char **name_r, size_t *len_r)
+{
+	const unsigned char *p = *pos;
+
+	if (end - p < 1 || (size_t)(end - p - 1) < p[0])
+		return FALSE;
+	*len_r = p[0];
+	*name_r = p + 1;
+	*pos = p + 1 + p[0];
+	return TRUE;
+}
+
 static void entry_serialize_split(const struct cache_entry *e, buffer_t *buf)
 {
 	put16(buf, e->field_count);
-	for (unsigned int i = 0; i < e->field_count; i++) {
-		buffer_append_c(buf, e->fields[i].name_len);
-		put16(buf, e->fields[i].size);
-		buffer_append(buf, e->fields[i].data, e->fields[i].size);
-	}
+	buffer_append(buf, e->fields, e->fields_size);
 	buffer_append_c(buf, e->dropped_count);
-	for (unsigned int i = 0; i < e->dropped_count; i++) {
-		size_t len = strlen(e->dropped[i]);
-
-		buffer_append_c(buf, len);
-		buffer_append(buf, e->dropped[i], len);
-	}
+	buffer_append(buf, e->dropped, e->dropped_size);
 }
 
 /* The split form, pointing into the entry's plaintext (in pool). */
-static void entry_parse_split(struct reader *r, pool_t pool,
-			      struct cache_entry *e)
+static void entry_parse_split(struct reader *r, struct cache_entry *e)
 {
-	struct cache_hdr_field *fields;
-	const char **dropped;
+	struct cache_hdr_field field;
+	const unsigned char *name;
+	size_t len;
+	unsigned int i;
 
 	e->field_count = read_n(r, 2);
-	fields = p_new(pool, struct cache_hdr_field, e->field_count + 1);
-	for (unsigned int i = 0; i < e->field_count && !r->fail; i++) {
-		fields[i].name_len = read_n(r, 1);
-		fields[i].size = read_n(r, 2);
-		fields[i].data = read_bytes(r, fields[i].size);
-		if (fields[i].name_len == 0 ||
-		    fields[i].name_len > fields[i].size)
+	e->fields = r->p;
+	for (i = 0; i < e->field_count && !r->fail; i++) {
+		if (!cache_split_next(&r->p, r->end, &field))
 			r->fail = TRUE;
 	}
-	e->fields = fields;
+	e->fields_size = r->p - e->fields;
 	e->dropped_count = read_n(r, 1);
-	dropped = p_new(pool, const char *, e->dropped_count + 1);
-	for (unsigned int i = 0; i < e->dropped_count && !r->fail; i++) {
-		size_t len = read_n(r, 1);
-		const unsigned char *name = read_bytes(r, len);
-
-		if (name != NULL)
-			dropped[i] = p_strndup(pool, name, len);
+	e->dropped = r->p;
+	for (i = 0; i < e->dropped_count && !r->fail; i++) {
+		if (!cache_dropped_next(&r->p, r->end, &name, &len))
+			r->fail = TRUE;
 	}
-	e->dropped = dropped;
+	e->dropped_size = r->p - e->dropped;
 }
 
 static void entry_serialize(const struct cache_entry *e, buffer_t *buf)
@@ -346,7 +356,7 @@ static int entry_parse(const unsigned char *data, size_t size, pool_t pool,
 	e->bodystructure = read_str(&r, pool);
 	e->hdr_form = read_n(&r, 1);
 	if (e->hdr_form == CACHE_HDR_SPLIT)
-		entry_parse_split(&r, pool, e);
+		entry_parse_split(&r, e);
 	else if (e->hdr_form == CACHE_HDR_RAW)
 		e->hdr = read_blob(&r, &e->hdr_size);
 	else
@@ -808,19 +818,23 @@ static bool cache_field_is_dropped(const char *name)
 	return FALSE;
 }
 
-static void cache_split_add_dropped(ARRAY_TYPE(const_string) *dropped,
-				    pool_t pool, const char *name)
+/* Adds name to the serialized dropped names unless there (in any case) */
+static void cache_split_add_dropped(buffer_t *dropped, unsigned int *count,
+				    const char *name, size_t name_len)
 {
-	const char *old;
+	const unsigned char *pos = dropped->data, *old;
+	const unsigned char *end = pos + dropped->used;
+	size_t len;
 
-	array_foreach_elem(dropped, old) {
-		if (strcasecmp(old, name) == 0)
+	while (cache_dropped_next(&pos, end, &old, &len)) {
+		if (len == name_len &&
+		    strncasecmp((const char *)old, name, len) == 0)
 			return;
 	}
-	/* the spelling of the message's first one; matched
-	   case-insensitively */
-	name = p_strdup(pool, name);
-	array_push_back(dropped, &name);
+	/* the spelling of the message's first one */
+	buffer_append_c(dropped, name_len);
+	buffer_append(dropped, name, name_len);
+	(*count)++;
 }
 
 /* The header in the split form: each field as the header filter
@@ -834,17 +848,16 @@ static bool cache_split_header(pool_t pool, struct cache_entry *e)
 	struct message_header_parser_ctx *parser;
 	struct message_header_line *hdr;
 	struct istream *input;
-	ARRAY(struct cache_hdr_field) fields;
-	ARRAY_TYPE(const_string) dropped;
-	struct cache_hdr_field *field = NULL;
-	buffer_t *out;
-	bool skip = FALSE, eoh = FALSE, ok = TRUE;
-	size_t start = 0;
+	buffer_t *out, *dropped;
+	unsigned char *p;
+	unsigned int fields = 0, dropped_count = 0;
+	bool in_field = FALSE, skip = FALSE, eoh = FALSE, ok = TRUE;
+	size_t start = 0, size;
 	int ret;
 
-	out = buffer_create_dynamic(pool, e->hdr_size + 1);
-	p_array_init(&fields, pool, 32);
-	p_array_init(&dropped, pool, 4);
+	/* the fields grow by 3 bytes each, bare LFs by a CR */
+	out = buffer_create_dynamic(pool, e->hdr_size + e->hdr_size / 8 + 64);
+	dropped = buffer_create_dynamic(pool, 64);
 	input = i_stream_create_from_data(e->hdr, e->hdr_size);
 	parser = message_parse_header_init(input, NULL, 0);
 	while (ok && (ret = message_parse_header_next(parser, &hdr)) > 0) {
@@ -857,13 +870,27 @@ static bool cache_split_header(pool_t pool, struct cache_entry *e)
 			break;
 		}
 		if (!hdr->continued) {
-			if (field != NULL)
-				field->size = out->used - start;
-			field = NULL;
+			/* the previous field ends */
+			if (in_field) {
+				size = out->used - start - 3;
+				if (size > CACHE_FIELD_SIZE_MAX) {
+					ok = FALSE;
+					break;
+				}
+				p = buffer_get_space_unsafe(out, start + 1, 2);
+				p[0] = size >> 8;
+				p[1] = size;
+			}
+			in_field = FALSE;
 			skip = cache_field_is_dropped(hdr->name);
 			if (skip) {
-				cache_split_add_dropped(&dropped, pool,
-							hdr->name);
+				if (hdr->name_len > CACHE_FIELD_NAME_MAX) {
+					ok = FALSE;
+					break;
+				}
+				cache_split_add_dropped(dropped, &dropped_count,
+							hdr->name,
+							hdr->name_len);
 				continue;
 			}
 			if (hdr->name_len == 0 ||
@@ -871,14 +898,16 @@ static bool cache_split_header(pool_t pool, struct cache_entry *e)
 				ok = FALSE;
 				break;
 			}
-			field = array_append_space(&fields);
-			field->name_len = hdr->name_len;
+			in_field = TRUE;
+			fields++;
 			start = out->used;
+			buffer_append_c(out, hdr->name_len);
+			buffer_append_zero(out, 2);
 			buffer_append(out, hdr->name, hdr->name_len);
 			buffer_append(out, hdr->middle, hdr->middle_len);
 		} else if (skip) {
 			continue;
-		} else if (field == NULL) {
+		} else if (!in_field) {
 			/* continued lines before any first line */
 			ok = FALSE;
 			break;
@@ -886,26 +915,28 @@ static bool cache_split_header(pool_t pool, struct cache_entry *e)
 		buffer_append(out, hdr->value, hdr->value_len);
 		buffer_append(out, "\r\n", 2);
 	}
-	if (field != NULL)
-		field->size = out->used - start;
+	if (ok && in_field) {
+		size = out->used - start - 3;
+		if (size > CACHE_FIELD_SIZE_MAX)
+			ok = FALSE;
+		else {
+			p = buffer_get_space_unsafe(out, start + 1, 2);
+			p[0] = size >> 8;
+			p[1] = size;
+		}
+	}
 	message_parse_header_deinit(&parser);
 	i_stream_unref(&input);
-	if (!ok || !eoh || array_count(&fields) > CACHE_FIELDS_MAX ||
-	    array_count(&dropped) > CACHE_DROPPED_MAX)
+	if (!ok || !eoh || fields > CACHE_FIELDS_MAX ||
+	    dropped_count > CACHE_DROPPED_MAX)
 		return FALSE;
 
-	/* the data is final: point the fields into it */
-	start = 0;
-	array_foreach_modifiable(&fields, field) {
-		if (field->size > CACHE_FIELD_SIZE_MAX)
-			return FALSE;
-		field->data = CONST_PTR_OFFSET(out->data, start);
-		start += field->size;
-	}
-	e->fields = array_get(&fields, &e->field_count);
-	array_append_zero(&dropped);
-	e->dropped = array_front(&dropped);
-	e->dropped_count = array_count(&dropped) - 1;
+	e->fields = out->data;
+	e->fields_size = out->used;
+	e->field_count = fields;
+	e->dropped = dropped->data;
+	e->dropped_size = dropped->used;
+	e->dropped_count = dropped_count;
 	e->hdr_form = CACHE_HDR_SPLIT;
 	e->hdr = NULL;
 	e->hdr_size = 0;
@@ -1099,9 +1130,15 @@ static bool cache_field_name_is(const struct cache_hdr_field *field,
 static bool cache_entry_dropped(const struct cache_entry *e,
 				const struct mailbox_header_lookup_ctx *headers)
 {
-	for (unsigned int j = 0; j < e->dropped_count; j++) {
+	const unsigned char *pos = e->dropped, *name;
+	const unsigned char *end = pos + e->dropped_size;
+	size_t len;
+
+	while (cache_dropped_next(&pos, end, &name, &len)) {
 		for (unsigned int i = 0; i < headers->count; i++) {
-			if (strcasecmp(headers->name[i], e->dropped[j]) == 0)
+			if (strncasecmp(headers->name[i], (const char *)name,
+					len) == 0 &&
+			    headers->name[i][len] == '\0')
 				return TRUE;
 		}
 	}
@@ -1122,14 +1159,17 @@ cache_split_stream(struct mail_private *mail, const struct cache_entry *e,
 
 		for (unsigned int j = 0; j < headers->count; j++)
 			lens[j] = strlen(headers->name[j]);
-		for (unsigned int i = 0; i < e->field_count; i++) {
-			const struct cache_hdr_field *field = &e->fields[i];
+		const unsigned char *pos = e->fields;
+		const unsigned char *end = pos + e->fields_size;
+		struct cache_hdr_field field;
 
+		while (cache_split_next(&pos, end, &field)) {
 			for (unsigned int j = 0; j < headers->count; j++) {
-				if (cache_field_name_is(field, headers->name[j],
+				if (cache_field_name_is(&field,
+							headers->name[j],
 							lens[j])) {
-					buffer_append(out, field->data,
-						      field->size);
+					buffer_append(out, field.data,
+						      field.size);
 					break;
 				}
 			}
