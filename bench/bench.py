@@ -79,6 +79,11 @@ WORKLOADS = [
     for cmd, title in [(c, t) for c, t, _ in webmail.COMMANDS] + [
         ("total", "total (SELECT + the 4)")]
 ] + [
+    # what the two opens left in the folder's caches (Dovecot's, and
+    # popvault's encrypted one)
+    ("webmail_cache_size", "webmail cache files after the 2nd open", "MiB",
+     ("ratio", 1.5), "<= 1.5x plain"),
+] + [
     ("pop3_uidl", "login+STAT+UIDL, {mailbox_msgs} msgs", "s",
      ("ratio", 1.05), "<= 1.05x plain"),
     ("pop3_uidl_cold", "first login+STAT+UIDL after import (1 run)", "s",
@@ -509,6 +514,8 @@ class Bench:
                             u].append(t)
                     answers.setdefault(phase, {})[u] = webmail.normalized(
                         replies, s["webmail_msgs"], found)
+                self.samples["webmail_cache_size"][u].append(
+                    webmail.cache_size(home) / MiB)
             # every user must give plain's answers
             for phase, by_user in answers.items():
                 for u in USERS[1:]:

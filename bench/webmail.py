@@ -9,6 +9,7 @@ checked afterwards (counts, and the same answer for every user).
 """
 
 import base64
+import os
 import random
 import re
 import socket
@@ -270,6 +271,19 @@ def open_folder(port, user, password, timeout):
         return times, replies
     finally:
         s.close()
+
+
+# Dovecot's cache and popvault's encrypted one (docs/encryption.md)
+CACHE_FILES = ("dovecot.index.cache", "dovecot.popvault.cache")
+
+
+def cache_size(home):
+    """Bytes in the cache files under a user's home."""
+    total = 0
+    for d, _, files in os.walk(home):
+        total += sum(os.path.getsize(os.path.join(d, f))
+                     for f in files if f in CACHE_FILES)
+    return total
 
 
 def normalized(replies, count, found):

@@ -15,7 +15,8 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(
 WORKLOADS = ("lmtp", "pop3_retr", "imap_envelope", "pop3_big", "pop3_big_rss",
              "imap_partial", "pop3_uidl", "pop3_uidl_cold", "sweep") + tuple(
                  "webmail_%s_%s" % (phase, cmd) for phase in ("first", "warm")
-                 for cmd in ("hdr", "envbs", "sort", "search", "total"))
+                 for cmd in ("hdr", "envbs", "sort", "search", "total")) + (
+                     "webmail_cache_size",)
 # Only hang guards, never a judgement of speed: the quick run takes about
 # a minute on an idle 2-core machine and several times that when the
 # machine is shared (each client call has its own limit inside).

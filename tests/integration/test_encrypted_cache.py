@@ -17,7 +17,7 @@ from crypt_util import (MAGIC, all_files, crypt_dovecot, enc_fields,
 MARKS = [b"PVCSUBJ7q", b"PVCFROM3k", b"PVCBODY5z", b"PVCHDR8w"]
 CACHE = "dovecot.popvault.cache"
 CACHE_HDR = 8 + 16 + 16 + 4 + 4
-REC_HDR = 4 + 4 + 24
+REC_HDR = 4 + 4 + 12
 KEY_PW = {"userdb_popvault_key_password": "%w"}
 
 # Each a command of its own (each its own access pattern through
@@ -92,12 +92,59 @@ def _messages():
     return [plain, multipart, no_date, old]
 
 
-def _append(dc, user, messages):
+TRACE = b"PVCTRACE6m"
+
+# The fields a split entry does not keep (trace, signatures) and odd
+# header lines the split must reproduce as Dovecot's header filter does.
+TRACE_COMMANDS = [
+    "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (RECEIVED SUBJECT)])",
+    "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (DKIM-SIGNATURE)])",
+    "SEARCH HEADER Received %s" % TRACE.decode(),
+    "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (X-ODD X-EMPTY X-DUP SUBJECT "
+    "NOCOLON)] ENVELOPE)",
+    "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM TO)] BODY)",
+    "SEARCH HEADER X-Dup second",
+]
+
+
+def _traced_messages():
+    s, t = MARKS[0].decode(), TRACE.decode()
+    traced = (
+        "Received: from mx1.example.org (mx1 [192.0.2.1])\r\n"
+        "\tby mail.popvault.test; %s Thu, 01 Jan 2026 10:00:00 +0100\r\n"
+        "DKIM-Signature: v=1; a=rsa-sha256; d=example.org;\r\n"
+        "\tb=%sAAAA\r\n"
+        "From: a@example.org\r\n"
+        "received: from mx2 by mx1; %s\r\n"
+        "Subject : spaced %s\r\n"
+        "X-Empty:\r\n"
+        "X-Dup: first\r\n"
+        "X-Odd:\tvalue\r\n"
+        "  folded\r\n"
+        "X-DUP: second\r\n"
+        "To: b@example.org\r\n"
+        "\r\n"
+        "body\r\n" % (t, t, t, s)).encode()
+    # no end of header: kept raw, the filter adds the empty line
+    headers_only = ("From: c@example.org\r\nSubject: bare %s\r\n"
+                    "Received: by mx3; %s" % (s, t)).encode()
+    bare_lf = ("From: d@example.org\nReceived: by mx4; %s\n"
+               "Subject: lf %s\nX-Dup: second\n\nbody\n" % (t, s)).encode()
+    # a line without colon, an empty field name: kept raw too
+    empty_name = ("From: e@example.org\r\n: nameless\r\nNoColon\r\n"
+                  "Subject: nameless %s\r\nReceived: by mx5; %s\r\n\r\n"
+                  "body\r\n" % (s, t)).encode()
+    return [traced, headers_only, bare_lf, empty_name]
+
+
+def _append(dc, user, messages, box="INBOX"):
     c = dc.imap(user)
     try:
+        if box != "INBOX":
+            assert " OK" in c.command("CREATE %s" % box)[0]
         for i, m in enumerate(messages):
-            c.cmd('a0 APPEND INBOX "0%d-Feb-2026 10:00:00 +0000" {%d}'
-                  % (i + 1, len(m)))
+            c.cmd('a0 APPEND %s "0%d-Feb-2026 10:00:00 +0000" {%d}'
+                  % (box, i + 1, len(m)))
             assert c.readline().startswith("+")
             c.send(m + b"\r\n")
             assert c.readline().startswith("a0 OK")
@@ -105,11 +152,11 @@ def _append(dc, user, messages):
         c.logout()
 
 
-def _session(dc, user, commands=COMMANDS):
+def _session(dc, user, commands=COMMANDS, box="INBOX"):
     """Every command's reply in one IMAP session (a folder open)."""
     c = dc.imap(user)
     try:
-        st, _ = c.command("SELECT INBOX")
+        st, _ = c.command("SELECT %s" % box)
         assert " OK" in st, st
         out = []
         for cmd in commands:
@@ -124,8 +171,10 @@ def _session(dc, user, commands=COMMANDS):
         c.logout()
 
 
-def _cache_path(dc, user):
-    return os.path.join(dc.home(user), "Maildir", CACHE)
+def _cache_path(dc, user, box="INBOX"):
+    maildir = os.path.join(dc.home(user), "Maildir")
+    return os.path.join(maildir if box == "INBOX" else
+                        os.path.join(maildir, "." + box), CACHE)
 
 
 def _records(dc, user):
@@ -158,7 +207,7 @@ def _assert_no_plaintext(dc, user):
     for path in all_files(dc.home(user), dc.mail_temp_dir):
         with open(path, "rb") as f:
             data = f.read()
-        leaks += [(path, m) for m in MARKS if m in data]
+        leaks += [(path, m) for m in MARKS + [TRACE] if m in data]
     assert leaks == [], leaks
     assert not [p for p in all_files(dc.home(user))
                 if p.endswith("dovecot.index.cache")]
@@ -191,6 +240,37 @@ def test_cache_serves_every_field_as_dovecot_computes_it():
         _assert_no_plaintext(dc, "enc")
 
 
+def test_trace_fields_are_answered_from_the_message():
+    with crypt_dovecot(_users()) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, _traced_messages())
+        want = _session(dc, "plain", TRACE_COMMANDS)
+        assert TRACE in want[0] and b"* SEARCH 1 2 3 4\r\n" in want[2]
+        assert b"X-Odd:\tvalue\r\n  folded\r\n" in want[3]
+        assert _session(dc, "enc", TRACE_COMMANDS) == want
+        assert _session(dc, "enc", TRACE_COMMANDS) == want
+        _assert_no_plaintext(dc, "enc")
+        with open(_cache_path(dc, "enc"), "rb") as f:
+            assert TRACE not in f.read()
+        # the messages no longer decrypt: the kept fields still come
+        # from the cache, Received only ever from the message
+        _corrupt_messages(dc, "enc")
+        kept = _session(dc, "enc", TRACE_COMMANDS[3:])
+        assert _untagged(kept) == _untagged(want[3:])
+        c = dc.imap("enc")
+        try:
+            assert " OK" in c.command("SELECT INBOX")[0]
+            st, _ = c.command("FETCH 1 (BODY.PEEK[HEADER.FIELDS "
+                              "(RECEIVED)])")
+            assert " NO " in st, st
+        finally:
+            c.logout()
+
+
+def _untagged(replies):
+    return [re.sub(rb"(^|\n)a\d+ ", b"\\1", r) for r in replies]
+
+
 def test_tampered_cache_is_never_served():
     with crypt_dovecot(_users()) as dc:
         for u in ("plain", "enc"):
@@ -220,6 +300,50 @@ def test_tampered_cache_is_never_served():
         assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
         _corrupt_messages(dc, "enc")
         assert _session(dc, "enc") == want
+
+
+def test_a_cache_file_answers_only_in_its_own_folder():
+    """A file copied into another folder of the same user, its header
+    made to match there (the same key generation, place and
+    UIDVALIDITY in the clear), still never answers for that folder's
+    messages: each record's associated data names its own place."""
+    with crypt_dovecot(_users()) as dc:
+        other = [make_message("other %d %s" % (i, MARKS[0].decode()),
+                              sender="o%d@example.com" % i,
+                              date="Fri, 02 Jan 2026 1%d:00:00 +0000" % i)
+                 for i in range(4)]
+        for u in ("plain", "enc"):
+            _append(dc, u, _messages())
+            _append(dc, u, other, box="Other")
+        # the same UIDVALIDITY in both folders: only the place differs
+        c = dc.imap("enc")
+        try:
+            st, reply = c.command("STATUS INBOX (UIDVALIDITY)")
+            assert " OK" in st, st
+        finally:
+            c.logout()
+        uidvalidity = re.search(rb"UIDVALIDITY (\d+)", reply).group(1)
+        dc.doveadm("mailbox", "update", "-u", "enc", "--uid-validity",
+                   uidvalidity.decode(), "Other")
+        want = _session(dc, "plain", box="Other")
+        assert _session(dc, "enc") == _session(dc, "plain")
+        assert _session(dc, "enc", box="Other") == want
+        with open(_cache_path(dc, "enc", "Other"), "rb") as f:
+            header = f.read()[:CACHE_HDR]
+        with open(_cache_path(dc, "enc"), "rb") as f:
+            inbox = f.read()
+        # the same generation and UIDVALIDITY, another place
+        assert inbox[:24] == header[:24] and inbox[40:48] == header[40:48]
+        assert inbox[24:40] != header[24:40]
+        with open(_cache_path(dc, "enc", "Other"), "wb") as f:
+            f.write(header + inbox[CACHE_HDR:])
+        assert _session(dc, "enc", box="Other") == want
+        assert [l for l in dc.log().splitlines()
+                if "does not authenticate" in l]
+        # rebuilt with the folder's own records
+        assert _session(dc, "enc", box="Other") == want
+        _corrupt_messages(dc, "enc")
+        assert _session(dc, "enc", box="Other") == want
 
 
 def test_expunged_messages_leave_the_cache():
