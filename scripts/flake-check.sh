@@ -31,6 +31,6 @@ for i in $(seq 1 "$n"); do
 done
 echo "slowest tests over all runs:"
 cat "$logdir"/run*.log | sed -n 's/^\(ok  \|FAIL\) *\(.*\) (\([0-9.]*\)s)$/\3 \2/p' |
-	sort -rn | awk '!seen[$2]++' | head -5 | sed 's/^/  /'
+	sort -rn | awk '!seen[$2]++' | sed -n '1,5s/^/  /p'
 echo "$failed_runs of $n runs failed (logs in $logdir)"
 [ "$failed_runs" -eq 0 ]
