@@ -95,10 +95,14 @@ def fetch_one(dc, user, seq, items):
         c.logout()
 
 
-def imap_append(dc, user, msg, box="INBOX"):
+def imap_append(dc, user, msg, box="INBOX", flags=None, date=None):
+    """APPENDs msg on a session of its own; flags (e.g. "\\Flagged") and
+    an internal date ("01-Jan-2020 00:00:00 +0000") are sent when given."""
     c = dc.imap(user)
     try:
-        c.cmd("a1 APPEND %s {%d}" % (box, len(msg)))
+        opts = "".join((" (%s)" % flags if flags is not None else "",
+                        ' "%s"' % date if date is not None else ""))
+        c.cmd("a1 APPEND %s%s {%d}" % (box, opts, len(msg)))
         r = c.readline()
         assert r.startswith("+"), r
         c.send(msg + b"\r\n")

@@ -1038,6 +1038,18 @@ login_plugin_dir = {t}/login-modules
             assert " OK" in r, "IMAP login %s: %s" % (user, r)
         return c
 
+    def imap_expunge(self, user, seqset, box="INBOX"):
+        """Expunges the messages seqset of box over an IMAP session of its
+        own (STORE \\Deleted, EXPUNGE), asserting each step."""
+        c = self.imap(user)
+        try:
+            for cmd in ("SELECT " + box,
+                        "STORE %s +FLAGS (\\Deleted)" % seqset, "EXPUNGE"):
+                st = c.command(cmd)[0]
+                assert " OK" in st, "%s: %s" % (cmd, st)
+        finally:
+            c.logout()
+
     def lmtp(self):
         return Lmtp(self.ports["lmtp"])
 

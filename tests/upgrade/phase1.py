@@ -42,19 +42,6 @@ def messages(harness, user):
     ]
 
 
-def append(dc, user, msg, flags="", date=OLD_DATE):
-    c = dc.imap(user)
-    try:
-        c.cmd('a1 APPEND INBOX (%s) "%s" {%d}' % (flags, date, len(msg)))
-        r = c.readline()
-        assert r.startswith("+"), r
-        c.send(msg + b"\r\n")
-        r = c.readline()
-        assert r.startswith("a1 OK"), r
-    finally:
-        c.logout()
-
-
 def pop3_session(dc, user, retr=(), dele=()):
     """Downloads and deletes, ended with QUIT: the policies run."""
     p = dc.pop3(user)
@@ -104,6 +91,7 @@ def write_mail_root(harness, dc, root):
     """The provider's history: deliveries, downloads under each policy,
     a rotated key, recovery keys, an imported UIDL, a damaged message.
     Returns the recovery keys and {user: [message bytes]}."""
+    from crypt_util import imap_append
     recovery = {}
     originals = {}
     for user in us.USERS:
@@ -113,7 +101,7 @@ def write_mail_root(harness, dc, root):
         msgs = messages(harness, user)
         originals[user] = msgs
         dc.deliver_many(user, msgs[:4])
-        append(dc, user, msgs[4], flags="\\Flagged")
+        imap_append(dc, user, msgs[4], flags="\\Flagged", date=OLD_DATE)
     # password mode with two key pairs: mail under the old and the new one
     dc.doveadm("popvault", "key", "rotate", "-u", "frank", "-P",
                input=(us.password("frank") + "\n").encode())
