@@ -289,8 +289,7 @@ def test_tampered_cache_is_never_served():
         with open(path, "wb") as f:
             f.write(data)
         assert _session(dc, "enc") == want
-        assert [l for l in dc.log().splitlines()
-                if "does not authenticate" in l]
+        dc.wait_log(r"does not authenticate")
         # rebuilt: every message's entry authenticates again
         assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
         # a file that is no cache file at all
@@ -338,8 +337,7 @@ def test_a_cache_file_answers_only_in_its_own_folder():
         with open(_cache_path(dc, "enc", "Other"), "wb") as f:
             f.write(header + inbox[CACHE_HDR:])
         assert _session(dc, "enc", box="Other") == want
-        assert [l for l in dc.log().splitlines()
-                if "does not authenticate" in l]
+        dc.wait_log(r"does not authenticate")
         # rebuilt with the folder's own records
         assert _session(dc, "enc", box="Other") == want
         _corrupt_messages(dc, "enc")

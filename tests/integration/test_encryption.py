@@ -301,12 +301,11 @@ def test_damaged_messages_fail_alone():
                     assert " NO" in st, (name, st)
         finally:
             c.logout()
-        log = dc.log()
         for uid, word in ((2, "authentication"), (3, "authentication"),
                           (4, "authentication"), (6, "authentication")):
-            assert re.search(r"popvault: crypt: user dmg mailbox INBOX uid %d: "
-                             r"can't read message: popvault: .*%s"
-                             % (uid, word), log), (uid, word)
+            dc.wait_log(r"popvault: crypt: user dmg mailbox INBOX uid %d: "
+                        r"can't read message: popvault: .*%s" % (uid, word))
+        log = dc.log()
         assert "Panic" not in log and "Fatal" not in log
 
 
@@ -452,15 +451,17 @@ def test_lmtp_needs_only_the_public_key():
             assert st.st_mode & 0o777 == 0o600, (n, oct(st.st_mode))
         assert os.stat(keys).st_mode & 0o777 == 0o700
         dc.deliver_many("pub", [make_message("m%d" % i) for i in range(5)])
-        log = dc.log()
-        assert re.search(r"lmtp\(pub\).*created key pair", log)
-        assert not re.search(r"lmtp\(pub\).*unlocked", log), \
-            "delivery unwrapped the private key"
+        # the log process writes what lmtp and pop3 send it: wait for the
+        # line, a read straight after the reply can come too early
+        dc.wait_log(r"lmtp\(pub\).*created key pair")
         p = dc.pop3("pub")
         assert p.stat()[0] == 6
         assert b"Subject: first" in p.retr(1)
         p.quit()
-        assert re.search(r"pop3\(pub\).*unlocked 1 private key", dc.log())
+        dc.wait_log(r"pop3\(pub\).*unlocked 1 private key")
+        # every lmtp line came before the pop3 session's
+        assert not re.search(r"lmtp\(pub\).*unlocked", dc.log()), \
+            "delivery unwrapped the private key"
 
 
 def test_attachment_dir_refused_for_encrypting_user():

@@ -428,6 +428,9 @@ def test_key_creation_races():
         assert_one_key_pair(dc, "kim", "master,password", PW_C)
         pop3_read_set(dc, "kim", [first] + mails)
 
+        # the lines the counts below need, written by the log process
+        dc.wait_log(r"created key pair", count=3)
+        dc.wait_log(r"pop3\(kim\).*added the missing master-key")
         log = dc.log()
         assert "is missing" not in log
         assert dc.log_errors() == [], dc.log_errors()

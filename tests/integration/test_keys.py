@@ -133,12 +133,12 @@ def test_password_mode_end_to_end():
             lmtp.quit()
         assert r.startswith("4"), r
         assert message_files(dc, "alice") == []
-        assert re.search(r"alice.*no key pair yet", dc.log()), dc.log_tail()
+        dc.wait_log(r"alice.*no key pair yet")
 
         # the first login creates it, locked with the login password only
         p = dc.pop3("alice")
         p.quit()
-        assert re.search(r"pop3\(alice\).*created key pair", dc.log())
+        dc.wait_log(r"pop3\(alice\).*created key pair")
         names = key_files(dc, "alice")
         assert len(names) == 1
         kd = keys_dir(dc, "alice")
