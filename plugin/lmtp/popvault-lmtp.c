@@ -5,12 +5,12 @@
    unlinked file there), but sets a recipient's mail user up, where
    popvault's checks run (popvault-crypt-leaks.c), only after the whole
    DATA, unless lmtp_rcpt_check_quota sets it up (a second time) at
-   RCPT. Without that setting and with that directory on a disk, a recipient whose mail popvault
-   encrypts would be refused only once its plaintext had gone through
-   that file. So when it is on a disk, popvault answers such a RCPT TO
-   itself, before DATA: a userdb lookup of the recipient, settings only,
-   no mail user (docs/encryption.md, "Temporary files"). With the
-   directory in memory, the check is not attached at all. */
+   RCPT. Without that setting and with that directory on a disk, a
+   recipient whose mail popvault encrypts would be refused only once its
+   plaintext had gone through that file. So then popvault answers such
+   a RCPT TO itself, before DATA: a userdb lookup of the recipient,
+   settings only, no mail user (docs/encryption.md, "Temporary files").
+   With the directory in memory, nothing is attached. */
 
 #include "lib.h"
 #include "module-context.h"
