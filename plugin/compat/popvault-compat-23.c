@@ -241,8 +241,9 @@ int popvault_compat_lmtp_rcpt_settings(struct mail_storage_service_ctx *service,
 		return 0;
 
 	/* plugin {} with the userdb's fields applied, not yet expanded:
-	   expansion needs the mail user, and the values the caller reads
-	   (booleans) have no variables */
+	   expansion needs the mail user. The values the caller reads are
+	   booleans; a value valid only once expanded fails the parse and
+	   so refuses the recipient (docs/encryption.md) */
 	set = mail_storage_service_user_get_set(service_user)[0];
 	i_zero(&envs);
 	if (array_is_created(&set->plugin_envs))
