@@ -22,6 +22,10 @@ struct event;
 struct popvault_settings;
 struct doveadm_mail_cmd_context;
 struct mail_storage_service_user;
+struct mail_storage_service_ctx;
+/* the lmtp process's (lmtp-client.h, lmtp-recipient.h) */
+struct client;
+struct lmtp_recipient;
 
 #if DOVECOT_PREREQ(2, 4, 0)
 /* v.init lost its args parameter; options come from cctx */
@@ -61,6 +65,19 @@ bool popvault_compat_user_is_shared_owner(const struct mail_user *user);
 int popvault_compat_service_user_set(struct mail_storage_service_user *user,
 				     const char *name, const char *value,
 				     const char **error_r);
+
+/* LMTP, at RCPT TO: the recipient's popvault_* settings from a userdb
+   lookup made as lmtp's own (lmtp_local_rcpt()) makes it, settings only:
+   no mail user is set up. 1 with set_r (strings on the data stack) and
+   username_r (the name the userdb gave); 0 when lmtp's own lookup is
+   left to answer (no such user, the lookup failed); -1 with error_r and
+   username_r when the user's popvault_* settings are invalid. */
+int popvault_compat_lmtp_rcpt_settings(struct mail_storage_service_ctx *service,
+				       struct client *client,
+				       struct lmtp_recipient *lrcpt,
+				       struct popvault_settings *set_r,
+				       const char **username_r,
+				       const char **error_r);
 
 /* Opens the dict that holds per-user popvault state. dict_uri is the
    popvault_dict value on 2.3 (NULL: none); on 2.4 the dict comes from the

@@ -11,6 +11,10 @@ struct mail_user;
 struct event;
 struct popvault_settings;
 
+/* Whether the settings alone say the user's mail is or may be stored
+   encrypted: popvault_encrypt or popvault_require_encrypted. */
+bool popvault_crypt_settings_encrypted(const struct popvault_settings *set);
+
 /* Whether the user's mail is or may be stored encrypted: the user
    encrypts new mail, refuses plaintext, or has a key store in keys_dir.
    A user who only inherits a global popvault_master_key and never had a
@@ -32,5 +36,10 @@ int popvault_crypt_check_fts(struct mail_user *user,
 int popvault_crypt_check_temp_dir(struct mail_user *user,
 				  const struct popvault_settings *set,
 				  struct event *event, const char **error_r);
+
+/* NULL when dir is on a memory file system, otherwise the error text
+   that refuses a user with encrypted mail for it (naming dir and
+   popvault_allow_disk_temp, as popvault_crypt_check_temp_dir() does). */
+const char *popvault_crypt_temp_dir_refusal(const char *dir);
 
 #endif

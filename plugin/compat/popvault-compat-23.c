@@ -14,12 +14,17 @@
 #include "mdbox-storage.h"
 #include "mdbox-map-private.h"
 #include "doveadm-mail.h"
+#include "smtp-address.h"
+#include "lda-settings.h"
+#include "lmtp-common.h"
+#include "lmtp-recipient.h"
 #include "popvault-settings.h"
 #include "popvault-compat.h"
 
 /* A user's plugin {} settings as in plugin_envs: a flat key, value, key,
    value ... array of expanded values */
 struct user_envs {
+	/* NULL for settings read before the user exists (LMTP's RCPT) */
 	struct mail_user *user;
 	const char *const *kv;
 	unsigned int count;
@@ -51,7 +56,7 @@ static const char *user_setting_lookup(const char *name, void *context)
 	   userdb field without a value, which Dovecot turns into "yes":
 	   that is no password. Another value came from doveadm -o. */
 	if (strcmp(name, POPVAULT_SETTING_PREFIX "key_password") == 0 &&
-	    strcmp(value, "yes") == 0 &&
+	    strcmp(value, "yes") == 0 && envs->user != NULL &&
 	    (field = popvault_userdb_field(envs->user->userdb_fields,
 					   name)) != NULL &&
 	    field[0] == '\0') {
@@ -192,6 +197,64 @@ int popvault_compat_user_settings(struct mail_user *user,
 	return popvault_settings_parse(user->pool, user_setting_lookup,
 				       user_setting_iter, &envs, set_r,
 				       error_r) < 0 ? -1 : 1;
+}
+
+int popvault_compat_lmtp_rcpt_settings(struct mail_storage_service_ctx *service,
+				       struct client *client,
+				       struct lmtp_recipient *lrcpt,
+				       struct popvault_settings *set_r,
+				       const char **username_r,
+				       const char **error_r)
+{
+	struct smtp_server_recipient *rcpt = lrcpt->rcpt;
+	struct mail_storage_service_input input;
+	struct mail_storage_service_user *service_user;
+	const struct mail_user_settings *set;
+	struct user_envs envs;
+	const char *username, *detail, *error;
+	char delim;
+	int ret;
+
+	/* the user name as client_default_cmd_rcpt() derives it */
+	smtp_address_detail_parse_temp(
+		client->unexpanded_lda_set->recipient_delimiter,
+		rcpt->path, &username, &delim, &detail);
+	if (*username == '\0')
+		return 0;
+
+	i_zero(&input);
+	input.module = input.service = "lmtp";
+	input.username = username;
+	input.local_ip = client->local_ip;
+	input.remote_ip = client->remote_ip;
+	input.local_port = client->local_port;
+	input.remote_port = client->remote_port;
+	input.session_id = lrcpt->session_id;
+	input.conn_ssl_secured =
+		smtp_server_connection_is_ssl_secured(client->conn);
+	input.conn_secured = input.conn_ssl_secured ||
+		smtp_server_connection_is_trusted(client->conn);
+	input.forward_fields = lrcpt->forward_fields;
+	input.event_parent = rcpt->event;
+	if (mail_storage_service_lookup(service, &input, &service_user,
+					&error) <= 0)
+		return 0;
+
+	/* plugin {} with the userdb's fields applied, not yet expanded:
+	   expansion needs the mail user. The values the caller reads are
+	   booleans; a value valid only once expanded fails the parse and
+	   so refuses the recipient (docs/encryption.md) */
+	set = mail_storage_service_user_get_set(service_user)[0];
+	i_zero(&envs);
+	if (array_is_created(&set->plugin_envs))
+		envs.kv = array_get(&set->plugin_envs, &envs.count);
+	*username_r = t_strdup(
+		mail_storage_service_user_get_input(service_user)->username);
+	ret = popvault_settings_parse(pool_datastack_create(),
+				      user_setting_lookup, user_setting_iter,
+				      &envs, set_r, error_r);
+	mail_storage_service_user_unref(&service_user);
+	return ret < 0 ? -1 : 1;
 }
 
 int popvault_compat_service_user_set(struct mail_storage_service_user *user,

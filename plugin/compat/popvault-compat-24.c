@@ -14,6 +14,8 @@
 #include "mail-user.h"
 #include "mail-storage-settings.h"
 #include "mail-storage-service.h"
+#include "lmtp-common.h"
+#include "lmtp-recipient.h"
 #include "popvault-settings.h"
 #include "popvault-settings-24.h"
 #include "popvault-compat.h"
@@ -128,33 +130,23 @@ bool popvault_compat_user_is_shared_owner(const struct mail_user *user)
 		strcmp(user->username, "raw-mail-user") != 0;
 }
 
-int popvault_compat_user_settings(struct mail_user *user,
-				  struct popvault_settings *set_r,
-				  const char **error_r)
+/* The popvault_* settings that event sees, checked with the userdb fields
+   they came from (typos). */
+static int
+event_settings(struct event *event, const char *const *userdb_fields,
+	       pool_t pool, struct popvault_settings *set_r,
+	       const char **error_r)
 {
 	struct user_settings_ctx ctx = {
-		.userdb_fields = user->userdb_fields,
+		.userdb_fields = userdb_fields,
 	};
-	struct mail_storage_service_user *owner = NULL;
-	struct event *event = user->event;
 	const char *error;
 	int ret;
 
-	if (popvault_compat_user_is_shared_owner(user) && user->service_user != NULL) {
-		if ((ret = owner_service_user_lookup(user, &owner,
-						     error_r)) <= 0)
-			return ret;
-		event = mail_storage_service_user_get_event(owner);
-		ctx.userdb_fields =
-			mail_storage_service_user_get_userdb_fields(owner);
-	}
 	/* runs popvault_settings_parse() through the check_func too: an
 	   invalid userdb value fails here */
-	ret = settings_get(event, &popvault_setting_parser_info, 0,
-			   &ctx.set, &error);
-	if (ret < 0) {
-		if (owner != NULL)
-			mail_storage_service_user_unref(&owner);
+	if (settings_get(event, &popvault_setting_parser_info, 0,
+			 &ctx.set, &error) < 0) {
 		/* settings_get() prefixes the check_func's text; the log
 		   line stays the one 2.3 writes (docs, tests) */
 		const char *text = strstr(error, "Invalid "
@@ -173,11 +165,72 @@ int popvault_compat_user_settings(struct mail_user *user,
 		}
 		return -1;
 	}
-	ret = popvault_settings_parse(user->pool, user_setting_lookup,
+	ret = popvault_settings_parse(pool, user_setting_lookup,
 				      user_setting_iter, &ctx, set_r, error_r);
 	settings_free(ctx.set);
+	return ret;
+}
+
+int popvault_compat_user_settings(struct mail_user *user,
+				  struct popvault_settings *set_r,
+				  const char **error_r)
+{
+	const char *const *userdb_fields = user->userdb_fields;
+	struct mail_storage_service_user *owner = NULL;
+	struct event *event = user->event;
+	int ret;
+
+	if (popvault_compat_user_is_shared_owner(user) && user->service_user != NULL) {
+		if ((ret = owner_service_user_lookup(user, &owner,
+						     error_r)) <= 0)
+			return ret;
+		event = mail_storage_service_user_get_event(owner);
+		userdb_fields =
+			mail_storage_service_user_get_userdb_fields(owner);
+	}
+	ret = event_settings(event, userdb_fields, user->pool, set_r,
+			     error_r);
 	if (owner != NULL)
 		mail_storage_service_user_unref(&owner);
+	return ret < 0 ? -1 : 1;
+}
+
+int popvault_compat_lmtp_rcpt_settings(struct mail_storage_service_ctx *service,
+				       struct client *client,
+				       struct lmtp_recipient *lrcpt,
+				       struct popvault_settings *set_r,
+				       const char **username_r,
+				       const char **error_r)
+{
+	struct mail_storage_service_input input;
+	struct mail_storage_service_user *service_user;
+	const char *error;
+	int ret;
+
+	i_zero(&input);
+	input.service = "lmtp";
+	input.username = lrcpt->username;
+	input.local_ip = client->local_ip;
+	input.remote_ip = client->remote_ip;
+	input.local_port = client->local_port;
+	input.remote_port = client->remote_port;
+	input.session_id = lrcpt->session_id;
+	input.local_name = client->local_name;
+	input.end_client_tls_secured =
+		client->end_client_tls_secured_set ?
+		client->end_client_tls_secured :
+		smtp_server_connection_is_ssl_secured(client->conn);
+	input.forward_fields = lrcpt->forward_fields;
+	input.event_parent = lrcpt->rcpt->event;
+	if (mail_storage_service_lookup(service, &input, &service_user,
+					&error) <= 0)
+		return 0;
+	*username_r = t_strdup(
+		mail_storage_service_user_get_input(service_user)->username);
+	ret = event_settings(mail_storage_service_user_get_event(service_user),
+			     mail_storage_service_user_get_userdb_fields(service_user),
+			     pool_datastack_create(), set_r, error_r);
+	mail_storage_service_user_unref(&service_user);
 	return ret < 0 ? -1 : 1;
 }
 

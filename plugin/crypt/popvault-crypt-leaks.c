@@ -22,13 +22,18 @@
 #define POPVAULT_TMPFS_MAGIC 0x01021994
 #define POPVAULT_RAMFS_MAGIC 0x858458f6
 
+bool popvault_crypt_settings_encrypted(const struct popvault_settings *set)
+{
+	return set->encrypt || set->require_encrypted;
+}
+
 bool popvault_crypt_user_has_encrypted_mail(const struct popvault_settings *set,
 					    const char *keys_dir,
 					    struct event *event)
 {
 	struct stat st;
 
-	if (set->encrypt || set->require_encrypted)
+	if (popvault_crypt_settings_encrypted(set))
 		return TRUE;
 	if (stat(keys_dir, &st) == 0)
 		return TRUE;
@@ -61,29 +66,40 @@ int popvault_crypt_check_fts(struct mail_user *user,
 	return -1;
 }
 
-/* 1 when dir lives in memory, 0 when on a disk (fs_r says which), -1 when
-   it can't be told (error_r). */
-static int temp_dir_in_memory(const char *dir, const char **fs_r,
-			      const char **error_r)
+/* NULL when dir lives in memory, otherwise why Dovecot's temporary files
+   there would hold plaintext (on a disk, or it can't be told). */
+static const char *temp_dir_problem(const char *dir)
 {
 #ifdef __linux__
 	struct statfs st;
 
-	if (statfs(dir, &st) < 0) {
-		*error_r = t_strdup_printf("statfs(%s) failed: %m", dir);
-		return -1;
-	}
+	if (statfs(dir, &st) < 0)
+		return t_strdup_printf("statfs(%s) failed: %m", dir);
 	if ((unsigned long)st.f_type == POPVAULT_TMPFS_MAGIC ||
 	    (unsigned long)st.f_type == POPVAULT_RAMFS_MAGIC)
-		return 1;
-	*fs_r = t_strdup_printf("file system type 0x%lx",
-				(unsigned long)st.f_type);
-	return 0;
+		return NULL;
+	return t_strdup_printf("mail_temp_dir=%s is on a disk (file system "
+		"type 0x%lx), where Dovecot's temporary files (LMTP and "
+		"dovecot-lda input over 128 KiB, IMAP BINARY, compressed "
+		"mail) would hold plaintext", dir, (unsigned long)st.f_type);
 #else
-	*error_r = t_strdup_printf("can't tell whether %s is in memory on "
-				   "this system", dir);
-	return -1;
+	return t_strdup_printf("can't tell whether %s is in memory on this "
+			       "system", dir);
 #endif
+}
+
+static const char *temp_dir_refusal(const char *problem)
+{
+	return t_strdup_printf("%s: refusing the user (put mail_temp_dir "
+		"on a tmpfs, or popvault_allow_disk_temp=yes allows it)",
+		problem);
+}
+
+const char *popvault_crypt_temp_dir_refusal(const char *dir)
+{
+	const char *problem = temp_dir_problem(dir);
+
+	return problem == NULL ? NULL : temp_dir_refusal(problem);
 }
 
 /* LMTP spools DATA into the service's mail_temp_dir, not the recipient's:
@@ -105,34 +121,23 @@ int popvault_crypt_check_temp_dir(struct mail_user *user,
 				  const struct popvault_settings *set,
 				  struct event *event, const char **error_r)
 {
-	const char *dir = user->set->mail_temp_dir;
-	const char *fs = NULL, *error = NULL;
-	int ret;
+	const char *problem;
 
 	if (strcmp(user->service, "lmtp") == 0 &&
 	    user_temp_dir_from_userdb(user)) {
-		ret = -1;
-		error = "LMTP spools into the mail_temp_dir of the lmtp "
+		problem = "LMTP spools into the mail_temp_dir of the lmtp "
 			"service, a per-user mail_temp_dir does not move it";
 	} else {
-		ret = temp_dir_in_memory(dir, &fs, &error);
+		problem = temp_dir_problem(user->set->mail_temp_dir);
 	}
-	if (ret > 0)
+	if (problem == NULL)
 		return 0;
-	if (ret == 0) {
-		error = t_strdup_printf("mail_temp_dir=%s is on a disk (%s), "
-			"where Dovecot's temporary files (LMTP and "
-			"dovecot-lda input over 128 KiB, IMAP BINARY, "
-			"compressed mail) would hold plaintext", dir, fs);
-	}
 	if (set->allow_disk_temp) {
 		e_warning(event, "crypt: user %s: %s (allowed by "
 			  "popvault_allow_disk_temp=yes)",
-			  user->username, error);
+			  user->username, problem);
 		return 0;
 	}
-	*error_r = t_strdup_printf("%s: refusing the user (put mail_temp_dir "
-		"on a tmpfs, or popvault_allow_disk_temp=yes allows it)",
-		error);
+	*error_r = temp_dir_refusal(problem);
 	return -1;
 }

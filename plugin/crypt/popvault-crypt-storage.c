@@ -1014,7 +1014,9 @@ static int crypt_user_created(struct popvault_user *puser,
 	}
 	/* Dovecot's own writers of plaintext: refused before any mail of
 	   the user is read or saved (LMTP sets the recipient up after DATA,
-	   or at RCPT with lmtp_rcpt_check_quota, docs/encryption.md). Not
+	   or at RCPT with lmtp_rcpt_check_quota; without it, with the spool
+	   on a disk, popvault-lmtp.c refuses at RCPT, docs/encryption.md).
+	   Not
 	   for the raw user that holds mail being delivered (autocreated,
 	   no creator): failing it would stop the whole lmtp process, and
 	   the recipient is checked. */

@@ -7,6 +7,7 @@
 #include "popvault-ledger.h"
 #include "popvault-crypt.h"
 #include "popvault-pop3.h"
+#include "popvault-lmtp.h"
 #include "popvault-plugin.h"
 
 const char *popvault_plugin_version = DOVECOT_ABI_VERSION;
@@ -28,10 +29,12 @@ void popvault_plugin_init(struct module *module)
 	mail_storage_hooks_add(module, &popvault_mail_storage_hooks);
 	popvault_crypt_init(module);
 	popvault_pop3_init();
+	popvault_lmtp_init();
 }
 
 void popvault_plugin_deinit(void)
 {
+	popvault_lmtp_deinit();
 	popvault_pop3_deinit();
 	popvault_crypt_deinit();
 	mail_storage_hooks_remove(&popvault_mail_storage_hooks);

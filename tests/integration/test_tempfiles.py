@@ -209,6 +209,55 @@ def test_disk_temp_dir_fails_closed():
         assert not fs.has(mark_enc)
 
 
+def test_disk_temp_dir_refused_at_rcpt():
+    """Without lmtp_rcpt_check_quota LMTP sets the recipient up only after
+    DATA, which it has spooled by then into the lmtp service's
+    mail_temp_dir: on a disk, popvault refuses an encrypting recipient at
+    RCPT itself, so its message never reaches the spool."""
+    mark_enc, mark_ok, mark_plain = marker(), marker(), marker()
+    with Ext4Image(64) as fs:
+        mnt = fs.mnt
+        users = [User("enc", fields=enc_fields()),
+                 User("diskok", fields=enc_fields(
+                     popvault_allow_disk_temp="yes")),
+                 User("plain")]
+        with crypt_dovecot(users, extra_conf="mail_temp_dir = %s\n"
+                           % mnt) as dc:
+            c = dc.lmtp()
+            assert c.command("MAIL FROM:<s@example.com>").startswith("250")
+            r = c.command("RCPT TO:<enc>")
+            assert r.startswith("451 4.3.0"), r
+            # the reply names neither the directory nor the setting
+            assert mnt not in r and "popvault" not in r, r
+            # a client that sends the message anyway: no recipient, so
+            # LMTP reads nothing
+            r = c.command("DATA")
+            assert r.startswith("5"), r
+            c.quit()
+            line = dc.wait_log(
+                r"Error: [^\n]*popvault: user enc: mail_temp_dir=%s is on "
+                r"a disk \(file system type 0xef53\)[^\n]*"
+                % re.escape(mnt)).group(0)
+            assert "popvault_allow_disk_temp=yes allows it" in line, line
+            assert message_files(dc, "enc") == []
+
+            # the opt-in and a user without encrypted mail deliver; their
+            # spool is on the disk, where the scan sees it
+            held = HeldData(dc, "diskok", make_message(
+                "ok big", body=big_body(mark_ok, 300 << 10)), 250 << 10)
+            wait_temp_file(mnt, 200 << 10)
+            assert fs.has(mark_ok)
+            assert held.finish().startswith("250")
+            dc.deliver("plain", make_message(
+                "plain big", body=big_body(mark_plain, 300 << 10)))
+            assert len(message_files(dc, "diskok")) == 1
+            assert len(message_files(dc, "plain")) == 1
+            assert not fs.has(mark_enc)
+        fs.unmount()
+        assert fs.has(mark_ok)
+        assert not fs.has(mark_enc)
+
+
 def _raw_device_scan(compressed):
     """mail root on its own ext4 image, mail_temp_dir in memory: LMTP of
     20 MB held mid-DATA, dovecot-lda through a pipe, APPEND, IMAP BINARY
