@@ -43,7 +43,7 @@
 #include "index-mail.h"
 #include "imap-bodystructure.h"
 #include "str.h"
-#include "popvault-compat-macros.h"
+#include "popvault-compat.h"
 #include "popvault-crypt-cache.h"
 
 #include <fcntl.h>
@@ -122,6 +122,11 @@ struct cache_entry {
 struct cache_mailbox {
 	union mailbox_module_context module_ctx;
 	bool loaded, unusable, rewrite, existed, filling;
+	/* Dovecot's mail_cache_fields names BODYSTRUCTURE (2.4's default):
+	   Dovecot would have parsed every message for it at delivery, and
+	   a client of such a server asks for it next, so an entry gets it
+	   with its first fill (one decryption) */
+	bool body_ahead;
 	/* this session expunged messages: their records go at close */
 	bool expunged;
 	const struct popvault_cache_key *key;
@@ -1220,8 +1225,9 @@ cache_mail_entry(struct mail *mail, bool with_body)
 	/* a lookup that must not open the message (search's first pass) */
 	if (mail->lookup_abort != MAIL_LOOKUP_ABORT_NEVER)
 		return NULL;
-	return e == NULL ? cache_fill(cbox, mail, with_body) :
-		cache_fill_body(cbox, mail, e);
+	if (e != NULL)
+		return cache_fill_body(cbox, mail, e);
+	return cache_fill(cbox, mail, with_body || cbox->body_ahead);
 }
 
 /* ---- mail vfuncs ---- */
@@ -1515,6 +1521,8 @@ static void cache_mailbox_allocated(struct mailbox *box)
 		return;
 	}
 	cbox = p_new(box->pool, struct cache_mailbox, 1);
+	cbox->body_ahead = popvault_compat_storage_caches_field(box->storage,
+							"imap.bodystructure");
 	cbox->module_ctx.super = *v;
 	box->vlast = &cbox->module_ctx.super;
 	v->close = cache_mailbox_close;
