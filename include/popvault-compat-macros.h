@@ -19,6 +19,8 @@
    doveadm -o setting */
 #  define POPVAULT_HINT_PASSWORD_VAR "%{password}"
 #  define POPVAULT_HINT_SETTING_PREFIX ""
+/* index-mail keeps the Date header's time in 32 bits: 2.4 clamps it */
+#  define popvault_sent_date_time(t) ((time_t)time_to_uint32_trunc(t))
 #else
 #  include "settings-parser.h"
 /* 2.4 spells the two-argument form str_begins_with() */
@@ -27,6 +29,8 @@
 	settings_get_time(str, secs_r, error_r)
 #  define POPVAULT_HINT_PASSWORD_VAR "%w"
 #  define POPVAULT_HINT_SETTING_PREFIX "plugin/"
+/* index-mail keeps the Date header's time in 32 bits: 2.3 wraps it */
+#  define popvault_sent_date_time(t) ((time_t)(uint32_t)(t))
 #endif
 
 #endif

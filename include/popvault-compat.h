@@ -91,6 +91,13 @@ int popvault_compat_dict_init_file(struct mail_user *user,
 				   struct event *event, const char *path,
 				   struct dict **dict_r, const char **error_r);
 
+/* Whether field (a Dovecot cache field name, e.g. "imap.bodystructure")
+   is in the storage's mail_cache_fields: what Dovecot's own cache would
+   hold for a client (2.4's default names BODYSTRUCTURE, so Dovecot
+   parses every message for it at delivery; 2.3's is "flags"). */
+bool popvault_compat_storage_caches_field(struct mail_storage *storage,
+					  const char *field);
+
 /* The user's pop3_uidl_format and mail_attachment_dir (2.4:
    mail_ext_attachment_path; "" when unset). */
 const char *popvault_compat_pop3_uidl_format(struct mail_user *user);

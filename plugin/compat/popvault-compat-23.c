@@ -9,6 +9,7 @@
 #include "var-expand.h"
 #include "dict.h"
 #include "mail-user.h"
+#include "mail-storage.h"
 #include "mail-storage-settings.h"
 #include "mail-storage-service.h"
 #include "mdbox-storage.h"
@@ -316,6 +317,21 @@ int popvault_compat_dict_init_file(struct mail_user *user,
 const char *popvault_compat_pop3_uidl_format(struct mail_user *user)
 {
 	return mail_user_set_get_storage_set(user)->pop3_uidl_format;
+}
+
+bool popvault_compat_storage_caches_field(struct mail_storage *storage,
+					  const char *field)
+{
+	const struct mail_storage_settings *set =
+		mail_storage_get_settings(storage);
+	const char *const *fields;
+	bool found;
+
+	T_BEGIN {
+		fields = t_strsplit_spaces(set->mail_cache_fields, " ");
+		found = str_array_icase_find(fields, field);
+	} T_END;
+	return found;
 }
 
 const char *popvault_compat_attachment_dir(struct mail_user *user)

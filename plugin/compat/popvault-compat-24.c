@@ -12,6 +12,7 @@
 #include "fts-settings.h"
 #include "dict.h"
 #include "mail-user.h"
+#include "mail-storage.h"
 #include "mail-storage-settings.h"
 #include "mail-storage-service.h"
 #include "lmtp-common.h"
@@ -300,6 +301,20 @@ const char *popvault_compat_pop3_uidl_format(struct mail_user *user)
 	format = t_strdup(set->pop3_uidl_format);
 	settings_free(set);
 	return format;
+}
+
+bool popvault_compat_storage_caches_field(struct mail_storage *storage,
+					  const char *field)
+{
+	const struct mail_storage_settings *set =
+		mail_storage_get_settings(storage);
+	const char *name;
+
+	array_foreach_elem(&set->mail_cache_fields, name) {
+		if (strcasecmp(name, field) == 0)
+			return TRUE;
+	}
+	return FALSE;
 }
 
 const char *popvault_compat_attachment_dir(struct mail_user *user)

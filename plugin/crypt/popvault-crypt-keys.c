@@ -786,11 +786,11 @@ static int fsync_dir(const char *dir, const char **error_r)
 	return 0;
 }
 
-/* Writes data to a fresh 0600 temporary file in dir and fsyncs it.
-   Returns its path, or NULL with error_r. */
+/* Writes data to a fresh 0600 temporary file in dir and, if durable,
+   fsyncs it. Returns its path, or NULL with error_r. */
 static const char *
 write_tmp(const char *dir, const char *name, const void *data, size_t size,
-	  const char **error_r)
+	  bool durable, const char **error_r)
 {
 	unsigned char rnd[8];
 	const char *path;
@@ -804,7 +804,7 @@ write_tmp(const char *dir, const char *name, const void *data, size_t size,
 		*error_r = t_strdup_printf("open(%s) failed: %m", path);
 		return NULL;
 	}
-	if (write_full(fd, data, size) < 0 || fsync(fd) < 0) {
+	if (write_full(fd, data, size) < 0 || (durable && fsync(fd) < 0)) {
 		*error_r = t_strdup_printf("write(%s) failed: %m", path);
 		i_close_fd(&fd);
 		i_unlink(path);
@@ -827,13 +827,15 @@ static int keys_dir_create(const char *keys_dir, const char **error_r)
 	return 0;
 }
 
-/* Replaces path's content atomically: temporary file, rename, and the
-   directory fsynced so the rename survives a crash. */
-static int replace_file(const char *dir, const char *name,
-			const void *data, size_t size, const char **error_r)
+/* Replaces path's content atomically: temporary file, rename, and (if
+   durable) the file and the directory fsynced so the rename survives a
+   crash. */
+static int replace_file_as(const char *dir, const char *name,
+			   const void *data, size_t size, bool durable,
+			   const char **error_r)
 {
 	const char *path = t_strconcat(dir, "/", name, NULL);
-	const char *tmp = write_tmp(dir, name, data, size, error_r);
+	const char *tmp = write_tmp(dir, name, data, size, durable, error_r);
 
 	if (tmp == NULL)
 		return -1;
@@ -843,7 +845,13 @@ static int replace_file(const char *dir, const char *name,
 		i_unlink(tmp);
 		return -1;
 	}
-	return fsync_dir(dir, error_r);
+	return durable ? fsync_dir(dir, error_r) : 0;
+}
+
+static int replace_file(const char *dir, const char *name,
+			const void *data, size_t size, const char **error_r)
+{
+	return replace_file_as(dir, name, data, size, TRUE, error_r);
 }
 
 /* suffix: "" for the key file itself, PENDING_SUFFIX for the copy
@@ -1826,7 +1834,11 @@ int popvault_recovery_key_parse(const char *text,
 
 /* A new cache key sealed to pk. A missing file is created with link(),
    so racing sessions agree on one key (1: another won, read it again);
-   a stale or broken one is replaced. */
+   a stale or broken one is replaced. Not fsynced: the key of a cache,
+   lost or cut short by a crash it does not open, and the next session
+   makes a new one and rebuilds the cache files (a new generation), as
+   after rotation. Two fsyncs here made the first IMAP session's first
+   command wait for the disk. */
 static int cache_key_write(const char *keys_dir,
 			   const unsigned char pk[POPVAULT_PK_SIZE],
 			   bool replace,
@@ -1852,11 +1864,11 @@ static int cache_key_write(const char *keys_dir,
 	if (ret < 0)
 		return -1;
 	if (replace) {
-		return replace_file(keys_dir, CACHE_KEY_NAME, sealed->data,
-				    sealed->used, error_r);
+		return replace_file_as(keys_dir, CACHE_KEY_NAME, sealed->data,
+				       sealed->used, FALSE, error_r);
 	}
 	if ((tmp = write_tmp(keys_dir, CACHE_KEY_NAME, sealed->data,
-			     sealed->used, error_r)) == NULL)
+			     sealed->used, FALSE, error_r)) == NULL)
 		return -1;
 	ret = link(tmp, path);
 	if (ret < 0 && errno != EEXIST) {
@@ -1865,9 +1877,8 @@ static int cache_key_write(const char *keys_dir,
 		return -1;
 	}
 	i_unlink(tmp);
-	if (ret < 0)
-		return 1;
-	return fsync_dir(keys_dir, error_r);
+	/* 1: another session's link() won */
+	return ret < 0 ? 1 : 0;
 }
 
 /* 1 with the key, 0 when the file is missing, sealed to another key

@@ -467,3 +467,156 @@ def test_password_mode_delivery_needs_only_the_public_key():
         os.unlink(_cache_path(dc, "pw"))
         assert _session(dc, "pw") == got
         _assert_no_plaintext(dc, "pw")
+
+
+# Only the list view's header fetch: fills entries without BODYSTRUCTURE
+HEADER_ONLY = COMMANDS[:1]
+# The structure asked for before anything else of an entry
+BODY_FIRST = [
+    "FETCH 1:* (BODYSTRUCTURE)",
+    "FETCH 1:* (BODY)",
+    "FETCH 1:* (ENVELOPE BODYSTRUCTURE)",
+]
+
+
+def _save_messages(dc, user):
+    return {p: open(p, "rb").read() for p in message_files(dc, user)}
+
+
+def _restore_messages(saved):
+    for path, data in saved.items():
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+# Dovecot's cache fields: 2.3's default, and with BODYSTRUCTURE as in
+# 2.4's default (written in each host's syntax by the harness)
+CACHE_FLAGS = "mail_cache_fields = flags\n"
+CACHE_BODY = "mail_cache_fields = flags imap.bodystructure\n"
+
+
+def test_header_fetch_fills_without_parsing_the_body():
+    """The first list view's header fetch decrypts each message once
+    for its header, dates and sizes; BODYSTRUCTURE is computed (a second
+    decryption) only when a command asks for it, and the completed entry
+    supersedes the first in the file. (Where Dovecot's mail_cache_fields
+    do not name BODYSTRUCTURE: 2.3's default.)"""
+    with crypt_dovecot(_users(), extra_conf=CACHE_FLAGS) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, _messages())
+        want = _session(dc, "plain")
+        want_body = _session(dc, "plain", BODY_FIRST)
+        assert _session(dc, "enc", HEADER_ONLY) == want[:1]
+        assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
+        # The header came from the entries; the structure is not in them
+        # yet and needs the (now undecryptable) message.
+        saved = _save_messages(dc, "enc")
+        _corrupt_messages(dc, "enc")
+        assert _session(dc, "enc", HEADER_ONLY) == want[:1]
+        c = dc.imap("enc")
+        try:
+            assert " OK" in c.command("SELECT INBOX")[0]
+            st, _ = c.command("FETCH 1 (BODYSTRUCTURE)")
+            assert " NO " in st, st
+        finally:
+            c.logout()
+        _restore_messages(saved)
+        # asked first after the header fill: the same answers as plain
+        assert _session(dc, "enc", BODY_FIRST) == want_body
+        # one record per message: the completed ones replaced the others
+        assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
+        # everything is in the entries now
+        _corrupt_messages(dc, "enc")
+        assert _session(dc, "enc") == want
+        assert _session(dc, "enc", BODY_FIRST) == want_body
+        _assert_no_plaintext(dc, "enc")
+
+
+def test_body_filled_ahead_where_dovecot_caches_it():
+    """With BODYSTRUCTURE in mail_cache_fields (2.4's default: Dovecot
+    parses every message for it at delivery) the header fetch's fill
+    takes it too, with the same decryption."""
+    with crypt_dovecot(_users(), extra_conf=CACHE_BODY) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, _messages())
+        want = _session(dc, "plain")
+        want_body = _session(dc, "plain", BODY_FIRST)
+        assert _session(dc, "enc", HEADER_ONLY) == want[:1]
+        _corrupt_messages(dc, "enc")
+        assert _session(dc, "enc", BODY_FIRST) == want_body
+        assert _session(dc, "enc") == want
+        assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
+        _assert_no_plaintext(dc, "enc")
+
+
+def test_header_only_entries_across_rotation_and_rebuild():
+    with crypt_dovecot(_users(), extra_conf=CACHE_FLAGS) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, _messages())
+        want = _session(dc, "plain")
+        want_body = _session(dc, "plain", BODY_FIRST)
+        _session(dc, "enc", HEADER_ONLY)
+        hdr_before, _ = _records(dc, "enc")
+        dc.doveadm("popvault", "key", "rotate", "-u", "enc")
+        assert _session(dc, "enc", BODY_FIRST) == want_body
+        hdr_after, uids = _records(dc, "enc")
+        assert hdr_after[8:24] != hdr_before[8:24]
+        assert sorted(uids) == [1, 2, 3, 4]
+        # header-only entries again (the file rebuilt), then a resync
+        os.unlink(_cache_path(dc, "enc"))
+        assert _session(dc, "enc", HEADER_ONLY) == want[:1]
+        dc.doveadm("force-resync", "-u", "enc", "INBOX")
+        assert _session(dc, "enc", BODY_FIRST) == want_body
+        assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
+        _corrupt_messages(dc, "enc")
+        assert _session(dc, "enc") == want
+
+
+# Date headers index-mail reads in its own way (mail_get_date(): the
+# first Date field, unfolded as mail_get_first_header() gives it, 0 when
+# invalid, the time in 32 bits); the cache takes the time from its
+# split header and must agree. (No Date at all: _messages().) Nine, as
+# _append() dates them.
+DATES = [
+    "Date: Tue, 03 Mar 2026 10:00:00 +0500",
+    "Date: Wed, 04 Mar 2026\r\n 11:00:00 -0300",
+    "date : Thu, 05 Mar 2026 12:00:00 +0000",
+    "Date: Fri, 06 Mar 2026 13:00:00 +0100\r\n"
+    "Date: Mon, 01 Jan 2024 00:00:00 +0000",
+    "Date: not a date at all",
+    "Date: Sat, 01 Jan 2150 00:00:00 +0000",
+    "Date: Mon, 01 Jan 1900 00:00:00 +0000",
+    "Date:",
+    "Date:\t Sun, 08 Mar 2026 09:00:00 -1100",
+]
+
+DATE_COMMANDS = [
+    "UID SORT (DATE) UTF-8 ALL",
+    "UID SORT (REVERSE DATE) UTF-8 ALL",
+    "SEARCH SENTBEFORE 1-Jan-2025",
+    "SEARCH SENTSINCE 1-Jan-2100",
+    "SEARCH SENTON 4-Mar-2026",
+    "SEARCH SENTON 6-Mar-2026",
+    "SEARCH SENTON 8-Mar-2026",
+    "SEARCH SENTON 1-Jan-1900",
+    "FETCH 1:* (ENVELOPE)",
+]
+
+
+def test_sent_dates_equal_dovecots_for_odd_date_headers():
+    msgs = [("From: d%d@example.com\r\nSubject: date %d %s\r\n%s\r\n"
+             "\r\nbody\r\n" % (i, i, MARKS[0].decode(), d)).encode()
+            for i, d in enumerate(DATES)]
+    with crypt_dovecot(_users()) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, msgs)
+        want = _session(dc, "plain", DATE_COMMANDS)
+        assert b"* SEARCH 2\r\n" in want[4], want[4]
+        # filled by the sort (header entries), then read from the file
+        assert _session(dc, "enc", DATE_COMMANDS) == want
+        assert _session(dc, "enc", DATE_COMMANDS) == want
+        # filled by the header fetch
+        os.unlink(_cache_path(dc, "enc"))
+        got = _session(dc, "enc", HEADER_ONLY + DATE_COMMANDS)[1:]
+        assert _untagged(got) == _untagged(want)
+        _assert_no_plaintext(dc, "enc")
