@@ -709,6 +709,29 @@ crypt_maildir_plain_sizes(struct istream *input, bool save_crlf,
 	return TRUE;
 }
 
+/* Delivery looks up these headers of the message it just saved, for its
+   log line and events (lib-lda's lda_log_wanted_headers). Dovecot
+   answers a plain user's lookups from the cache the save filled; with
+   the cache off, each one opened the saved message and parsed its
+   header again. Wanted during the save, they are kept from the parse
+   the save does anyway, in the mail's memory only. */
+static const char *const crypt_save_kept_headers[] = {
+	"From", "Message-ID", "Subject", NULL
+};
+
+static void crypt_save_keep_headers(struct mail_save_context *ctx)
+{
+	struct mailbox *box = ctx->transaction->box;
+	struct mailbox_header_lookup_ctx *headers;
+
+	/* with the cache on, wanted headers could be cached */
+	if (!box->mail_cache_disabled || ctx->dest_mail == NULL)
+		return;
+	headers = mailbox_header_lookup_init(box, crypt_save_kept_headers);
+	mail_add_temp_wanted_fields(ctx->dest_mail, 0, headers);
+	mailbox_header_lookup_unref(&headers);
+}
+
 /* maildir names a saved file after the size it was given; when the file
    on disk has another size (ciphertext) and the name it was to get does
    not carry the plaintext size, it keeps the message's GUID in a
@@ -763,6 +786,7 @@ static int crypt_save_begin(struct mail_save_context *ctx,
 		return -1;
 	}
 	crypt_save_maildir_name(ctx, input);
+	crypt_save_keep_headers(ctx);
 	if (cbox->module_ctx.super.save_begin(ctx, input) < 0)
 		return -1;
 

@@ -558,3 +558,23 @@ def test_delivery_names_files_like_plain():
         assert p.retr(3).endswith(msgs[2])
         p.quit()
         assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_delivery_log_fields_without_reopening():
+    """LMTP logs the Message-ID of the message it saved (and puts it,
+    Subject and From in its events): for an encrypting user these come
+    from the parse the save does, not from opening the saved message and
+    parsing its header again (the cache is off; issue 18)."""
+    users = [User("enc", fields=enc_fields()), User("pl")]
+    with crypt_dovecot(users) as dc:
+        for u in ("enc", "pl"):
+            dc.deliver(u, make_message("kept subject", msgid="<kept-%s@x>" % u,
+                                       body="body\r\n" * 50))
+        log = dc.log()
+        for u in ("enc", "pl"):
+            assert re.search(r"lmtp\(%s\)<.*msgid=<kept-%s@x>: saved mail "
+                             r"to INBOX" % (u, u), log), u
+        opened = [l for l in log.splitlines()
+                  if re.search(r"lmtp\(enc\).*Opened mail because", l)]
+        assert opened == [], opened
+        assert dc.log_errors() == [], dc.log_errors()
