@@ -811,14 +811,13 @@ class GrowthBench(Bench):
     name, ,S= and ,W= sizes, no G field since popvault names encrypted
     files like plain ones); one doveadm force-resync then builds the
     dovecot-uidlist, index and log, and the user opens the mailbox once
-    (a POP3 login), as every mailbox that has grown has been. That
-    sync runs with mail_index_log_rotate_min_age=0: a real mailbox's
-    transaction log is older than its 5 minutes, so that the full sync
-    of a login rotates it above 32 KB; without it, which user's log had
-    just rotated would depend on N and on the bytes each delivery logs
-    (docs/performance.md, "Delivery into a grown mailbox"). Old
-    messages are never opened by a delivery: one file hard linked N
-    times stores what N deliveries would."""
+    (a POP3 login), as every mailbox that has grown has been. Both
+    users' mailboxes then hold the same uidlist lines and the same
+    transaction log: seeded by LMTP, which user's log had just rotated
+    would depend on N and on the bytes each delivery logs, and the rows
+    would measure that phase (docs/performance.md, "Delivery into a
+    grown mailbox"). Old messages are never opened by a delivery: one
+    file hard linked N times stores what N deliveries would."""
 
     LEVELS = ("0", "grow_mid", "grow_large")
     # callgrind: the instructions of a connection of CG_FIRST messages
@@ -865,16 +864,23 @@ class GrowthBench(Bench):
                 for f in os.listdir(os.path.join(md, "new"))]
         sizes = re.search(r",S=\d+,W=\d+$", src).group(0)
         t0 = int(time.time()) - 86400 * 365
+        srcs = [src]
         for i in range(n):
+            if i and i % 50000 == 0:
+                # a file takes at most 65,000 links (ext4)
+                srcs.append(src + ".%d" % i)
+                shutil.copy2(src, srcs[-1])
+                os.chown(srcs[-1], self.dc.mail_uid, self.dc.mail_gid)
             # as a delivery names it, moved to cur/ by a POP3 session
-            os.link(src, os.path.join(md, "cur", "%d.M%dP%d.seed%s:2," % (
-                t0 + i // 100, i % 100 * 10000, 1000 + i, sizes)))
-        os.unlink(src)
+            os.link(srcs[-1], os.path.join(
+                md, "cur", "%d.M%dP%d.seed%s:2," % (
+                    t0 + i // 100, i % 100 * 10000, 1000 + i, sizes)))
+        for f in srcs:
+            os.unlink(f)
         for f in os.listdir(md):
             if f.startswith("dovecot"):
                 os.unlink(os.path.join(md, f))
-        self.doveadm("-o", "mail_index_log_rotate_min_age=0",
-                     "force-resync", "-u", user, "INBOX")
+        self.doveadm("force-resync", "-u", user, "INBOX")
         self.pop3_session(user, "stat")
         return home
 
