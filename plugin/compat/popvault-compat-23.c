@@ -255,9 +255,9 @@ const char *popvault_compat_pop3_uidl_format(struct mail_user *user)
 	return mail_user_set_get_storage_set(user)->pop3_uidl_format;
 }
 
-const char *popvault_compat_attachment_dir(struct mail_user *user)
+const char *popvault_compat_attachment_dir(struct mail_storage *storage)
 {
-	return mail_user_set_get_storage_set(user)->mail_attachment_dir;
+	return storage->set->mail_attachment_dir;
 }
 
 bool popvault_compat_uidl_format_uses(const char *format, char short_key,

@@ -1075,12 +1075,6 @@ static int crypt_user_created(struct popvault_user *puser,
 			"(the key store lives there)";
 		return -1;
 	}
-	if (set->encrypt && popvault_compat_attachment_dir(user)[0] != '\0') {
-		*error_r = "popvault_encrypt=yes can't be used with "
-			"mail_attachment_dir (attachments would be stored "
-			"in plaintext)";
-		return -1;
-	}
 
 	cuser = p_new(user->pool, struct popvault_crypt_user, 1);
 	cuser->user = user;
@@ -1151,6 +1145,31 @@ const struct popvault_user_hooks popvault_crypt_user_hooks = {
 	.deinit_post = crypt_user_deinit,
 };
 
+/* Dovecot's external attachment store would keep attachments in
+   plaintext. Asked of the namespaces' storages, whose settings Dovecot
+   has parsed already: asked of the user at creation, it was a settings
+   lookup of its own for every delivery on 2.4 (docs/performance.md).
+   An error here fails the login or delivery as one at creation does. */
+static void crypt_namespaces_created(struct mail_namespace *namespaces)
+{
+	struct mail_user *user = namespaces->user;
+	struct popvault_crypt_user *cuser = crypt_user(user);
+	struct mail_namespace *ns;
+
+	if (cuser == NULL || !cuser->set->encrypt || user->error != NULL)
+		return;
+	for (ns = namespaces; ns != NULL; ns = ns->next) {
+		if (ns->storage != NULL &&
+		    popvault_compat_attachment_dir(ns->storage)[0] != '\0') {
+			user->error = p_strdup_printf(user->pool,
+				"popvault: user %s: popvault_encrypt=yes can't "
+				"be used with mail_attachment_dir (attachments "
+				"would be stored in plaintext)", user->username);
+			return;
+		}
+	}
+}
+
 /* ---- hooks ---- */
 
 static struct mail_storage_hooks popvault_crypt_read_hooks = {
@@ -1159,6 +1178,7 @@ static struct mail_storage_hooks popvault_crypt_read_hooks = {
 };
 
 static struct mail_storage_hooks popvault_crypt_post_hooks = {
+	.mail_namespaces_created = crypt_namespaces_created,
 	.mailbox_allocated = crypt_mailbox_allocated,
 };
 
