@@ -578,3 +578,29 @@ def test_delivery_log_fields_without_reopening():
                   if re.search(r"lmtp\(enc\).*Opened mail because", l)]
         assert opened == [], opened
         assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_delivery_name_falls_back_for_a_lone_cr():
+    """A message with a CR outside a CRLF is not named in advance
+    (popvault does not model how maildir converts it): maildir names it
+    and keeps its GUID in a G field, as before; it reads back whole and
+    its GUID stays across a resync."""
+    users = [User("enc", fields=enc_fields())]
+    with crypt_dovecot(users) as dc:
+        m = make_message("lone-cr", body=b"before\rafter\r\nnext line\r\n")
+        dc.deliver("enc", m)
+        (base, ext), = _uidlist_records(dc, "enc").items()
+        assert [e for e in ext if e.startswith("G")], (base, ext)
+        p = dc.pop3("enc")
+        got = p.retr(1)
+        p.quit()
+        assert b"before\rafter\r\nnext line\r\n" in got, got
+
+        def guid():
+            _, out, _ = dc.doveadm("fetch", "-u", "enc", "guid",
+                                   "mailbox", "INBOX", "all")
+            return re.findall(r"guid: (\S+)", out)
+        before = guid()
+        dc.doveadm("force-resync", "-u", "enc", "INBOX")
+        assert guid() == before and len(before) == 1
+        assert dc.log_errors() == [], dc.log_errors()
