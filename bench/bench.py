@@ -1227,8 +1227,8 @@ def main():
     ap.add_argument("--growth", action="store_true",
                     help="also LMTP delivery into mailboxes of 0, 10,000 "
                     "and 100,000 messages, wall time and callgrind (a "
-                    "server of its own; about 30 min on a busy 2-core "
-                    "machine, --quick 3 min)")
+                    "server of its own; about 7 min on a busy 2-core "
+                    "machine, --quick 2 min)")
     ap.add_argument("--no-growth-callgrind", action="store_true",
                     help="--growth without the callgrind counts")
     ap.add_argument("--no-encrypt", action="store_true",
