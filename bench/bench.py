@@ -53,6 +53,17 @@ SIZES = {
     "webmail_msgs": (2000, 100),
     "webmail_size": (20 * 1000, 20 * 1000),
     "reps": (5, 2),
+    # delivery into grown mailboxes (--growth): messages delivered per
+    # timed run, per callgrind count, and the two grown mailbox sizes
+    "grow_msgs": (300, 50),
+    "grow_cg_msgs": (10, 10),
+    "grow_size": (20 * 1000, 20 * 1000),
+    "grow_mid": (10000, 1000),
+    "grow_large": (100000, 5000),
+    # into grow_large, every delivery reads a 5 MB dovecot-uidlist (plain
+    # and popvault alike): fewer messages there
+    "grow_large_msgs": (30, 20),
+    "grow_large_cg_msgs": (4, 4),
 }
 
 # id, title, unit, what the popvault target compares, target text
@@ -83,6 +94,18 @@ WORKLOADS = [
     # popvault's encrypted one)
     ("webmail_cache_size", "webmail cache files after the 2nd open", "MiB",
      ("ratio", 1.5), "<= 1.5x plain"),
+] + [
+    # issue 18 goal 4: LMTP delivery into a mailbox of 0, grow_mid and
+    # grow_large messages (--growth; GrowthBench)
+] + [
+    (wid % lvl, title.replace("N", "{%s}" % lvl if lvl != "0" else "0"),
+     unit, ("ratio", 1.05), "<= 1.05x plain")
+    for lvl in ("0", "grow_mid", "grow_large")
+    for wid, title, unit in (
+        ("lmtp_into_%s", "LMTP {%s} x {grow_size_h} into N msgs" % (
+            "grow_large_msgs" if lvl == "grow_large" else "grow_msgs"),
+         "s"),
+        ("lmtp_into_%s_ir", "  same, callgrind Ir per message", "MIr"))
 ] + [
     ("pop3_uidl", "login+STAT+UIDL, {mailbox_msgs} msgs", "s",
      ("ratio", 1.05), "<= 1.05x plain"),
@@ -778,6 +801,195 @@ class CallgrindBench(Bench):
             self.lmtp_run(users)
 
 
+class GrowthBench(Bench):
+    """Delivery into grown mailboxes (issue 18 goal 4), plain against
+    encrypting popvault, on a server of its own: for each size N (0,
+    grow_mid, grow_large) both users get a mailbox of N messages made
+    the same way, then grow_msgs x grow_size are delivered over one LMTP
+    connection (wall time, --reps runs, the mailbox put back before
+    each), and lmtp's instructions per message are counted under
+    callgrind.
+
+    Seeding by LMTP takes hours at 100,000 messages. Instead each user
+    gets one message over LMTP and opens the mailbox once (a POP3
+    session), and that message's file is hard linked N times into cur/
+    under names of the shape a delivery gives (base name, ,S= and ,W=
+    sizes, no G field since popvault names encrypted files like plain
+    ones); one doveadm force-resync then adds them to the
+    dovecot-uidlist, index and log, and writes dovecot.index with the
+    extensions the delivery and the session added (plain's cache,
+    popvault's retention), as a mailbox that has had mail keeps them.
+    Both users' mailboxes then hold uidlists of the same size and logs
+    of the same records: seeded by LMTP, which user's log had just
+    rotated would depend on N and on the bytes each delivery logs, and
+    the rows would measure that phase (docs/performance.md, "Delivery
+    into a grown mailbox"). Old messages are never opened by a
+    delivery: one file hard linked N times stores what N deliveries
+    would."""
+
+    LEVELS = ("0", "grow_mid", "grow_large")
+    # callgrind: the instructions of a connection of CG_FIRST messages
+    # are subtracted from one of CG_FIRST + grow_cg_msgs: process start,
+    # plugin and key set-up cancel out
+    CG_FIRST = 3
+
+    def user_plugins(self):
+        return [("plain", " "), ("popvault", "popvault")]
+
+    def extra_conf(self):
+        # lmtp runs under callgrind while the file "callgrind-on" exists
+        # (see CallgrindBench.wrapper); one process per connection, so
+        # that it exits, and writes its profile, when the client is done
+        self.cgdir = os.path.join(self.work, "callgrind")
+        os.mkdir(self.cgdir)
+        os.chmod(self.cgdir, 0o1777)
+        path = os.path.join(self.work, "lmtp-wrapper.sh")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n"
+                    "[ -e %s/callgrind-on ] || exec /usr/lib/dovecot/lmtp \"$@\"\n"
+                    "f=%s/callgrind.lmtp.$$\n"
+                    ": > \"$f\" && chmod 666 \"$f\"\n"
+                    "exec valgrind --tool=callgrind -q --vgdb=no "
+                    "--callgrind-out-file=\"$f\" /usr/lib/dovecot/lmtp "
+                    "\"$@\"\n" % (self.work, self.cgdir))
+        os.chmod(path, 0o755)
+        return ("service lmtp {\n  executable = %s\n  %s = 1\n}\n" % (
+            path, harness.by_version("service_count",
+                                     "restart_request_count")))
+
+    def log_name(self):
+        return "dovecot-growth.log"
+
+    def seed(self, user, n):
+        """The user's home with an INBOX of n + 1 messages (see the
+        class)."""
+        s = self.size
+        home = self.dc.home(user)
+        shutil.rmtree(home, ignore_errors=True)
+        self.client("pv-lmtp", "127.0.0.1", self.port("lmtp"), user, 1,
+                    s["grow_size"])
+        # the user has opened the mailbox: popvault's first POP3 session
+        # adds its retention extension to the index
+        since = self.dc.log_size()
+        self.pop3_session(user, "stat")
+        # the pop3 process goes on after QUIT (popvault's session sweep,
+        # autoexpunge): the files are touched once it has exited
+        m = None
+        for m in re.finditer(r"pop3-login: Info: (?:Login|Logged in): "
+                             r"user=<%s>.*?mpid=(\d+)" % user,
+                             self.dc.log()[since:]):
+            pass
+        deadline = time.time() + 120
+        while m and os.path.exists("/proc/" + m.group(1)) and \
+                time.time() < deadline:
+            time.sleep(0.1)
+        md = os.path.join(home, "Maildir")
+        src, = [os.path.join(md, "cur", f)
+                for f in os.listdir(os.path.join(md, "cur"))]
+        sizes = re.search(r",S=\d+,W=\d+", src).group(0)
+        t0 = int(time.time()) - 86400 * 365
+        srcs = [src]
+        for i in range(n):
+            if i and i % 50000 == 0:
+                # a file takes at most 65,000 links (ext4)
+                srcs.append(src + ".%d" % i)
+                shutil.copy2(src, srcs[-1])
+                os.chown(srcs[-1], self.dc.mail_uid, self.dc.mail_gid)
+            # as a delivery names it, moved to cur/ by a POP3 session
+            os.link(srcs[-1], os.path.join(
+                md, "cur", "%d.M%dP%d.seed%s:2," % (
+                    t0 + i // 100, i % 100 * 10000, 1000 + i, sizes)))
+        # The delivered message stays, and the mailbox's files as its
+        # delivery and the POP3 session left them: their extensions
+        # (plain's cache, 4 bytes per index record; popvault's
+        # retention) go into dovecot.index with the N messages, where a
+        # mailbox that has had mail and sessions keeps them. (Started
+        # without them, every measured delivery replayed the extension's
+        # introduction from the log over all N records: 2.2 M
+        # instructions per delivery at 10,000.)
+        for f in srcs[1:]:
+            os.unlink(f)
+        self.doveadm("force-resync", "-u", user, "INBOX")
+        return home
+
+    def cg_instructions(self, user, count, keep_as=None):
+        before = set(os.listdir(self.cgdir))
+        flag = os.path.join(self.work, "callgrind-on")
+        open(flag, "w").close()
+        try:
+            self.client("pv-lmtp", "127.0.0.1", self.port("lmtp"), user,
+                        count, self.size["grow_size"])
+        finally:
+            os.unlink(flag)
+        deadline = time.time() + 120
+        while True:
+            new = [f for f in os.listdir(self.cgdir) if f not in before]
+            if new or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        if len(new) != 1:
+            raise RuntimeError("expected one new lmtp profile, got %s" % new)
+        path = os.path.join(self.cgdir, new[0])
+        total = CallgrindBench.wait_totals(self, path)
+        if keep_as is not None:
+            shutil.copy(path, os.path.join(self.args.out, keep_as))
+        return total
+
+    def restore(self, user, snap):
+        home = self.dc.home(user)
+        shutil.rmtree(home)
+        subprocess.run(["cp", "-a", snap, home], check=True)
+
+    def run(self):
+        s = self.size
+        users = ("plain", "popvault")
+        shape = {}
+        for lvl in self.LEVELS:
+            n = 0 if lvl == "0" else s[lvl]
+            wid = "lmtp_into_%s" % lvl
+            large = lvl == "grow_large"
+            msgs = s["grow_large_msgs" if large else "grow_msgs"]
+            cg_first = 1 if large else self.CG_FIRST
+            cg_msgs = s["grow_large_cg_msgs" if large else "grow_cg_msgs"]
+            snaps = {}
+            t = time.time()
+            for u in users:
+                home = self.seed(u, n)
+                snaps[u] = os.path.join(self.work, "snap-" + u)
+                shutil.rmtree(snaps[u], ignore_errors=True)
+                subprocess.run(["cp", "-a", home, snaps[u]], check=True)
+                md = os.path.join(home, "Maildir")
+                shape[u] = {f: os.path.getsize(os.path.join(md, f))
+                            if os.path.exists(os.path.join(md, f)) else 0
+                            for f in ("dovecot-uidlist", "dovecot.index",
+                                      "dovecot.index.log")}
+            log("  seeded %d messages per user in %.0f s: %s" % (
+                n, time.time() - t, shape))
+            self.notes.setdefault("grow_shape", {})[n] = shape.copy()
+            for rep in self.reps():
+                for u in users:
+                    self.restore(u, snaps[u])
+                    r = self.client("pv-lmtp", "127.0.0.1", self.port("lmtp"),
+                                    u, msgs, s["grow_size"])
+                    self.samples[wid][u].append(float(r["elapsed"]))
+            if not self.args.no_growth_callgrind and \
+                    shutil.which("valgrind") is not None:
+                for u in users:
+                    self.restore(u, snaps[u])
+                    short = self.cg_instructions(u, cg_first)
+                    self.restore(u, snaps[u])
+                    long_ = self.cg_instructions(
+                        u, cg_first + cg_msgs,
+                        keep_as="callgrind.lmtp-into-%d.%s.out" % (n, u))
+                    self.samples[wid + "_ir"][u].append(
+                        (long_ - short) / cg_msgs / 1e6)
+            for u in users:
+                shutil.rmtree(snaps[u])
+            log("  %d: %s" % (n, {u: self.samples[wid][u] +
+                                  self.samples[wid + "_ir"][u]
+                                  for u in users}))
+
+
 # --- reporting -------------------------------------------------------------
 
 def summarize(samples):
@@ -839,11 +1051,13 @@ def report(bench, cg, cg_lmtp, out, elapsed):
     names = dict(s)
     names.update({k + "_h": human(s[k]) for k in
                   ("lmtp_size", "retr_size", "big_size",
-                   "webmail_size")})
+                   "webmail_size", "grow_size")})
     names["partial_off_h"] = human(s["partial_off"])
     rows = []
     for wid, title, unit, target, target_text in WORKLOADS:
         res = {u: summarize(bench.samples[wid][u]) for u in USERS}
+        if wid.startswith("lmtp_into_") and not any(res.values()):
+            continue   # --growth not asked for
         ratios = {}
         for u in ("mailcrypt", "popvault"):
             if res[u] and res["plain"] and res["plain"]["median"] > 0:
@@ -1009,7 +1223,14 @@ def main():
     ap.add_argument("--only", action="append",
                     choices=["lmtp", "pop3_retr", "imap_envelope", "pop3_big",
                              "imap_partial", "webmail", "pop3_uidl",
-                             "sweep"])
+                             "sweep", "growth"])
+    ap.add_argument("--growth", action="store_true",
+                    help="also LMTP delivery into mailboxes of 0, 10,000 "
+                    "and 100,000 messages, wall time and callgrind (a "
+                    "server of its own; about 7 min on a busy 2-core "
+                    "machine, --quick 2 min)")
+    ap.add_argument("--no-growth-callgrind", action="store_true",
+                    help="--growth without the callgrind counts")
     ap.add_argument("--no-encrypt", action="store_true",
                     help="do not probe or use popvault_encrypt")
     ap.add_argument("--master-key", help="popvault_master_key file to use "
@@ -1050,6 +1271,19 @@ def main():
             bench.stop()
     else:
         bench.features["note"] = "callgrind only"
+    if args.growth or (args.only and "growth" in args.only):
+        log("growth: LMTP delivery into grown mailboxes ...")
+        gb = GrowthBench(args)
+        try:
+            gb.start()
+            gb.run()
+        finally:
+            gb.stop()
+        for wid, by_user in gb.samples.items():
+            if wid.startswith("lmtp_into_"):
+                bench.samples[wid] = by_user
+        bench.features["growth_seed_files"] = json.dumps(
+            gb.notes.get("grow_shape"), sort_keys=True)
     cg = cg_lmtp = None
     if args.callgrind or args.callgrind_only:
         if shutil.which("valgrind") is None:

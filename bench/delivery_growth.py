@@ -7,10 +7,13 @@ OUT (default /tmp/delivery-growth).
   delivery_growth.py N K MODE [debug] [seedlmtp]
 
 MODE: none (3 interleaved timed runs), strace (-c), trace (file and fd
-syscalls), callgrind. seedlmtp: seed by LMTP (realistic: every popvault
-message gets a G<guid> dovecot-uidlist extension, and the transaction
-log holds the deliveries); otherwise one delivered file is copied N
-times into cur/. Needs root and build/bench/pv-lmtp (make -C bench).
+syscalls), callgrind. seedlmtp: seed by LMTP (the transaction log holds
+the deliveries, so the two users' logs are at different phases of
+rotation; before popvault named encrypted files with their plaintext
+sizes, every popvault message also got a G<guid> dovecot-uidlist
+field); otherwise one delivered file is copied N times into cur/.
+Needs root and build/bench/pv-lmtp (make -C bench). The benchmark's
+rows are bench.py --growth (docs/performance.md).
 The files dovecot.* of both users are kept in OUT/files.<user>.N<n>."""
 import os, sys, time, shutil, subprocess, secrets, glob, re
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

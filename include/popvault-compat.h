@@ -98,10 +98,10 @@ int popvault_compat_dict_init_file(struct mail_user *user,
 bool popvault_compat_storage_caches_field(struct mail_storage *storage,
 					  const char *field);
 
-/* The user's pop3_uidl_format and mail_attachment_dir (2.4:
+/* The user's pop3_uidl_format; a storage's mail_attachment_dir (2.4:
    mail_ext_attachment_path; "" when unset). */
 const char *popvault_compat_pop3_uidl_format(struct mail_user *user);
-const char *popvault_compat_attachment_dir(struct mail_user *user);
+const char *popvault_compat_attachment_dir(struct mail_storage *storage);
 
 /* The FTS backend that indexes the user's mail (a driver name), NULL when
    FTS is off. When FTS is on but its backend can't be read, a placeholder

@@ -334,9 +334,9 @@ bool popvault_compat_storage_caches_field(struct mail_storage *storage,
 	return found;
 }
 
-const char *popvault_compat_attachment_dir(struct mail_user *user)
+const char *popvault_compat_attachment_dir(struct mail_storage *storage)
 {
-	return mail_user_set_get_storage_set(user)->mail_attachment_dir;
+	return storage->set->mail_attachment_dir;
 }
 
 bool popvault_compat_uidl_format_uses(const char *format, char short_key,

@@ -12,7 +12,7 @@
 #include "fts-settings.h"
 #include "dict.h"
 #include "mail-user.h"
-#include "mail-storage.h"
+#include "mail-storage-private.h"
 #include "mail-storage-settings.h"
 #include "mail-storage-service.h"
 #include "lmtp-common.h"
@@ -317,24 +317,9 @@ bool popvault_compat_storage_caches_field(struct mail_storage *storage,
 	return FALSE;
 }
 
-const char *popvault_compat_attachment_dir(struct mail_user *user)
+const char *popvault_compat_attachment_dir(struct mail_storage *storage)
 {
-	const struct mail_storage_settings *set;
-	const char *path, *error;
-
-	/* Asked for every user created, so in LMTP for every delivery:
-	   popvault only needs to know whether the path is set, which
-	   neither %variables nor the check functions change, and skipping
-	   both saves most of the lookup (docs/performance.md) */
-	if (settings_get(user->event, &mail_storage_setting_parser_info,
-			 SETTINGS_GET_FLAG_NO_CHECK |
-			 SETTINGS_GET_FLAG_NO_EXPAND, &set, &error) < 0) {
-		e_error(user->event, "popvault: %s", error);
-		return "";
-	}
-	path = t_strdup(set->mail_ext_attachment_path);
-	settings_free(set);
-	return path;
+	return storage->set->mail_ext_attachment_path;
 }
 
 bool popvault_compat_uidl_format_uses(const char *format,

@@ -24,6 +24,7 @@
 #include "mail-storage-private.h"
 #include "mail-storage-settings.h"
 #include "mail-storage-hooks.h"
+#include "maildir-filename.h"
 #include "module-dir.h"
 #include "popvault-user.h"
 #include "popvault-crypt.h"
@@ -670,6 +671,97 @@ bool popvault_crypt_user_encrypts(struct mail_user *user)
 
 /* ---- save ---- */
 
+/* The sizes maildir will store for input (from its offset on): the file
+   size as written before encryption (CRLF to LF unless mail_save_crlf)
+   and the virtual size (CRLF). FALSE if they can't be known without
+   waiting, or if the text has a CR outside a CRLF, whose conversion
+   this does not model. The input is left at its offset. */
+static bool
+crypt_maildir_plain_sizes(struct istream *input, bool save_crlf,
+			  uoff_t *size_r, uoff_t *vsize_r)
+{
+	const unsigned char *data, *p, *end;
+	uoff_t start = input->v_offset, total = 0, lfs = 0, crlfs = 0, crs = 0;
+	bool last_cr = FALSE;
+	size_t size;
+	int ret;
+
+	if (!input->seekable)
+		return FALSE;
+	while ((ret = i_stream_read_more(input, &data, &size)) > 0) {
+		end = data + size;
+		for (p = data; (p = memchr(p, '\n', end - p)) != NULL; p++) {
+			lfs++;
+			if (p > data ? p[-1] == '\r' : last_cr)
+				crlfs++;
+		}
+		for (p = data; (p = memchr(p, '\r', end - p)) != NULL; p++)
+			crs++;
+		last_cr = data[size - 1] == '\r';
+		total += size;
+		i_stream_skip(input, size);
+	}
+	i_stream_seek(input, start);
+	if (ret == 0 || input->stream_errno != 0 || crs != crlfs)
+		return FALSE;
+	*size_r = save_crlf ? total + lfs - crlfs : total - crlfs;
+	*vsize_r = total + lfs - crlfs;
+	return TRUE;
+}
+
+/* Delivery looks up these headers of the message it just saved, for its
+   log line and events (lib-lda's lda_log_wanted_headers). Dovecot
+   answers a plain user's lookups from the cache the save filled; with
+   the cache off, each one opened the saved message and parsed its
+   header again. Wanted during the save, they are kept from the parse
+   the save does anyway, in the mail's memory only. */
+static const char *const crypt_save_kept_headers[] = {
+	"From", "Message-ID", "Subject", NULL
+};
+
+static void crypt_save_keep_headers(struct mail_save_context *ctx)
+{
+	struct mailbox *box = ctx->transaction->box;
+	struct mailbox_header_lookup_ctx *headers;
+
+	/* with the cache on, wanted headers could be cached */
+	if (!box->mail_cache_disabled || ctx->dest_mail == NULL)
+		return;
+	headers = mailbox_header_lookup_init(box, crypt_save_kept_headers);
+	mail_add_temp_wanted_fields(ctx->dest_mail, 0, headers);
+	mailbox_header_lookup_unref(&headers);
+}
+
+/* maildir names a saved file after the size it was given; when the file
+   on disk has another size (ciphertext) and the name it was to get does
+   not carry the plaintext size, it keeps the message's GUID in a
+   G<guid> field of its dovecot-uidlist line (maildir_save_finish_real()).
+   Every delivery reads that whole file again, so the field made each
+   delivery cost more the larger the mailbox (docs/performance.md). A
+   name with the sizes in it, given before saving, is kept as it is: the
+   file is named, and its GUID is, as a plain user's would be.
+   maildir checks both sizes against what it saved (the size at
+   save_finish, the virtual size at commit) and, if either differs,
+   names the file itself and keeps this name as the GUID in a G field,
+   as before. A GUID given by the caller (copy, import, dsync,
+   doveadm popvault encrypt) stays. */
+static void crypt_save_maildir_name(struct mail_save_context *ctx,
+				    struct istream *input)
+{
+	struct mailbox *box = ctx->transaction->box;
+	uoff_t size, vsize;
+
+	if (ctx->data.guid != NULL ||
+	    strcmp(box->storage->name, "maildir") != 0)
+		return;
+	if (!crypt_maildir_plain_sizes(input, box->storage->set->mail_save_crlf,
+				       &size, &vsize))
+		return;
+	mailbox_save_set_guid(ctx, t_strdup_printf(
+		"%s,S=%"PRIuUOFF_T",W=%"PRIuUOFF_T,
+		maildir_filename_generate(), size, vsize));
+}
+
 static int crypt_save_begin(struct mail_save_context *ctx,
 			    struct istream *input)
 {
@@ -693,6 +785,8 @@ static int crypt_save_begin(struct mail_save_context *ctx,
 			"Encryption key unavailable, try again later");
 		return -1;
 	}
+	crypt_save_maildir_name(ctx, input);
+	crypt_save_keep_headers(ctx);
 	if (cbox->module_ctx.super.save_begin(ctx, input) < 0)
 		return -1;
 
@@ -981,12 +1075,6 @@ static int crypt_user_created(struct popvault_user *puser,
 			"(the key store lives there)";
 		return -1;
 	}
-	if (set->encrypt && popvault_compat_attachment_dir(user)[0] != '\0') {
-		*error_r = "popvault_encrypt=yes can't be used with "
-			"mail_attachment_dir (attachments would be stored "
-			"in plaintext)";
-		return -1;
-	}
 
 	cuser = p_new(user->pool, struct popvault_crypt_user, 1);
 	cuser->user = user;
@@ -1059,6 +1147,31 @@ const struct popvault_user_hooks popvault_crypt_user_hooks = {
 	.deinit_post = crypt_user_deinit,
 };
 
+/* Dovecot's external attachment store would keep attachments in
+   plaintext. Asked of the namespaces' storages, whose settings Dovecot
+   has parsed already: asked of the user at creation, it was a settings
+   lookup of its own for every delivery on 2.4 (docs/performance.md).
+   An error here fails the login or delivery as one at creation does. */
+static void crypt_namespaces_created(struct mail_namespace *namespaces)
+{
+	struct mail_user *user = namespaces->user;
+	struct popvault_crypt_user *cuser = crypt_user(user);
+	struct mail_namespace *ns;
+
+	if (cuser == NULL || !cuser->set->encrypt || user->error != NULL)
+		return;
+	for (ns = namespaces; ns != NULL; ns = ns->next) {
+		if (ns->storage != NULL &&
+		    popvault_compat_attachment_dir(ns->storage)[0] != '\0') {
+			user->error = p_strdup_printf(user->pool,
+				"popvault: user %s: popvault_encrypt=yes can't "
+				"be used with mail_attachment_dir (attachments "
+				"would be stored in plaintext)", user->username);
+			return;
+		}
+	}
+}
+
 /* ---- hooks ---- */
 
 static struct mail_storage_hooks popvault_crypt_read_hooks = {
@@ -1067,6 +1180,7 @@ static struct mail_storage_hooks popvault_crypt_read_hooks = {
 };
 
 static struct mail_storage_hooks popvault_crypt_post_hooks = {
+	.mail_namespaces_created = crypt_namespaces_created,
 	.mailbox_allocated = crypt_mailbox_allocated,
 };
 

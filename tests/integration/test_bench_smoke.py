@@ -70,3 +70,44 @@ def test_bench_quick_produces_table_and_json():
         assert "feature popvault_encrypt:" in table, table
     finally:
         subprocess.run(["rm", "-rf", out])
+
+
+def test_bench_growth_rows():
+    """--only growth with small mailboxes: the delivery-into-a-grown-
+    mailbox rows (wall time and callgrind) come out for plain and
+    popvault, and only when asked for."""
+    if os.getuid() != 0:
+        print("skipped: the benchmark needs root")
+        return
+    build = os.path.abspath(harness.BUILD_DIR)
+    bindir = os.path.join(build, "bench")
+    subprocess.run(["make", "-s", "-C", os.path.join(TOP, "bench"),
+                    "O=" + bindir], check=True, capture_output=True,
+                   timeout=CLIENT_TIMEOUT)
+    out = tempfile.mkdtemp(prefix="popvault-bench-smoke-")
+    try:
+        p = subprocess.run(
+            [sys.executable, os.path.join(TOP, "bench", "bench.py"),
+             "--quick", "--only", "growth", "--grow-mid", "100",
+             "--grow-large", "200", "--grow-msgs", "5",
+             "--grow-large-msgs", "3", "--grow-cg-msgs", "2",
+             "--grow-large-cg-msgs", "2", "--reps", "1",
+             "--build-dir", build, "--bin-dir", bindir,
+             "--out", out, "--timeout", str(CLIENT_TIMEOUT)],
+            capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        with open(os.path.join(out, "results.json")) as f:
+            data = json.load(f)
+        rows = {r["id"]: r for r in data["workloads"]}
+        grow = sorted(w for w in rows if w.startswith("lmtp_into_"))
+        assert grow == sorted("lmtp_into_%s%s" % (lvl, ir) for lvl in (
+            "0", "grow_mid", "grow_large") for ir in ("", "_ir")), grow
+        for wid in grow:
+            for u in ("plain", "popvault"):
+                r = rows[wid]["results"][u]
+                assert r is not None and r["median"] > 0, (wid, u, r)
+            assert rows[wid]["results"]["mailcrypt"] is None
+        # without --growth the rows are left out: the test above asks
+        # for exactly WORKLOADS
+    finally:
+        subprocess.run(["rm", "-rf", out])

@@ -490,3 +490,118 @@ def test_attachment_dir_refused_for_encrypting_user():
                         r"can't be used with mail_attachment_dir")
     finally:
         shutil.rmtree(att, ignore_errors=True)
+
+
+def _uidlist_records(dc, user):
+    """{filename base: [extension fields]} of INBOX's dovecot-uidlist."""
+    path = os.path.join(dc.home(user), "Maildir", "dovecot-uidlist")
+    with open(path) as f:
+        lines = f.read().splitlines()[1:]
+    out = {}
+    for line in lines:
+        fields, _, fname = line.partition(" :")
+        out[fname.split(":2,")[0]] = fields.split()[1:]
+    return out
+
+
+def test_delivery_names_files_like_plain():
+    """An encrypted delivery gets a file name with the plaintext sizes
+    and no G<guid> field in dovecot-uidlist, like a plain user's (every
+    delivery reads that file again: the field made delivery slower the
+    larger the mailbox, issue 18). GUIDs, and UIDLs made of them, stay
+    the same across a resync and a lost dovecot-uidlist and index."""
+    users = [User("enc", fields=enc_fields()), User("pl")]
+    conf = by_version("pop3_uidl_format = %g\n",
+                      "pop3_uidl_format = %{guid}\n")
+    with crypt_dovecot(users, extra_conf=conf) as dc:
+        msgs = [make_message("names-%d" % i, body=("line %d\r\n" % i) * n)
+                for i, n in enumerate((1, 300, 5000))]
+        for u in ("enc", "pl"):
+            dc.deliver_many(u, msgs)
+        for u in ("enc", "pl"):
+            recs = _uidlist_records(dc, u)
+            assert len(recs) == 3, recs
+            for base, ext in recs.items():
+                assert not [e for e in ext if e.startswith("G")], (u, ext)
+                assert re.search(r",S=\d+,W=\d+$", base), (u, base)
+        p = dc.pop3("enc")
+        sizes = p.list()
+        got = [p.retr(i + 1) for i in range(len(msgs))]
+        uidls = p.uidl()
+        p.quit()
+        for i, m in enumerate(msgs):
+            assert got[i].endswith(m) and sizes[i][1] == len(got[i])
+        for f in message_files(dc, "enc"):
+            assert open(f, "rb").read().startswith(MAGIC), f
+        # W= is the size POP3 lists, S= the size stored (LF) before
+        # encryption
+        for base in _uidlist_records(dc, "enc"):
+            s, w = map(int, re.search(r",S=(\d+),W=(\d+)$", base).groups())
+            full, = [g for g in got if len(g) == w]
+            assert s == w - full.count(b"\n")
+
+        def guids():
+            _, out, _ = dc.doveadm("fetch", "-u", "enc", "guid",
+                                   "mailbox", "INBOX", "all")
+            return re.findall(r"guid: (\S+)", out)
+        before = guids()
+        assert len(before) == 3 and len(set(before)) == 3, before
+        assert sorted(g for _, g in uidls) == sorted(before)
+        dc.doveadm("force-resync", "-u", "enc", "INBOX")
+        assert guids() == before
+        md = os.path.join(dc.home("enc"), "Maildir")
+        for name in os.listdir(md):
+            if name.startswith("dovecot"):
+                os.unlink(os.path.join(md, name))
+        assert sorted(guids()) == sorted(before)
+        p = dc.pop3("enc")
+        assert sorted(g for _, g in p.uidl()) == sorted(before)
+        assert p.retr(3).endswith(msgs[2])
+        p.quit()
+        assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_delivery_log_fields_without_reopening():
+    """LMTP logs the Message-ID of the message it saved (and puts it,
+    Subject and From in its events): for an encrypting user these come
+    from the parse the save does, not from opening the saved message and
+    parsing its header again (the cache is off; issue 18)."""
+    users = [User("enc", fields=enc_fields()), User("pl")]
+    with crypt_dovecot(users) as dc:
+        for u in ("enc", "pl"):
+            dc.deliver(u, make_message("kept subject", msgid="<kept-%s@x>" % u,
+                                       body="body\r\n" * 50))
+        log = dc.log()
+        for u in ("enc", "pl"):
+            assert re.search(r"lmtp\(%s\)<.*msgid=<kept-%s@x>: saved mail "
+                             r"to INBOX" % (u, u), log), u
+        opened = [l for l in log.splitlines()
+                  if re.search(r"lmtp\(enc\).*Opened mail because", l)]
+        assert opened == [], opened
+        assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_delivery_name_falls_back_for_a_lone_cr():
+    """A message with a CR outside a CRLF is not named in advance
+    (popvault does not model how maildir converts it): maildir names it
+    and keeps its GUID in a G field, as before; it reads back whole and
+    its GUID stays across a resync."""
+    users = [User("enc", fields=enc_fields())]
+    with crypt_dovecot(users) as dc:
+        m = make_message("lone-cr", body=b"before\rafter\r\nnext line\r\n")
+        dc.deliver("enc", m)
+        (base, ext), = _uidlist_records(dc, "enc").items()
+        assert [e for e in ext if e.startswith("G")], (base, ext)
+        p = dc.pop3("enc")
+        got = p.retr(1)
+        p.quit()
+        assert b"before\rafter\r\nnext line\r\n" in got, got
+
+        def guid():
+            _, out, _ = dc.doveadm("fetch", "-u", "enc", "guid",
+                                   "mailbox", "INBOX", "all")
+            return re.findall(r"guid: (\S+)", out)
+        before = guid()
+        dc.doveadm("force-resync", "-u", "enc", "INBOX")
+        assert guid() == before and len(before) == 1
+        assert dc.log_errors() == [], dc.log_errors()
