@@ -1104,10 +1104,9 @@ static int crypt_user_created(struct popvault_user *puser,
 	   the user is read or saved (LMTP sets the recipient up after DATA,
 	   or at RCPT with lmtp_rcpt_check_quota; without it, with the spool
 	   on a disk, popvault-lmtp.c refuses at RCPT, docs/encryption.md).
-	   Not
-	   for the raw user that holds mail being delivered (autocreated,
-	   no creator): failing it would stop the whole lmtp process, and
-	   the recipient is checked. */
+	   Not for the raw user that holds mail being delivered
+	   (autocreated, no creator): failing it would stop the whole lmtp
+	   process, and the recipient is checked. */
 	if ((!user->autocreated ||
 	     popvault_compat_user_is_shared_owner(user)) &&
 	    popvault_crypt_user_has_encrypted_mail(set, cuser->keys_dir,
