@@ -8,6 +8,7 @@
    sealed with the user's cache key. */
 
 #include "popvault-crypt-keys.h"
+#include "popvault-crypt-delivered.h"
 
 struct mail;
 struct mailbox;
@@ -31,10 +32,11 @@ typedef bool popvault_cache_wanted_func_t(struct mailbox *box);
 /* Fills key->id from key->key. */
 void popvault_cache_key_set_id(struct popvault_cache_key *key);
 
-/* Registers the cache's storage hooks; crypt hands over who gets it and
-   with which key. */
+/* Registers the cache's storage hooks; crypt hands over who gets it,
+   with which key, and how entries made at delivery are opened. */
 void popvault_crypt_cache_init(popvault_cache_key_func_t *get_key,
-			       popvault_cache_wanted_func_t *wanted);
+			       popvault_cache_wanted_func_t *wanted,
+			       popvault_delivered_decrypt_func_t *decrypt);
 void popvault_crypt_cache_deinit(void);
 
 #endif

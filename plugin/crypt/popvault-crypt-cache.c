@@ -45,6 +45,7 @@
 #include "str.h"
 #include "popvault-compat.h"
 #include "popvault-crypt-cache.h"
+#include "popvault-crypt-delivered.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -130,6 +131,8 @@ struct cache_mailbox {
 	/* this session expunged messages: their records go at close */
 	bool expunged;
 	const struct popvault_cache_key *key;
+	/* entries made at delivery not yet moved into this file, or NULL */
+	struct popvault_delivered *delivered;
 	/* AES-256-GCM with the cache key, set up once per mailbox open (a
 	   record only sets its nonce): XChaCha20-Poly1305 in libsodium took
 	   3.7 ms for a warm open's 2000 entries, this 1.1 ms */
@@ -185,6 +188,7 @@ static MODULE_CONTEXT_DEFINE_INIT(popvault_cache_mail_module,
 
 static popvault_cache_key_func_t *cache_get_key;
 static popvault_cache_wanted_func_t *cache_wanted;
+static popvault_delivered_decrypt_func_t *cache_decrypt;
 
 void popvault_cache_key_set_id(struct popvault_cache_key *key)
 {
@@ -691,6 +695,7 @@ static void cache_load(struct mailbox *box, struct cache_mailbox *cbox)
 	cbox->dropped_buf = buffer_create_dynamic(default_pool, 256);
 	cbox->plain_buf = buffer_create_dynamic(default_pool, 4096);
 	cbox->unusable = FALSE;
+	cbox->delivered = popvault_delivered_open(box, dir, cache_decrypt);
 
 	ret = cache_map_file(cbox);
 	if (ret < 0) {
@@ -831,6 +836,13 @@ static void cache_flush(struct mailbox *box, struct cache_mailbox *cbox)
 		else if (cbox->records->used > 0)
 			cache_append(box, cbox);
 	} T_END;
+	/* Once every message has its entry here, what the delivered file
+	   still holds is of messages gone. Counted loosely (a UID expunged
+	   since may be counted): a file removed too early only costs a
+	   message its first open's decryption. */
+	popvault_delivered_close(&cbox->delivered,
+		hash_table_count(cbox->uids) >=
+		mail_index_view_get_messages_count(box->view));
 }
 
 static void cache_free(struct cache_mailbox *cbox)
@@ -851,6 +863,7 @@ static void cache_free(struct cache_mailbox *cbox)
 		cbox->map = NULL;
 		cbox->map_size = 0;
 		cbox->new_from = 0;
+		popvault_delivered_close(&cbox->delivered, FALSE);
 		hash_table_destroy(&cbox->uids);
 		hash_table_destroy(&cbox->entries);
 		pool_unref(&cbox->entry_pool);
@@ -1117,6 +1130,27 @@ static struct mail *cache_fill_mail(struct cache_mailbox *cbox,
 	return cmail->fill_mail;
 }
 
+/* The rest of a new entry whose header is split: the split into pool,
+   the dates and sizes as fmail gives them (none of which decrypts: the
+   file name, the index or stat() hold them), then sealed as a record. */
+static struct cache_entry *
+cache_fill_finish(struct cache_mailbox *cbox, struct mail *fmail,
+		  pool_t pool, struct cache_entry *e)
+{
+	if (e->hdr_form == CACHE_HDR_SPLIT) {
+		e->fields = cache_memdup(pool, e->fields, e->fields_size);
+		e->dropped = cache_memdup(pool, e->dropped, e->dropped_size);
+	}
+	if (mail_get_received_date(fmail, &e->received_date) < 0 ||
+	    (e->save_date_ret = mail_get_save_date(fmail, &e->save_date)) < 0 ||
+	    mail_get_virtual_size(fmail, &e->virtual_size) < 0 ||
+	    mail_get_physical_size(fmail, &e->physical_size) < 0)
+		return NULL;
+	cache_add_record(cbox, e);
+	hash_table_update(cbox->entries, POINTER_CAST(e->uid), e);
+	return e;
+}
+
 /* A new entry computed the normal way by a mail of its own (decrypting
    the message once): the header, dates and sizes, and BODYSTRUCTURE
    only when with_body (parsing the whole message). */
@@ -1133,27 +1167,47 @@ cache_fill(struct cache_mailbox *cbox, struct mail *mail, bool with_body)
 	if (!mail_set_uid(fmail, mail->uid) ||
 	    cache_read_header(fmail, cbox->hdr_buf, e) < 0)
 		return NULL;
-	if (cache_split_header(cbox, e)) {
+	if (cache_split_header(cbox, e))
 		cache_split_date(e, &e->sent_date, &e->sent_tz);
-		e->fields = cache_memdup(pool, e->fields, e->fields_size);
-		e->dropped = cache_memdup(pool, e->dropped, e->dropped_size);
-	} else if (mail_get_date(fmail, &e->sent_date, &e->sent_tz) < 0) {
+	else if (mail_get_date(fmail, &e->sent_date, &e->sent_tz) < 0)
 		return NULL;
-	} else {
+	else
 		e->hdr = cache_memdup(pool, e->hdr, e->hdr_size);
-	}
-	if (mail_get_received_date(fmail, &e->received_date) < 0 ||
-	    (e->save_date_ret = mail_get_save_date(fmail, &e->save_date)) < 0 ||
-	    mail_get_virtual_size(fmail, &e->virtual_size) < 0 ||
-	    mail_get_physical_size(fmail, &e->physical_size) < 0 ||
-	    (with_body &&
-	     mail_get_special(fmail, MAIL_FETCH_IMAP_BODYSTRUCTURE,
-			      &bodystructure) < 0))
+	if (with_body &&
+	    mail_get_special(fmail, MAIL_FETCH_IMAP_BODYSTRUCTURE,
+			     &bodystructure) < 0)
 		return NULL;
 	e->bodystructure = p_strdup(pool, bodystructure);
-	cache_add_record(cbox, e);
-	hash_table_update(cbox->entries, POINTER_CAST(e->uid), e);
-	return e;
+	return cache_fill_finish(cbox, fmail, pool, e);
+}
+
+/* A new entry from the one delivery made (popvault-crypt-delivered.c):
+   its header and BODYSTRUCTURE, without reading the message. Only in
+   the split form, which is the same for the header as delivered (CRLF)
+   and as stored (maildir's LF): a header the split can't take is read
+   from the message. */
+static struct cache_entry *
+cache_fill_delivered(struct cache_mailbox *cbox, struct mail *mail)
+{
+	struct mail *fmail = cache_fill_mail(cbox, mail);
+	pool_t pool = cache_entry_pool(cbox);
+	const char *guid, *bodystructure;
+	struct cache_entry *e;
+
+	if (!mail_set_uid(fmail, mail->uid) ||
+	    mail_get_special(fmail, MAIL_FETCH_GUID, &guid) < 0 ||
+	    popvault_delivered_take(cbox->delivered, guid, cbox->hdr_buf,
+				    pool, &bodystructure) <= 0)
+		return NULL;
+	e = p_new(pool, struct cache_entry, 1);
+	e->uid = mail->uid;
+	e->hdr = cbox->hdr_buf->data;
+	e->hdr_size = cbox->hdr_buf->used;
+	e->bodystructure = bodystructure;
+	if (!cache_split_header(cbox, e))
+		return NULL;
+	cache_split_date(e, &e->sent_date, &e->sent_tz);
+	return cache_fill_finish(cbox, fmail, pool, e);
 }
 
 /* Completes an entry filled without BODYSTRUCTURE: the message is
@@ -1227,6 +1281,9 @@ cache_mail_entry(struct mail *mail, bool with_body)
 		return NULL;
 	if (e != NULL)
 		return cache_fill_body(cbox, mail, e);
+	if (cbox->delivered != NULL &&
+	    (e = cache_fill_delivered(cbox, mail)) != NULL)
+		return e;
 	return cache_fill(cbox, mail, with_body || cbox->body_ahead);
 }
 
@@ -1544,10 +1601,12 @@ static struct module cache_module = {
 };
 
 void popvault_crypt_cache_init(popvault_cache_key_func_t *get_key,
-			       popvault_cache_wanted_func_t *wanted)
+			       popvault_cache_wanted_func_t *wanted,
+			       popvault_delivered_decrypt_func_t *decrypt)
 {
 	cache_get_key = get_key;
 	cache_wanted = wanted;
+	cache_decrypt = decrypt;
 	mail_storage_hooks_add_forced(&cache_module, &cache_hooks);
 }
 

@@ -25,6 +25,7 @@
 #include "mail-storage-settings.h"
 #include "mail-storage-hooks.h"
 #include "maildir-filename.h"
+#include "message-size.h"
 #include "module-dir.h"
 #include "popvault-user.h"
 #include "popvault-crypt.h"
@@ -85,6 +86,16 @@ struct popvault_crypt_mailbox {
 	struct mail *save_mail;
 	struct istream *save_input;
 	uoff_t save_input_offset;
+	/* the name popvault gave the file being saved (its GUID), when
+	   the save leaves an entry for the first open (delivered_entries) */
+	char *save_guid;
+	/* Dovecot's mail_cache_fields name imap.bodystructure: it parses
+	   each message it saves for that, and a plain user's first folder
+	   open only reads its cache; here saves leave entries in
+	   dovecot.popvault.delivered instead (popvault-crypt-delivered.h) */
+	bool delivered_entries;
+	/* this session expunged mail: those entries go at close */
+	bool expunged;
 
 	/* POPVAULT_DAMAGED_KEYWORD, looked up for every message read */
 	struct popvault_keyword_cache damaged_kw;
@@ -382,6 +393,19 @@ static int crypt_cache_key(struct mailbox *box,
 	return 0;
 }
 
+/* Opens an entry made at delivery: a PVLT container of its own. */
+static int crypt_delivered_decrypt(struct mailbox *box,
+				   const unsigned char *data, size_t size,
+				   buffer_t *out, const char **error_r)
+{
+	struct popvault_receiver *receiver;
+
+	receiver = crypt_user_get_receiver(crypt_box_user(box), error_r);
+	if (receiver == NULL)
+		return -1;
+	return popvault_decrypt_buffer(receiver, data, size, out, error_r);
+}
+
 /* ---- read ---- */
 
 static void
@@ -605,6 +629,18 @@ static int crypt_mail_get_virtual_size(struct mail *_mail, uoff_t *size_r)
 	return 0;
 }
 
+static void crypt_mail_expunge(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct popvault_crypt_mail *cmail = POPVAULT_CRYPT_MAIL_CONTEXT(mail);
+	struct popvault_crypt_mailbox *cbox =
+		POPVAULT_CRYPT_BOX_CONTEXT(_mail->box);
+
+	if (cbox != NULL)
+		cbox->expunged = TRUE;
+	cmail->module_ctx.super.expunge(_mail);
+}
+
 static void crypt_mail_allocated(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
@@ -618,6 +654,7 @@ static void crypt_mail_allocated(struct mail *_mail)
 	mail->vlast = &cmail->module_ctx.super;
 	v->istream_opened = crypt_istream_opened;
 	v->get_virtual_size = crypt_mail_get_virtual_size;
+	v->expunge = crypt_mail_expunge;
 	MODULE_CONTEXT_SET(mail, popvault_crypt_mail_module, cmail);
 }
 
@@ -749,6 +786,8 @@ static void crypt_save_maildir_name(struct mail_save_context *ctx,
 				    struct istream *input)
 {
 	struct mailbox *box = ctx->transaction->box;
+	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
+	const char *guid;
 	uoff_t size, vsize;
 
 	if (ctx->data.guid != NULL ||
@@ -757,9 +796,15 @@ static void crypt_save_maildir_name(struct mail_save_context *ctx,
 	if (!crypt_maildir_plain_sizes(input, box->storage->set->mail_save_crlf,
 				       &size, &vsize))
 		return;
-	mailbox_save_set_guid(ctx, t_strdup_printf(
-		"%s,S=%"PRIuUOFF_T",W=%"PRIuUOFF_T,
-		maildir_filename_generate(), size, vsize));
+	guid = t_strdup_printf("%s,S=%"PRIuUOFF_T",W=%"PRIuUOFF_T,
+			       maildir_filename_generate(), size, vsize);
+	mailbox_save_set_guid(ctx, guid);
+	/* maildir keeps it as the GUID even when it has to rename the
+	   file (a G field), so the first open finds the entry by it */
+	if (cbox->delivered_entries && input->seekable) {
+		i_free(cbox->save_guid);
+		cbox->save_guid = i_strdup(guid);
+	}
 }
 
 static int crypt_save_begin(struct mail_save_context *ctx,
@@ -813,6 +858,61 @@ static void crypt_save_forget(struct popvault_crypt_mailbox *cbox)
 {
 	i_stream_unref(&cbox->save_input);
 	cbox->save_mail = NULL;
+	i_free_and_null(cbox->save_guid);
+}
+
+/* The raw header of the message being saved, from its plaintext source,
+   into hdr. -1 when it can't be read whole. */
+static int crypt_save_read_header(struct popvault_crypt_mailbox *cbox,
+				  buffer_t *hdr)
+{
+	struct istream *input = cbox->save_input;
+	struct message_size hdr_size;
+	const unsigned char *data;
+	size_t size;
+	bool has_nuls;
+	int ret = 0;
+
+	i_stream_seek(input, cbox->save_input_offset);
+	if (message_get_header_size(input, &hdr_size, &has_nuls) < 0)
+		return -1;
+	i_stream_seek(input, cbox->save_input_offset);
+	while (hdr->used < hdr_size.physical_size &&
+	       (ret = i_stream_read_more(input, &data, &size)) > 0) {
+		size = I_MIN(size, hdr_size.physical_size - hdr->used);
+		buffer_append(hdr, data, size);
+		i_stream_skip(input, size);
+	}
+	return hdr->used == hdr_size.physical_size ? 0 : -1;
+}
+
+/* The entry of the message just saved for the first IMAP open
+   (popvault-crypt-delivered.h): its header as delivered and the
+   BODYSTRUCTURE of Dovecot's own save parse, which plain Dovecot
+   caches at this point. Nothing here fails the save. */
+static void crypt_save_add_entry(struct mail_save_context *ctx,
+				 struct popvault_crypt_mailbox *cbox)
+{
+	struct mailbox *box = ctx->transaction->box;
+	struct popvault_sender *sender;
+	const char *bodystructure, *error;
+
+	if (mail_get_special(cbox->save_mail, MAIL_FETCH_IMAP_BODYSTRUCTURE,
+			     &bodystructure) < 0 ||
+	    (sender = crypt_user_get_sender(crypt_box_user(box),
+					    &error)) == NULL)
+		return;
+	T_BEGIN {
+		buffer_t *hdr = t_buffer_create(4096);
+
+		if (crypt_save_read_header(cbox, hdr) == 0) {
+			popvault_delivered_add(box, sender, cbox->save_guid,
+					       hdr->data, hdr->used,
+					       bodystructure);
+		}
+		sodium_memzero(buffer_get_modifiable_data(hdr, NULL),
+			       hdr->used);
+	} T_END;
 }
 
 /* save_finish and save_cancel are the outermost layer (the lib19 hook):
@@ -828,10 +928,14 @@ static int crypt_save_finish(struct mail_save_context *ctx)
 	struct mailbox *box = ctx->transaction->box;
 	union mailbox_module_context *obox =
 		POPVAULT_CRYPT_OUTER_BOX_CONTEXT(box);
+	struct popvault_crypt_mailbox *cbox = POPVAULT_CRYPT_BOX_CONTEXT(box);
 	int ret;
 
 	ret = obox->super.save_finish(ctx);
-	crypt_save_forget(POPVAULT_CRYPT_BOX_CONTEXT(box));
+	if (ret == 0 && cbox->save_guid != NULL && cbox->save_input != NULL &&
+	    cbox->save_mail != NULL)
+		crypt_save_add_entry(ctx, cbox);
+	crypt_save_forget(cbox);
 	return ret;
 }
 
@@ -851,6 +955,10 @@ static void crypt_mailbox_close(struct mailbox *box)
 
 	crypt_save_forget(cbox);
 	i_zero(&cbox->damaged_kw);
+	if (cbox->expunged) {
+		popvault_delivered_drop(box);
+		cbox->expunged = FALSE;
+	}
 	cbox->module_ctx.super.close(box);
 }
 
@@ -939,9 +1047,13 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 	}
 	if (!cuser->set->encrypt)
 		return;
-	if (crypt_box_encrypts(box))
+	if (crypt_box_encrypts(box)) {
 		v->save_begin = crypt_save_begin;
-	else
+		cbox->delivered_entries =
+			strcmp(box->storage->name, "maildir") == 0 &&
+			popvault_compat_storage_caches_field(box->storage,
+				"imap.bodystructure");
+	} else
 		v->save_begin = crypt_save_begin_unsupported;
 }
 
@@ -1203,7 +1315,8 @@ void popvault_crypt_init(struct module *module ATTR_UNUSED)
 				      &popvault_crypt_read_hooks);
 	mail_storage_hooks_add_forced(&popvault_crypt_post_module,
 				      &popvault_crypt_post_hooks);
-	popvault_crypt_cache_init(crypt_cache_key, crypt_box_wants_cache);
+	popvault_crypt_cache_init(crypt_cache_key, crypt_box_wants_cache,
+				  crypt_delivered_decrypt);
 }
 
 void popvault_crypt_deinit(void)

@@ -1,0 +1,230 @@
+"""Cache entries made at delivery (issue 18, goal 1 on Dovecot 2.4;
+docs/encryption.md, "Entries made at delivery"). Where Dovecot's
+mail_cache_fields name imap.bodystructure (2.4's default) Dovecot parses
+every message at delivery, and LMTP leaves an encrypting user's entry,
+sealed with the public key, in dovecot.popvault.delivered. The first IMAP
+open takes the header and BODYSTRUCTURE from there without reading the
+message; every value equals what Dovecot computes from the message,
+byte for byte. Damaged entries are never served; expunges remove the
+file; nothing in it is readable without the private key."""
+
+import os
+import shutil
+import struct
+
+from harness import User
+from crypt_util import all_files, crypt_dovecot, enc_fields
+from test_encrypted_cache import (CACHE_BODY, CACHE_FLAGS, COMMANDS, MARKS,
+                                  TRACE, _corrupt_messages, _messages,
+                                  _records, _restore_messages, _save_messages,
+                                  _session, _traced_messages)
+
+DELIVERED = "dovecot.popvault.delivered"
+MAGIC = b"PVDLVR01"
+USER = "enc"
+
+
+def _path(dc, user=USER):
+    return os.path.join(dc.home(user), "Maildir", DELIVERED)
+
+
+def _delivered_records(dc, user=USER):
+    """[(offset, length)] of the file's whole records."""
+    with open(_path(dc, user), "rb") as f:
+        data = f.read()
+    assert data.startswith(MAGIC)
+    out, pos = [], len(MAGIC)
+    while len(data) - pos >= 20:
+        (length,) = struct.unpack(">I", data[pos + 16:pos + 20])
+        if len(data) - pos - 20 < length:
+            break
+        out.append((pos, length))
+        pos += 20 + length
+    return out
+
+
+def _assert_no_plaintext(dc, user=USER):
+    leaks = []
+    for path in all_files(dc.home(user), dc.mail_temp_dir):
+        with open(path, "rb") as f:
+            data = f.read()
+        leaks += [(path, m) for m in MARKS + [TRACE] if m in data]
+    assert leaks == [], leaks
+
+
+def _uncached(dc, commands=COMMANDS, user=USER):
+    """What Dovecot computes from the stored messages themselves: the
+    session runs without the delivered file (kept aside) and without
+    popvault's cache, which it fills; both are then put back as they
+    were (no cache file, the delivered file)."""
+    path = _path(dc, user)
+    aside = path + ".aside"
+    shutil.copyfile(path, aside)
+    os.unlink(path)
+    want = _session(dc, user, commands)
+    os.unlink(os.path.join(dc.home(user), "Maildir",
+                           "dovecot.popvault.cache"))
+    os.rename(aside, path)
+    return want
+
+
+def test_first_open_reads_the_entries_made_at_delivery():
+    with crypt_dovecot([User(USER, fields=enc_fields())],
+                       extra_conf=CACHE_BODY) as dc:
+        messages = _messages()
+        dc.deliver_many(USER, messages)
+        assert len(_delivered_records(dc)) == len(messages)
+        _assert_no_plaintext(dc)
+        want = _uncached(dc)
+        assert MARKS[0] in want[0] and b"* SEARCH 1 2 3 4" in want[8]
+        # The messages no longer decrypt: every answer of the first open
+        # comes from the entries made at delivery.
+        saved = _save_messages(dc, USER)
+        _corrupt_messages(dc, USER)
+        assert _session(dc, USER) == want
+        assert dc.log_errors() == [], dc.log_errors()
+        # moved into the encrypted cache; the delivered file is gone
+        assert sorted(_records(dc, USER)[1]) == [1, 2, 3, 4]
+        assert not os.path.exists(_path(dc))
+        assert _session(dc, USER) == want
+        _restore_messages(saved)
+        assert _session(dc, USER) == want
+        _assert_no_plaintext(dc)
+
+
+def _files_by_uid(dc, user=USER):
+    """{uid: path} of the stored messages, from dovecot-uidlist."""
+    maildir = os.path.join(dc.home(user), "Maildir")
+    with open(os.path.join(maildir, "dovecot-uidlist")) as f:
+        lines = f.read().splitlines()[1:]
+    names = {}
+    for line in lines:
+        uid, rest = line.split(" ", 1)
+        names[rest.rsplit(":", 1)[1]] = int(uid)
+    out = {}
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(maildir, sub)):
+            out[names[name.split(":")[0]]] = os.path.join(maildir, sub, name)
+    return out
+
+
+def _corrupt(path):
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        for i in range(200, len(data), 97):
+            data[i] ^= 0x55
+        f.seek(0)
+        f.write(data)
+
+
+def test_entries_equal_dovecots_values_for_odd_headers():
+    """Headers the split form can't keep as they are (no end of header,
+    an empty name) are read from the message; bare LF lines, trace
+    fields and folding come from the entries. Either way the same as
+    Dovecot's own values, in the first open and the second."""
+    with crypt_dovecot([User(USER, fields=enc_fields())],
+                       extra_conf=CACHE_BODY) as dc:
+        messages = _messages() + _traced_messages()
+        dc.deliver_many(USER, messages)
+        assert len(_delivered_records(dc)) == len(messages)
+        want = _uncached(dc)
+        # the well-formed ones can only be answered from their entries
+        files = _files_by_uid(dc)
+        saved = {p: open(p, "rb").read() for p in files.values()}
+        for uid in (1, 2, 3, 4):
+            _corrupt(files[uid])
+        assert _session(dc, USER) == want
+        _restore_messages(saved)
+        assert sorted(_records(dc, USER)[1]) == list(range(1, 9))
+        assert _session(dc, USER) == want
+        assert dc.log_errors() == [], dc.log_errors()
+
+
+def test_no_entries_where_dovecot_caches_no_bodystructure():
+    """2.3's default mail_cache_fields: Dovecot does not cache the
+    structure at delivery, nor does popvault."""
+    with crypt_dovecot([User(USER, fields=enc_fields())],
+                       extra_conf=CACHE_FLAGS) as dc:
+        dc.deliver_many(USER, _messages())
+        assert not os.path.exists(_path(dc))
+
+
+def test_plain_user_gets_no_entries():
+    with crypt_dovecot([User("plain")], extra_conf=CACHE_BODY) as dc:
+        dc.deliver_many("plain", _messages())
+        assert not os.path.exists(_path(dc, "plain"))
+
+
+def test_expunge_removes_the_entries():
+    """A POP3 user who downloads and deletes leaves no entry of a
+    deleted message behind."""
+    with crypt_dovecot([User(USER, fields=enc_fields())],
+                       extra_conf=CACHE_BODY) as dc:
+        dc.deliver_many(USER, _messages())
+        assert len(_delivered_records(dc)) == 4
+        p = dc.pop3(USER)
+        assert p.command("DELE 1").startswith("+OK")
+        assert p.quit().startswith("+OK")
+        assert not os.path.exists(_path(dc))
+        # the rest is read from the messages, as before
+        assert _session(dc, USER)[0].count(b" FETCH ") == 3
+
+
+def test_damaged_entries_are_never_served():
+    with crypt_dovecot([User(USER, fields=enc_fields())],
+                       extra_conf=CACHE_BODY) as dc:
+        dc.deliver_many(USER, _messages())
+        want = _uncached(dc)
+        records = _delivered_records(dc)
+        with open(_path(dc), "r+b") as f:
+            data = bytearray(f.read())
+            # one record's ciphertext flipped, the last one cut short
+            off, length = records[1]
+            data[off + 20 + length - 5] ^= 0x01
+            off, length = records[3]
+            f.seek(0)
+            f.truncate()
+            f.write(bytes(data[:off + 20 + length // 2]))
+        since = dc.log_size()
+        assert _session(dc, USER) == want
+        dc.wait_log("an entry made at delivery does not open", since=since)
+        assert sorted(_records(dc, USER)[1]) == [1, 2, 3, 4]
+        assert not os.path.exists(_path(dc))
+        assert _session(dc, USER) == want
+
+
+def test_an_entry_answers_only_for_its_own_message():
+    """Records moved between messages (their ids swapped) do not open
+    as the other message's: the GUID inside is checked."""
+    with crypt_dovecot([User(USER, fields=enc_fields())],
+                       extra_conf=CACHE_BODY) as dc:
+        dc.deliver_many(USER, _messages()[:2])
+        want = _uncached(dc)
+        (o1, l1), (o2, l2) = _delivered_records(dc)
+        with open(_path(dc), "r+b") as f:
+            data = bytearray(f.read())
+            id1, id2 = data[o1:o1 + 16], data[o2:o2 + 16]
+            data[o1:o1 + 16], data[o2:o2 + 16] = id2, id1
+            f.seek(0)
+            f.write(bytes(data))
+        since = dc.log_size()
+        assert _session(dc, USER) == want
+        dc.wait_log("an entry made at delivery does not open", since=since)
+
+
+def test_entries_across_key_rotation():
+    """Entries sealed before a key rotation open with the old key, as
+    the messages do; those after it with the new one."""
+    with crypt_dovecot([User(USER, fields=enc_fields())],
+                       extra_conf=CACHE_BODY) as dc:
+        messages = _messages()
+        dc.deliver_many(USER, messages[:2])
+        dc.doveadm("popvault", "key", "rotate", "-u", USER)
+        dc.deliver_many(USER, messages[2:])
+        assert len(_delivered_records(dc)) == 4
+        want = _uncached(dc)
+        saved = _save_messages(dc, USER)
+        _corrupt_messages(dc, USER)
+        assert _session(dc, USER) == want
+        assert dc.log_errors() == [], dc.log_errors()
+        _restore_messages(saved)
