@@ -104,8 +104,10 @@ struct cache_entry {
 	time_t sent_date, received_date, save_date;
 	int sent_tz, save_date_ret;
 	uoff_t virtual_size, physical_size;
-	/* NULL until a request needs it (CACHE_ENTRY_VERSION_NO_BODY) */
+	/* NULL until a request needs it (CACHE_ENTRY_VERSION_NO_BODY); not
+	   NUL-terminated in an opened entry (it points into the plaintext) */
 	const char *bodystructure;
+	size_t bodystructure_len;
 	/* CACHE_HDR_SPLIT: the fields, and the names of those dropped.
 	   CACHE_HDR_RAW (a header the split cannot reproduce exactly, e.g.
 	   without its empty line): the raw header block. */
@@ -153,6 +155,11 @@ struct cache_mailbox {
 
 	/* entries opened in this session: uid -> struct cache_entry */
 	pool_t entry_pool;
+	/* opened entries' memory (cache_arena_alloc()) */
+	void *arena_map;
+	unsigned char *arena;
+	size_t arena_used;
+	bool arena_failed;
 	HASH_TABLE(void *, struct cache_entry *) entries;
 	unsigned int auth_failures;
 
@@ -264,15 +271,6 @@ static const unsigned char *read_blob(struct reader *r, size_t *size_r)
 	return data;
 }
 
-static const char *read_str(struct reader *r, pool_t pool)
-{
-	const unsigned char *data;
-	size_t size;
-
-	data = read_blob(r, &size);
-	return data == NULL ? NULL : p_strndup(pool, data, size);
-}
-
 /* Limits of the split form's lengths (larger: the raw form) */
 #define CACHE_FIELD_NAME_MAX 255
 #define CACHE_FIELD_SIZE_MAX 65535
@@ -368,7 +366,7 @@ static void entry_serialize(const struct cache_entry *e, buffer_t *buf)
 	put64(buf, e->virtual_size);
 	put64(buf, e->physical_size);
 	if (e->bodystructure != NULL)
-		put_blob(buf, e->bodystructure, strlen(e->bodystructure));
+		put_blob(buf, e->bodystructure, e->bodystructure_len);
 	buffer_append_c(buf, e->hdr_form);
 	if (e->hdr_form == CACHE_HDR_SPLIT)
 		entry_serialize_split(e, buf);
@@ -376,8 +374,8 @@ static void entry_serialize(const struct cache_entry *e, buffer_t *buf)
 		put_blob(buf, e->hdr, e->hdr_size);
 }
 
-/* data must stay in pool: the entry points into it */
-static int entry_parse(const unsigned char *data, size_t size, pool_t pool,
+/* data must stay: the entry points into it */
+static int entry_parse(const unsigned char *data, size_t size,
 		       struct cache_entry *e)
 {
 	struct reader r = { .p = data, .end = data + size };
@@ -394,7 +392,7 @@ static int entry_parse(const unsigned char *data, size_t size, pool_t pool,
 	e->virtual_size = read_n(&r, 8);
 	e->physical_size = read_n(&r, 8);
 	e->bodystructure = version == CACHE_ENTRY_VERSION_NO_BODY ? NULL :
-		read_str(&r, pool);
+		(const char *)read_blob(&r, &e->bodystructure_len);
 	e->hdr_form = read_n(&r, 1);
 	if (e->hdr_form == CACHE_HDR_SPLIT)
 		entry_parse_split(&r, e);
@@ -523,15 +521,88 @@ static void cache_add_record(struct cache_mailbox *cbox,
    entries are dropped and opened again when asked for */
 #define CACHE_OPEN_ENTRIES_MAX_BYTES (32 * 1024 * 1024)
 
+/* Opened entries beyond this go in entry_pool */
+#define CACHE_ARENA_SIZE (8 * 1024 * 1024)
+#define CACHE_HUGE_PAGE_SIZE (2 * 1024 * 1024)
+
+static void cache_entries_clear(struct cache_mailbox *cbox)
+{
+	hash_table_clear(cbox->entries, TRUE);
+	p_clear(cbox->entry_pool);
+	cbox->arena_used = 0;
+}
+
 /* Memory for one more opened entry (the session's table of them). */
 static pool_t cache_entry_pool(struct cache_mailbox *cbox)
 {
-	if (pool_alloconly_get_total_used_size(cbox->entry_pool) >
-	    CACHE_OPEN_ENTRIES_MAX_BYTES) {
-		hash_table_clear(cbox->entries, TRUE);
-		p_clear(cbox->entry_pool);
-	}
+	if (pool_alloconly_get_total_used_size(cbox->entry_pool) +
+	    cbox->arena_used > CACHE_OPEN_ENTRIES_MAX_BYTES)
+		cache_entries_clear(cbox);
 	return cbox->entry_pool;
+}
+
+/* The memory of opened entries (a warm open opens every message's): a
+   mapping of their own, in transparent huge pages where the kernel
+   gives them (madvise mode, Debian's default). Each fresh 4 KiB page
+   costs a page fault at its first write, 5-10 us on the virtual
+   machines measured here: the 2.5 MB of 2000 opened entries were 600
+   faults and 6 ms, more than Dovecot's whole warm header fetch of them.
+   NULL when it is full or can't be had: then entry_pool serves. */
+static void *cache_arena_alloc(struct cache_mailbox *cbox, size_t size)
+{
+	unsigned char *map, *p;
+
+	size = (size + 7) & ~(size_t)7;
+	if (cbox->arena_map == NULL && !cbox->arena_failed) {
+		/* reserved, not committed: only what is written is used */
+		map = mmap(NULL, CACHE_ARENA_SIZE + CACHE_HUGE_PAGE_SIZE,
+			   PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (map == MAP_FAILED) {
+			cbox->arena_failed = TRUE;
+			return NULL;
+		}
+		cbox->arena_map = map;
+		/* huge pages need an aligned start */
+		cbox->arena = (unsigned char *)
+			(((uintptr_t)map + CACHE_HUGE_PAGE_SIZE - 1) &
+			 ~(uintptr_t)(CACHE_HUGE_PAGE_SIZE - 1));
+#ifdef MADV_HUGEPAGE
+		(void)madvise(cbox->arena, CACHE_ARENA_SIZE, MADV_HUGEPAGE);
+#endif
+	}
+	if (cbox->arena == NULL || CACHE_ARENA_SIZE - cbox->arena_used < size)
+		return NULL;
+	p = cbox->arena + cbox->arena_used;
+	cbox->arena_used += size;
+	return p;
+}
+
+static void cache_arena_free(struct cache_mailbox *cbox)
+{
+	if (cbox->arena_map == NULL)
+		return;
+	/* the plaintext of the opened entries */
+	sodium_memzero(cbox->arena, cbox->arena_used);
+	if (munmap(cbox->arena_map,
+		   CACHE_ARENA_SIZE + CACHE_HUGE_PAGE_SIZE) < 0)
+		i_error("popvault: cache: munmap() failed: %m");
+	cbox->arena_map = NULL;
+	cbox->arena = NULL;
+	cbox->arena_used = 0;
+}
+
+/* Opened entry memory: from the arena, else from entry_pool */
+static void *cache_open_alloc(struct cache_mailbox *cbox, pool_t pool,
+			      size_t size)
+{
+	void *p = cache_arena_alloc(cbox, size);
+
+	if (p != NULL) {
+		memset(p, 0, size);
+		return p;
+	}
+	return p_malloc(pool, size);
 }
 
 static const unsigned char *
@@ -560,12 +631,12 @@ cache_open_record(struct cache_mailbox *cbox, size_t offset)
 	cache_ad(cbox, uid, ad);
 	memcpy(tag, rec + CACHE_REC_HDR_SIZE + plain_len, sizeof(tag));
 	/* the entry points into its plaintext: no copies of the fields */
-	plain = p_malloc(pool, plain_len + 1);
+	plain = cache_open_alloc(cbox, pool, plain_len + 1);
 	if (cache_gcm(cbox->open_ctx, FALSE, rec + 8, ad,
 		      rec + CACHE_REC_HDR_SIZE, plain_len, plain, tag) < 0)
 		return NULL;
-	e = p_new(pool, struct cache_entry, 1);
-	if (entry_parse(plain, plain_len, pool, e) < 0)
+	e = cache_open_alloc(cbox, pool, sizeof(*e));
+	if (entry_parse(plain, plain_len, e) < 0)
 		return NULL;
 	e->uid = uid;
 	hash_table_update(cbox->entries, POINTER_CAST(uid), e);
@@ -867,6 +938,7 @@ static void cache_free(struct cache_mailbox *cbox)
 		hash_table_destroy(&cbox->uids);
 		hash_table_destroy(&cbox->entries);
 		pool_unref(&cbox->entry_pool);
+		cache_arena_free(cbox);
 		cache_buf_wipe(cbox->hdr_buf);
 		cache_buf_wipe(cbox->split_buf);
 		cache_buf_wipe(cbox->dropped_buf);
@@ -1178,6 +1250,7 @@ cache_fill(struct cache_mailbox *cbox, struct mail *mail, bool with_body)
 			     &bodystructure) < 0)
 		return NULL;
 	e->bodystructure = p_strdup(pool, bodystructure);
+	e->bodystructure_len = bodystructure == NULL ? 0 : strlen(bodystructure);
 	return cache_fill_finish(cbox, fmail, pool, e);
 }
 
@@ -1204,6 +1277,7 @@ cache_fill_delivered(struct cache_mailbox *cbox, struct mail *mail)
 	e->hdr = cbox->hdr_buf->data;
 	e->hdr_size = cbox->hdr_buf->used;
 	e->bodystructure = bodystructure;
+	e->bodystructure_len = strlen(bodystructure);
 	if (!cache_split_header(cbox, e))
 		return NULL;
 	cache_split_date(e, &e->sent_date, &e->sent_tz);
@@ -1229,6 +1303,7 @@ cache_fill_body(struct cache_mailbox *cbox, struct mail *mail,
 	e = p_new(pool, struct cache_entry, 1);
 	*e = *old;
 	e->bodystructure = p_strdup(pool, bodystructure);
+	e->bodystructure_len = strlen(bodystructure);
 	cache_add_record(cbox, e);
 	hash_table_update(cbox->entries, POINTER_CAST(e->uid), e);
 	return e;
@@ -1360,7 +1435,7 @@ static int cache_get_special(struct mail *_mail, enum mail_fetch_field field,
 	struct mail_private *mail = (struct mail_private *)_mail;
 	struct cache_mail *cmail = CACHE_MAIL_CONTEXT(mail);
 	const struct cache_entry *e;
-	const char *error;
+	const char *error, *bodystructure;
 	string_t *str;
 
 	if ((field != MAIL_FETCH_IMAP_BODYSTRUCTURE &&
@@ -1368,12 +1443,14 @@ static int cache_get_special(struct mail *_mail, enum mail_fetch_field field,
 	    (e = cache_mail_entry(_mail, TRUE)) == NULL)
 		return cmail->module_ctx.super.get_special(_mail, field, value_r);
 	/* the entry may go with the next lookup: the caller's copy */
+	bodystructure = p_strndup(mail->data_pool, e->bodystructure,
+				  e->bodystructure_len);
 	if (field == MAIL_FETCH_IMAP_BODYSTRUCTURE) {
-		*value_r = p_strdup(mail->data_pool, e->bodystructure);
+		*value_r = bodystructure;
 		return 0;
 	}
 	str = str_new(mail->data_pool, 128);
-	if (imap_body_parse_from_bodystructure(e->bodystructure, str,
+	if (imap_body_parse_from_bodystructure(bodystructure, str,
 					       &error) < 0)
 		return cmail->module_ctx.super.get_special(_mail, field, value_r);
 	*value_r = str_c(str);
