@@ -2,16 +2,17 @@
 #define POPVAULT_CRYPT_DELIVERED_H
 
 /* Cache entries made at delivery (docs/encryption.md, "Entries made at
-   delivery"). Dovecot parses every message it saves; where its
-   mail_cache_fields name imap.bodystructure (2.4's default) a plain user's
-   first folder open then only reads dovecot.index.cache. An encrypting
-   user's cache key needs the private key, which delivery does not have,
-   so delivery seals what the first open needs (the header and
-   BODYSTRUCTURE) as a PVLT container of its own, with the same public
-   key and sender epoch as the message, into dovecot.popvault.delivered
-   next to the index. The first IMAP open opens it (one X25519 per
-   epoch, as for the messages) instead of decrypting and parsing each
-   message, and moves it into the encrypted cache. */
+   delivery"). Dovecot parses every message it saves, and where its
+   mail_cache_fields name imap.bodystructure (2.4's default) a plain
+   user's first folder open then only reads dovecot.index.cache. An
+   encrypting user's cache key needs the private key, which delivery
+   does not have, so delivery seals what the first open needs (the
+   header and BODYSTRUCTURE of that parse) as a PVLT container of its
+   own, with the same public key and sender epoch as the message, into
+   dovecot.popvault.delivered next to the index. The first IMAP open
+   opens it (one X25519 per epoch, as for the messages) instead of
+   decrypting each whole message, and moves it into the encrypted
+   cache. */
 
 struct mailbox;
 struct popvault_sender;

@@ -86,14 +86,10 @@ struct popvault_crypt_mailbox {
 	struct mail *save_mail;
 	struct istream *save_input;
 	uoff_t save_input_offset;
-	/* the name popvault gave the file being saved (its GUID), when
-	   the save leaves an entry for the first open (delivered_entries) */
+	/* the name popvault gave the maildir file being saved (its GUID):
+	   the save leaves the message's entry for the first IMAP open in
+	   dovecot.popvault.delivered (popvault-crypt-delivered.h) */
 	char *save_guid;
-	/* Dovecot's mail_cache_fields name imap.bodystructure: it parses
-	   each message it saves for that, and a plain user's first folder
-	   open only reads its cache; here saves leave entries in
-	   dovecot.popvault.delivered instead (popvault-crypt-delivered.h) */
-	bool delivered_entries;
 	/* this session expunged mail: those entries go at close */
 	bool expunged;
 
@@ -801,7 +797,7 @@ static void crypt_save_maildir_name(struct mail_save_context *ctx,
 	mailbox_save_set_guid(ctx, guid);
 	/* maildir keeps it as the GUID even when it has to rename the
 	   file (a G field), so the first open finds the entry by it */
-	if (cbox->delivered_entries && input->seekable) {
+	if (input->seekable) {
 		i_free(cbox->save_guid);
 		cbox->save_guid = i_strdup(guid);
 	}
@@ -888,8 +884,9 @@ static int crypt_save_read_header(struct popvault_crypt_mailbox *cbox,
 
 /* The entry of the message just saved for the first IMAP open
    (popvault-crypt-delivered.h): its header as delivered and the
-   BODYSTRUCTURE of Dovecot's own save parse, which plain Dovecot
-   caches at this point. Nothing here fails the save. */
+   BODYSTRUCTURE of Dovecot's own save parse (which plain Dovecot
+   caches at this point where mail_cache_fields name it). Nothing here
+   fails the save. */
 static void crypt_save_add_entry(struct mail_save_context *ctx,
 				 struct popvault_crypt_mailbox *cbox)
 {
@@ -1047,13 +1044,9 @@ static void crypt_mailbox_allocated(struct mailbox *box)
 	}
 	if (!cuser->set->encrypt)
 		return;
-	if (crypt_box_encrypts(box)) {
+	if (crypt_box_encrypts(box))
 		v->save_begin = crypt_save_begin;
-		cbox->delivered_entries =
-			strcmp(box->storage->name, "maildir") == 0 &&
-			popvault_compat_storage_caches_field(box->storage,
-				"imap.bodystructure");
-	} else
+	else
 		v->save_begin = crypt_save_begin_unsupported;
 }
 

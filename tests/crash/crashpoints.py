@@ -352,6 +352,18 @@ class LmtpEncChunks(Lmtp):
     sizes = (3 * 65536 + 100,)
 
 
+class LmtpEncDelivered(Lmtp):
+    """With BODYSTRUCTURE in mail_cache_fields (2.4's default) each
+    delivery also appends the message's entry for the first IMAP open
+    to dovecot.popvault.delivered (creating it by link() the first
+    time): killed anywhere in that, the message is there whole or not
+    at all, as for any delivery."""
+    name = "lmtp encrypted, entries made at delivery"
+    crypt = True
+    fields = enc_fields()
+    extra_conf = "mail_cache_fields = flags imap.bodystructure\n"
+
+
 POLICIES = {
     "move": {"popvault_after_retr": "move:Archive",
              "popvault_on_dele": "move:Trash"},
@@ -567,7 +579,8 @@ class LoginDelayEmpty(LoginDelay):
 def all_ops():
     ops = [KeyRecovery, KeyRotate, KeyPasswordOld, KeyPasswordRecovery,
            KeyGenerate, KeyFirstLogin, KeyFirstDelivery,
-           LmtpPlain, LmtpEncSmall, LmtpEncChunks]
+           LmtpPlain, LmtpEncSmall, LmtpEncChunks,
+           LmtpEncDelivered]
     ops += pop3_ops()
     ops += [PostSessionSweep, DoveadmSweep, MoveRecovery]
     ops += crypt_ops()

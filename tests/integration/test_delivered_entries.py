@@ -1,8 +1,7 @@
-"""Cache entries made at delivery (issue 18, goal 1 on Dovecot 2.4;
-docs/encryption.md, "Entries made at delivery"). Where Dovecot's
-mail_cache_fields name imap.bodystructure (2.4's default) Dovecot parses
-every message at delivery, and LMTP leaves an encrypting user's entry,
-sealed with the public key, in dovecot.popvault.delivered. The first IMAP
+"""Cache entries made at delivery (issue 18, goal 1; docs/encryption.md,
+"Entries made at delivery"). Dovecot parses every message it saves; LMTP
+leaves an encrypting user's entry (header and BODYSTRUCTURE), sealed
+with the public key, in dovecot.popvault.delivered. The first IMAP
 open takes the header and BODYSTRUCTURE from there without reading the
 message; every value equals what Dovecot computes from the message,
 byte for byte. Damaged entries are never served; expunges remove the
@@ -140,13 +139,32 @@ def test_entries_equal_dovecots_values_for_odd_headers():
         assert dc.log_errors() == [], dc.log_errors()
 
 
-def test_no_entries_where_dovecot_caches_no_bodystructure():
-    """2.3's default mail_cache_fields: Dovecot does not cache the
-    structure at delivery, nor does popvault."""
+def test_entries_with_dovecot_23s_default_cache_fields_too():
+    """2.3's default mail_cache_fields (flags): Dovecot parses each
+    message it saves all the same, so the entries cost delivery only
+    their sealing; the first open reads them there too."""
     with crypt_dovecot([User(USER, fields=enc_fields())],
                        extra_conf=CACHE_FLAGS) as dc:
         dc.deliver_many(USER, _messages())
-        assert not os.path.exists(_path(dc))
+        assert len(_delivered_records(dc)) == 4
+        want = _uncached(dc)
+        saved = _save_messages(dc, USER)
+        _corrupt_messages(dc, USER)
+        assert _session(dc, USER) == want
+        assert dc.log_errors() == [], dc.log_errors()
+        _restore_messages(saved)
+
+
+def test_no_entries_for_other_storages():
+    """sdbox: popvault does not name the file, so there is no GUID to
+    find an entry by; the first open reads the messages."""
+    with crypt_dovecot([User(USER, fields=enc_fields())],
+                       mail_format="sdbox", extra_conf=CACHE_BODY) as dc:
+        dc.deliver_many(USER, _messages())
+        found = [p for p in all_files(dc.home(USER))
+                 if os.path.basename(p) == DELIVERED]
+        assert found == []
+        assert _session(dc, USER)[0].count(b" FETCH ") == 4
 
 
 def test_plain_user_gets_no_entries():
