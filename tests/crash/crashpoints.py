@@ -340,6 +340,10 @@ class LmtpPlain(Lmtp):
 
 
 class LmtpEncSmall(Lmtp):
+    """Each encrypted delivery also appends the message's entry for the
+    first IMAP open to dovecot.popvault.delivered (creating it by
+    link() the first time): killed anywhere in that too, the message
+    is there whole or not at all."""
     name = "lmtp encrypted small"
     crypt = True
     fields = enc_fields()
@@ -351,17 +355,6 @@ class LmtpEncChunks(Lmtp):
     fields = enc_fields()
     sizes = (3 * 65536 + 100,)
 
-
-class LmtpEncDelivered(Lmtp):
-    """With BODYSTRUCTURE in mail_cache_fields (2.4's default) each
-    delivery also appends the message's entry for the first IMAP open
-    to dovecot.popvault.delivered (creating it by link() the first
-    time): killed anywhere in that, the message is there whole or not
-    at all, as for any delivery."""
-    name = "lmtp encrypted, entries made at delivery"
-    crypt = True
-    fields = enc_fields()
-    extra_conf = "mail_cache_fields = flags imap.bodystructure\n"
 
 
 POLICIES = {
@@ -579,8 +572,7 @@ class LoginDelayEmpty(LoginDelay):
 def all_ops():
     ops = [KeyRecovery, KeyRotate, KeyPasswordOld, KeyPasswordRecovery,
            KeyGenerate, KeyFirstLogin, KeyFirstDelivery,
-           LmtpPlain, LmtpEncSmall, LmtpEncChunks,
-           LmtpEncDelivered]
+           LmtpPlain, LmtpEncSmall, LmtpEncChunks]
     ops += pop3_ops()
     ops += [PostSessionSweep, DoveadmSweep, MoveRecovery]
     ops += crypt_ops()
