@@ -858,28 +858,39 @@ static void crypt_save_forget(struct popvault_crypt_mailbox *cbox)
 }
 
 /* The raw header of the message being saved, from its plaintext source,
-   into hdr. -1 when it can't be read whole. */
+   into hdr. -1 when it can't be read whole. The source is left where
+   the save left it, at its end: the caller may check that (doveadm
+   save asserts it). */
 static int crypt_save_read_header(struct popvault_crypt_mailbox *cbox,
 				  buffer_t *hdr)
 {
 	struct istream *input = cbox->save_input;
+	uoff_t end_offset = input->v_offset;
+	bool at_eof = input->eof;
 	struct message_size hdr_size;
 	const unsigned char *data;
 	size_t size;
 	bool has_nuls;
-	int ret = 0;
+	int ret = -1;
 
 	i_stream_seek(input, cbox->save_input_offset);
-	if (message_get_header_size(input, &hdr_size, &has_nuls) < 0)
-		return -1;
-	i_stream_seek(input, cbox->save_input_offset);
-	while (hdr->used < hdr_size.physical_size &&
-	       (ret = i_stream_read_more(input, &data, &size)) > 0) {
-		size = I_MIN(size, hdr_size.physical_size - hdr->used);
-		buffer_append(hdr, data, size);
-		i_stream_skip(input, size);
+	if (message_get_header_size(input, &hdr_size, &has_nuls) == 0) {
+		i_stream_seek(input, cbox->save_input_offset);
+		while (hdr->used < hdr_size.physical_size &&
+		       i_stream_read_more(input, &data, &size) > 0) {
+			size = I_MIN(size, hdr_size.physical_size - hdr->used);
+			buffer_append(hdr, data, size);
+			i_stream_skip(input, size);
+		}
+		if (hdr->used == hdr_size.physical_size)
+			ret = 0;
 	}
-	return hdr->used == hdr_size.physical_size ? 0 : -1;
+	i_stream_seek(input, end_offset);
+	if (at_eof) {
+		/* the read at the end that sets eof again */
+		(void)i_stream_read(input);
+	}
+	return ret;
 }
 
 /* The entry of the message just saved for the first IMAP open
