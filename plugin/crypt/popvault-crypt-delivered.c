@@ -133,10 +133,14 @@ static int delivered_append(const char *path, const buffer_t *file)
 	struct stat st;
 	int fd, ret;
 
-	ret = delivered_create(path, file);
-	if (ret != 0)
-		return ret < 0 ? -1 : 0;
 	fd = open(path, O_WRONLY | O_APPEND);
+	if (fd == -1 && errno == ENOENT) {
+		ret = delivered_create(path, file);
+		if (ret != 0)
+			return ret < 0 ? -1 : 0;
+		/* another delivery created it meanwhile */
+		fd = open(path, O_WRONLY | O_APPEND);
+	}
 	if (fd == -1)
 		return -1;
 	if (fstat(fd, &st) < 0) {

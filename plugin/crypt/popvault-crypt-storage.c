@@ -25,7 +25,6 @@
 #include "mail-storage-settings.h"
 #include "mail-storage-hooks.h"
 #include "maildir-filename.h"
-#include "message-size.h"
 #include "module-dir.h"
 #include "popvault-user.h"
 #include "popvault-crypt.h"
@@ -857,34 +856,62 @@ static void crypt_save_forget(struct popvault_crypt_mailbox *cbox)
 	i_free_and_null(cbox->save_guid);
 }
 
+/* The size of the header at the start of data (the empty line that ends
+   it included, as message_get_header_size() counts it), or 0 when data
+   does not hold its end yet; the search starts at from. Found with
+   memchr(): parsing it line by line was a third of what making the
+   entry cost delivery. */
+static size_t crypt_header_end(const unsigned char *data, size_t size,
+			       size_t from)
+{
+	const unsigned char *p = data + from, *end = data + size;
+
+	if (from == 0 && size >= 1 && data[0] == '\n')
+		return 1;
+	if (from == 0 && size >= 2 && data[0] == '\r' && data[1] == '\n')
+		return 2;
+	while ((p = memchr(p, '\n', end - p)) != NULL) {
+		p++;
+		if (p < end && *p == '\n')
+			return p + 1 - data;
+		if (end - p >= 2 && p[0] == '\r' && p[1] == '\n')
+			return p + 2 - data;
+	}
+	return 0;
+}
+
+/* Header sizes beyond this make no entry */
+#define CRYPT_ENTRY_HEADER_MAX (1024 * 1024)
+
 /* The raw header of the message being saved, from its plaintext source,
-   into hdr. -1 when it can't be read whole. The source is left where
-   the save left it, at its end: the caller may check that (doveadm
-   save asserts it). */
+   into hdr: up to the empty line that ends it, or the whole message when
+   it has none. -1 when it can't be read or is too large. The source is
+   left where the save left it, at its end: the caller may check that
+   (doveadm save asserts it). */
 static int crypt_save_read_header(struct popvault_crypt_mailbox *cbox,
 				  buffer_t *hdr)
 {
 	struct istream *input = cbox->save_input;
 	uoff_t end_offset = input->v_offset;
 	bool at_eof = input->eof;
-	struct message_size hdr_size;
 	const unsigned char *data;
-	size_t size;
-	bool has_nuls;
-	int ret = -1;
+	size_t size, scanned = 0, found = 0;
+	int ret;
 
 	i_stream_seek(input, cbox->save_input_offset);
-	if (message_get_header_size(input, &hdr_size, &has_nuls) == 0) {
-		i_stream_seek(input, cbox->save_input_offset);
-		while (hdr->used < hdr_size.physical_size &&
-		       i_stream_read_more(input, &data, &size) > 0) {
-			size = I_MIN(size, hdr_size.physical_size - hdr->used);
-			buffer_append(hdr, data, size);
-			i_stream_skip(input, size);
-		}
-		if (hdr->used == hdr_size.physical_size)
-			ret = 0;
+	while (found == 0 && hdr->used <= CRYPT_ENTRY_HEADER_MAX &&
+	       (ret = i_stream_read_more(input, &data, &size)) > 0) {
+		buffer_append(hdr, data, size);
+		i_stream_skip(input, size);
+		/* from two bytes back: an end may span two reads */
+		found = crypt_header_end(hdr->data, hdr->used,
+					 scanned < 2 ? 0 : scanned - 2);
+		scanned = hdr->used;
 	}
+	ret = input->stream_errno != 0 || hdr->used > CRYPT_ENTRY_HEADER_MAX ?
+		-1 : 0;
+	if (found > 0)
+		buffer_set_used_size(hdr, found);
 	i_stream_seek(input, end_offset);
 	if (at_eof) {
 		/* the read at the end that sets eof again */
