@@ -13,9 +13,10 @@ import struct
 
 from harness import User
 from crypt_util import all_files, crypt_dovecot, enc_fields
+from crypt_util import message_files
 from test_encrypted_cache import (CACHE_BODY, CACHE_FLAGS, COMMANDS, MARKS,
-                                  TRACE, _corrupt_messages, _messages,
-                                  _records, _restore_messages, _save_messages,
+                                  TRACE, _messages, _records,
+                                  _restore_messages, _save_messages,
                                   _session, _traced_messages)
 
 DELIVERED = "dovecot.popvault.delivered"
@@ -108,12 +109,22 @@ def _files_by_uid(dc, user=USER):
 
 
 def _corrupt(path):
+    """Damages a stored message after its container header, keeping its
+    mtime: maildir's INTERNALDATE, which a first open reads from the
+    file (the entries do not hold it), must not move with the write."""
+    st = os.stat(path)
     with open(path, "r+b") as f:
         data = bytearray(f.read())
         for i in range(200, len(data), 97):
             data[i] ^= 0x55
         f.seek(0)
         f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _corrupt_messages(dc, user):
+    for path in message_files(dc, user):
+        _corrupt(path)
 
 
 def test_entries_equal_dovecots_values_for_odd_headers():
