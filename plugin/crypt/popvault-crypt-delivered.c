@@ -218,8 +218,12 @@ void popvault_delivered_drop(struct mailbox *box)
 {
 	T_BEGIN {
 		const char *path = delivered_path(box);
+		struct stat st;
 
-		if (path != NULL && unlink(path) < 0 && errno != ENOENT) {
+		/* looked at first: most expunging sessions (POP3's) find
+		   none, and then change nothing in the mail store */
+		if (path != NULL && stat(path, &st) == 0 &&
+		    unlink(path) < 0 && errno != ENOENT) {
 			e_error(box->event, "popvault: cache: "
 				"unlink(%s) failed: %m", path);
 		}
