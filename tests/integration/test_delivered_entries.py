@@ -15,7 +15,7 @@ from harness import User
 from crypt_util import all_files, crypt_dovecot, enc_fields
 from crypt_util import message_files
 from test_encrypted_cache import (CACHE_BODY, CACHE_FLAGS, COMMANDS, MARKS,
-                                  TRACE, _messages, _records,
+                                  _assert_no_plaintext, _messages, _records,
                                   _restore_messages, _save_messages,
                                   _session, _traced_messages)
 
@@ -43,15 +43,6 @@ def _delivered_records(dc, user=USER):
     return out
 
 
-def _assert_no_plaintext(dc, user=USER):
-    leaks = []
-    for path in all_files(dc.home(user), dc.mail_temp_dir):
-        with open(path, "rb") as f:
-            data = f.read()
-        leaks += [(path, m) for m in MARKS + [TRACE] if m in data]
-    assert leaks == [], leaks
-
-
 def _uncached(dc, commands=COMMANDS, user=USER):
     """What Dovecot computes from the stored messages themselves: the
     session runs without the delivered file (kept aside) and without
@@ -68,13 +59,26 @@ def _uncached(dc, commands=COMMANDS, user=USER):
     return want
 
 
+def _first_open_from_entries(dc):
+    """The first open with every message damaged (so only the entries
+    can answer) equals Dovecot's values from the undamaged messages;
+    the messages are put back afterwards. Returns those values."""
+    want = _uncached(dc)
+    saved = _save_messages(dc, USER)
+    _corrupt_messages(dc, USER)
+    assert _session(dc, USER) == want
+    assert dc.log_errors() == [], dc.log_errors()
+    _restore_messages(saved)
+    return want
+
+
 def test_first_open_reads_the_entries_made_at_delivery():
     with crypt_dovecot([User(USER, fields=enc_fields())],
                        extra_conf=CACHE_BODY) as dc:
         messages = _messages()
         dc.deliver_many(USER, messages)
         assert len(_delivered_records(dc)) == len(messages)
-        _assert_no_plaintext(dc)
+        _assert_no_plaintext(dc, USER)
         want = _uncached(dc)
         assert MARKS[0] in want[0] and b"* SEARCH 1 2 3 4" in want[8]
         # The messages no longer decrypt: every answer of the first open
@@ -89,7 +93,7 @@ def test_first_open_reads_the_entries_made_at_delivery():
         assert _session(dc, USER) == want
         _restore_messages(saved)
         assert _session(dc, USER) == want
-        _assert_no_plaintext(dc)
+        _assert_no_plaintext(dc, USER)
 
 
 def _files_by_uid(dc, user=USER):
@@ -158,12 +162,7 @@ def test_entries_with_dovecot_23s_default_cache_fields_too():
                        extra_conf=CACHE_FLAGS) as dc:
         dc.deliver_many(USER, _messages())
         assert len(_delivered_records(dc)) == 4
-        want = _uncached(dc)
-        saved = _save_messages(dc, USER)
-        _corrupt_messages(dc, USER)
-        assert _session(dc, USER) == want
-        assert dc.log_errors() == [], dc.log_errors()
-        _restore_messages(saved)
+        _first_open_from_entries(dc)
 
 
 def test_no_entries_for_other_storages():
@@ -251,9 +250,4 @@ def test_entries_across_key_rotation():
         dc.doveadm("popvault", "key", "rotate", "-u", USER)
         dc.deliver_many(USER, messages[2:])
         assert len(_delivered_records(dc)) == 4
-        want = _uncached(dc)
-        saved = _save_messages(dc, USER)
-        _corrupt_messages(dc, USER)
-        assert _session(dc, USER) == want
-        assert dc.log_errors() == [], dc.log_errors()
-        _restore_messages(saved)
+        _first_open_from_entries(dc)
