@@ -1202,7 +1202,7 @@ static struct mail *cache_fill_mail(struct cache_mailbox *cbox,
 	return cmail->fill_mail;
 }
 
-/* The rest of a new entry whose header is split: the split into pool,
+/* The rest of a new entry: a split header's fields copied into pool,
    the dates and sizes as fmail gives them (none of which decrypts: the
    file name, the index or stat() hold them), then sealed as a record. */
 static struct cache_entry *

@@ -251,3 +251,28 @@ def test_entries_across_key_rotation():
         dc.deliver_many(USER, messages[2:])
         assert len(_delivered_records(dc)) == 4
         _first_open_from_entries(dc)
+
+
+def test_entries_not_yet_used_stay_for_the_next_open():
+    """A session that opens only some messages writes the file back
+    with the others' entries, and the next open still finds them."""
+    with crypt_dovecot([User(USER, fields=enc_fields())],
+                       extra_conf=CACHE_BODY) as dc:
+        dc.deliver_many(USER, _messages())
+        want = _uncached(dc)
+        c = dc.imap(USER)
+        try:
+            assert " OK" in c.command("SELECT INBOX")[0]
+            assert " OK" in c.command("UID FETCH 1:2 (BODY.PEEK[HEADER."
+                                      "FIELDS (SUBJECT)])")[0]
+        finally:
+            c.logout()
+        assert len(_delivered_records(dc)) == 2
+        assert sorted(_records(dc, USER)[1]) == [1, 2]
+        files = _files_by_uid(dc)
+        saved = {p: open(p, "rb").read() for p in files.values()}
+        for uid in (3, 4):
+            _corrupt(files[uid])
+        assert _session(dc, USER) == want
+        assert not os.path.exists(_path(dc))
+        _restore_messages(saved)
