@@ -20,6 +20,8 @@ void *popvault_malloc_unzeroed(size_t size);
 struct ostream *
 o_stream_create_popvault_encrypt(struct ostream *output,
 				 struct popvault_sender *sender);
+/* Frees the chunk buffers kept for the process's next message. */
+void popvault_ostream_encrypt_deinit(void);
 
 /* Decrypting input stream. Seekable if the parent is seekable and its size
    is known; seeking authenticates only the chunk containing the offset.

@@ -1360,6 +1360,7 @@ void popvault_crypt_deinit(void)
 	struct sender_cache_entry *entry;
 
 	popvault_crypt_cache_deinit();
+	popvault_ostream_encrypt_deinit();
 	mail_storage_hooks_remove(&popvault_crypt_post_hooks);
 	mail_storage_hooks_remove(&popvault_crypt_read_hooks);
 	array_foreach_elem(&sender_cache, entry) {
