@@ -282,6 +282,33 @@ def test_planted_key_pair_gets_no_mail():
 
         # the user's own key again: delivery and reading work
         write_key_store_file(dc, "erin", "current", own + "\n")
+
+        # One LMTP connection, so one lmtp process, which remembers the
+        # key file it verified: the file's MAC changed in place (same
+        # name, same public key) must be checked again, not taken as
+        # known.
+        text = key_text(dc, "erin", own)
+        swapped = re.sub(r"^public-mac master-v1 [0-9a-f]+$",
+                         "public-mac master-v1 " + os.urandom(32).hex(),
+                         text, flags=re.M)
+        assert swapped != text
+        c = dc.lmtp()
+        try:
+            mails.append(make_message("same process"))
+            r = c.deliver("erin", mails[-1])["erin"]
+            assert r.startswith("2"), r
+            write_key_store_file(dc, "erin", own + ".key", swapped)
+            count = len(message_files(dc, "erin"))
+            log_at = dc.log_size()
+            r = c.deliver("erin", make_message("swapped in place"))["erin"]
+            assert r.startswith("4"), r
+            assert len(message_files(dc, "erin")) == count
+            dc.wait_log(r"lmtp\(erin\).*master key does not vouch for the "
+                        r"current public key", since=log_at)
+        finally:
+            c.quit()
+        write_key_store_file(dc, "erin", own + ".key", text)
+
         mails.append(make_message("after"))
         dc.deliver("erin", mails[-1])
         pop3_read_all(dc, "erin", mails)
