@@ -21,6 +21,7 @@ import imaplib
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -889,16 +890,32 @@ class GrowthBench(Bench):
         sizes = re.search(r",S=\d+,W=\d+", src).group(0)
         t0 = int(time.time()) - 86400 * 365
         srcs = [src]
+        # Names as deliveries give them: a second's worth of mail shares
+        # the time, microseconds and lmtp PIDs vary. Drawn from a
+        # generator seeded with n, so that both users, and every run,
+        # get the same names. (Seeded with 100 distinct microsecond
+        # values and consecutive PIDs, the names fell into few of the
+        # uidlist hash table's chains: maildir_filename_base_cmp() took
+        # half of a delivery at 100,000 messages, and the rows moved
+        # between 0.91x and 1.41x from run to run with which chain the
+        # new message's name hit.)
+        rng = random.Random(n)
+        names = set()
         for i in range(n):
             if i and i % 50000 == 0:
                 # a file takes at most 65,000 links (ext4)
                 srcs.append(src + ".%d" % i)
                 shutil.copy2(src, srcs[-1])
                 os.chown(srcs[-1], self.dc.mail_uid, self.dc.mail_gid)
+            while True:
+                name = "%d.M%dP%d.seed%s:2," % (
+                    t0 + i // 100, rng.randrange(1000000),
+                    rng.randrange(300, 4194304), sizes)
+                if name not in names:
+                    break
+            names.add(name)
             # as a delivery names it, moved to cur/ by a POP3 session
-            os.link(srcs[-1], os.path.join(
-                md, "cur", "%d.M%dP%d.seed%s:2," % (
-                    t0 + i // 100, i % 100 * 10000, 1000 + i, sizes)))
+            os.link(srcs[-1], os.path.join(md, "cur", name))
         # The delivered message stays, and the mailbox's files as its
         # delivery and the POP3 session left them: their extensions
         # (plain's cache, 4 bytes per index record; popvault's
