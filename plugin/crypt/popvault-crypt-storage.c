@@ -60,7 +60,8 @@ struct popvault_crypt_user {
 	const char *master_user;
 
 	/* POPVAULT_MASTER_KEY_SIZE bytes in libsodium's guarded, mlock()ed
-	   pages (sodium_malloc), wiped by sodium_free(); NULL until read */
+	   pages (sodium_malloc, a master_slot shared with the process's
+	   other users of the same key); NULL until read */
 	unsigned char *master;
 
 	struct sender_cache_entry *sender;
@@ -167,10 +168,109 @@ static struct popvault_crypt_user *crypt_box_user(struct mailbox *box)
 
 /* ---- keys ---- */
 
+/* Master keys in guarded memory, shared by the users of the process
+   that have the same one. An LMTP process read the key into a fresh
+   sodium_malloc() allocation for every delivery and freed it after:
+   ten system calls (mmap, mprotect, mlock, munlock, munmap, ...) and
+   page faults per delivery. The key is still read from its setting or
+   file for every user, so a changed master key is used at once; an
+   unused slot is kept for the next user, one at most. */
+struct master_slot {
+	unsigned char *key;
+	unsigned int refcount;
+};
+#define MASTER_SLOTS_MAX 4
+static struct master_slot master_slots[MASTER_SLOTS_MAX];
+/* where a key is read before it is compared with the slots' */
+static unsigned char *master_scratch;
+
+static unsigned char *guarded_alloc(void)
+{
+	unsigned char *mem = sodium_malloc(POPVAULT_MASTER_KEY_SIZE);
+
+	if (mem == NULL)
+		i_fatal_status(FATAL_OUTOFMEM, "sodium_malloc() failed: %m");
+	return mem;
+}
+
+static unsigned char *master_slot_ref(const unsigned char *key)
+{
+	struct master_slot *slot, *unused = NULL;
+	unsigned int i;
+
+	for (i = 0; i < MASTER_SLOTS_MAX; i++) {
+		slot = &master_slots[i];
+		if (slot->key != NULL &&
+		    sodium_memcmp(slot->key, key,
+				  POPVAULT_MASTER_KEY_SIZE) == 0) {
+			slot->refcount++;
+			return slot->key;
+		}
+		if (unused == NULL && slot->refcount == 0)
+			unused = slot;
+	}
+	if (unused == NULL) {
+		/* more distinct master keys in use at once than slots:
+		   this user's is its own (master_slot_unref() frees it) */
+		unsigned char *own = guarded_alloc();
+
+		memcpy(own, key, POPVAULT_MASTER_KEY_SIZE);
+		return own;
+	}
+	if (unused->key == NULL)
+		unused->key = guarded_alloc();
+	memcpy(unused->key, key, POPVAULT_MASTER_KEY_SIZE);
+	unused->refcount = 1;
+	return unused->key;
+}
+
+static void master_slot_unref(unsigned char **_key)
+{
+	unsigned char *key = *_key;
+	unsigned int i, unused = 0;
+	struct master_slot *slot = NULL;
+
+	if (key == NULL)
+		return;
+	*_key = NULL;
+	for (i = 0; i < MASTER_SLOTS_MAX; i++) {
+		if (master_slots[i].key == key)
+			slot = &master_slots[i];
+		else if (master_slots[i].key != NULL &&
+			 master_slots[i].refcount == 0)
+			unused++;
+	}
+	if (slot == NULL) {
+		sodium_free(key);
+		return;
+	}
+	i_assert(slot->refcount > 0);
+	if (--slot->refcount == 0 && unused > 0) {
+		sodium_free(slot->key);
+		slot->key = NULL;
+	}
+}
+
+static void master_slots_deinit(void)
+{
+	unsigned int i;
+
+	/* a slot still referenced belongs to a user not deinitialized
+	   yet: left to the process's exit */
+	for (i = 0; i < MASTER_SLOTS_MAX; i++) {
+		if (master_slots[i].refcount > 0)
+			continue;
+		sodium_free(master_slots[i].key);
+		master_slots[i].key = NULL;
+	}
+	sodium_free(master_scratch);
+	master_scratch = NULL;
+}
+
 static int crypt_user_load_master(struct popvault_crypt_user *cuser,
 				  const char **error_r)
 {
-	unsigned char *master;
+	int ret;
 
 	if (cuser->master != NULL)
 		return 0;
@@ -178,16 +278,14 @@ static int crypt_user_load_master(struct popvault_crypt_user *cuser,
 		*error_r = "popvault_master_key is not set";
 		return -1;
 	}
-	master = sodium_malloc(POPVAULT_MASTER_KEY_SIZE);
-	if (master == NULL)
-		i_fatal_status(FATAL_OUTOFMEM, "sodium_malloc() failed: %m");
-	if (popvault_master_key_read(cuser->set->master_key, master,
-				     error_r) < 0) {
-		sodium_free(master);
-		return -1;
-	}
-	cuser->master = master;
-	return 0;
+	if (master_scratch == NULL)
+		master_scratch = guarded_alloc();
+	ret = popvault_master_key_read(cuser->set->master_key,
+				       master_scratch, error_r);
+	if (ret == 0)
+		cuser->master = master_slot_ref(master_scratch);
+	sodium_memzero(master_scratch, POPVAULT_MASTER_KEY_SIZE);
+	return ret;
 }
 
 /* What this process may lock and unlock the user's keys with: the master
@@ -1284,8 +1382,7 @@ static void crypt_user_deinit(struct popvault_user *puser)
 	popvault_receiver_free(&cuser->receiver);
 	sodium_free(cuser->cache_key);
 	cuser->cache_key = NULL;
-	sodium_free(cuser->master);
-	cuser->master = NULL;
+	master_slot_unref(&cuser->master);
 	puser->crypt = NULL;
 }
 
@@ -1361,6 +1458,7 @@ void popvault_crypt_deinit(void)
 
 	popvault_crypt_cache_deinit();
 	popvault_ostream_encrypt_deinit();
+	master_slots_deinit();
 	mail_storage_hooks_remove(&popvault_crypt_post_hooks);
 	mail_storage_hooks_remove(&popvault_crypt_read_hooks);
 	array_foreach_elem(&sender_cache, entry) {
