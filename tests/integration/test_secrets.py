@@ -332,6 +332,51 @@ def test_no_secret_in_any_log():
         assert_no_secret(blobs, named)
 
 
+def test_users_with_different_master_keys_in_one_lmtp_process():
+    """An lmtp process keeps users' master keys in guarded slots shared
+    by the users with the same key (popvault-crypt-storage.c). Users
+    with different ones, one after the other and in one transaction
+    (both keys in use at once), each get their own: a key file vouched
+    for by one master key is refused under the other, so a mix-up
+    fails delivery."""
+    keys = [secrets.token_bytes(32) for _ in range(3)]
+    with key_dir() as d:
+        files = [write_key(d, "master%d.hex" % i, k.hex() + "\n")
+                 for i, k in enumerate(keys)]
+        names = ["ka", "kb", "kc"]
+        users = [User(n, fields=dict(ENC, popvault_master_key="<" + f))
+                 for n, f in zip(names, files)]
+        with Dovecot(users, debug=False) as dc:
+            give_to_mail_uid(dc, *files)
+            sent = {n: [] for n in names}
+            c = dc.lmtp()
+            try:
+                for i in range(3):
+                    for n in names + names[::-1]:
+                        m = make_message("%s %d" % (n, len(sent[n])))
+                        assert c.deliver(n, m)[n].startswith("2")
+                        sent[n].append(m)
+                    m = make_message("to all %d" % i)
+                    replies = c.deliver(names, m)
+                    assert all(replies[n].startswith("2")
+                               for n in names), replies
+                    for n in names:
+                        sent[n].append(m)
+            finally:
+                c.quit()
+            for n in names:
+                p = dc.pop3(n)
+                try:
+                    got = [p.retr(i + 1) for i in range(len(sent[n]))]
+                finally:
+                    p.quit()
+                # LMTP adds Return-Path and Delivered-To in front
+                assert len(got) == len(sent[n]) and all(
+                    g.rstrip(b"\r\n").endswith(m.rstrip(b"\r\n"))
+                    for g, m in zip(got, sent[n])), n
+            assert not dc.log_errors(), dc.log_errors()
+
+
 def test_master_key_file_unusable_at_start():
     """`<file` of a missing file or a directory: doveconf refuses the
     configuration and names the setting and the file; Dovecot does not
