@@ -143,8 +143,8 @@ def _append(dc, user, messages, box="INBOX"):
         if box != "INBOX":
             assert " OK" in c.command("CREATE %s" % box)[0]
         for i, m in enumerate(messages):
-            c.cmd('a0 APPEND %s "0%d-Feb-2026 10:00:00 +0000" {%d}'
-                  % (box, i + 1, len(m)))
+            c.cmd('a0 APPEND %s "%02d-Feb-2026 10:00:00 +0000" {%d}'
+                  % (box, i % 28 + 1, len(m)))
             assert c.readline().startswith("+")
             c.send(m + b"\r\n")
             assert c.readline().startswith("a0 OK")
@@ -234,6 +234,40 @@ def test_cache_serves_every_field_as_dovecot_computes_it():
         assert _session(dc, "enc") == want
         assert sorted(_records(dc, "enc")[1]) == [1, 2, 3, 4]
         # served from the cache alone: the messages no longer decrypt
+        _corrupt_messages(dc, "enc")
+        assert _session(dc, "enc") == want
+        assert dc.log_errors() == [], dc.log_errors()
+        _assert_no_plaintext(dc, "enc")
+
+
+# popvault-crypt-cache.c decrypts opened entries into a window of this
+# size, used again from its start when full
+OPEN_WINDOW = 64 * 1024
+
+
+def test_entries_beyond_the_open_window_are_opened_again():
+    """A folder whose entries are more than popvault keeps decrypted at
+    once: every command goes round the window, the entries dropped on
+    the way are opened again when asked for, and every value still
+    equals Dovecot's, also when only the cache can answer."""
+    pad = ["X-PVC-Pad-%02d: %s" % (j, "p%02d" % j * 30) for j in range(50)]
+    messages = [
+        make_message("window %d %s" % (i, MARKS[0].decode()),
+                     sender="w%d@example.com" % i, body="body %d\r\n" % i,
+                     msgid="<pvw-%d@popvault.test>" % i,
+                     date="Thu, %02d Jan 2026 10:%02d:00 +0100" % (
+                         i % 28 + 1, i * 7 % 60),
+                     extra_headers=pad)
+        for i in range(200)]
+    with crypt_dovecot(_users()) as dc:
+        for u in ("plain", "enc"):
+            _append(dc, u, messages)
+        want = _session(dc, "plain")
+        assert _session(dc, "enc") == want
+        # the sealed entries (each about its plaintext's size) fill the
+        # window at least eight times per command
+        assert os.path.getsize(_cache_path(dc, "enc")) > 8 * OPEN_WINDOW
+        assert _session(dc, "enc") == want
         _corrupt_messages(dc, "enc")
         assert _session(dc, "enc") == want
         assert dc.log_errors() == [], dc.log_errors()
